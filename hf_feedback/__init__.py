@@ -1,0 +1,39 @@
+"""hf_feedback: a Transformer text encoder written from first principles that behaves as a Hugging Face model.
+
+Importing the package registers the model with transformers' Auto classes, so that
+`AutoModel.from_pretrained(folder)` (and the other Auto classes) open hf_feedback checkpoints.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
+
+from .configuration_feedback import FeedbackConfig
+from .modeling_feedback import (
+    FeedbackForMaskedLM,
+    FeedbackForSequenceClassification,
+    FeedbackForTokenClassification,
+    FeedbackModel,
+    FeedbackPreTrainedModel,
+)
+
+AutoConfig.register(FeedbackConfig.model_type, FeedbackConfig, exist_ok=True)
+AutoModel.register(FeedbackConfig, FeedbackModel, exist_ok=True)
+AutoModelForSequenceClassification.register(FeedbackConfig, FeedbackForSequenceClassification, exist_ok=True)
+AutoModelForMaskedLM.register(FeedbackConfig, FeedbackForMaskedLM, exist_ok=True)
+AutoModelForTokenClassification.register(FeedbackConfig, FeedbackForTokenClassification, exist_ok=True)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FeedbackConfig",
+    "FeedbackModel",
+    "FeedbackPreTrainedModel",
+    "FeedbackForSequenceClassification",
+    "FeedbackForMaskedLM",
+    "FeedbackForTokenClassification",
+]

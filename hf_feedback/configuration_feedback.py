@@ -1,0 +1,147 @@
+"""Configuration of the hf_feedback encoder.
+
+This file is copied next to every saved checkpoint (Hugging Face "remote code"), so it may only import from
+the standard library, torch/transformers and, relatively, its sibling files.
+"""
+
+from numbers import Real
+
+from transformers import PretrainedConfig
+
+HIDDEN_ACTS = ("relu", "gelu", "tanh", "sigmoid", "silu", "geglu", "swiglu")
+NORM_POSITIONS = ("post", "pre")
+POSITION_EMBEDDING_TYPES = ("absolute", "sinusoidal", "rotary")
+POOLINGS = ("cls", "mean")
+PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+
+# Every Auto class a checkpoint can be opened with, whichever head saved it. transformers itself only records
+# the class that was saved, so a classifier folder could not be opened with AutoModel on a machine without
+# hf_feedback installed.
+FEEDBACK_AUTO_MAP = {
+    "AutoConfig": "configuration_feedback.FeedbackConfig",
+    "AutoModel": "modeling_feedback.FeedbackModel",
+    "AutoModelForSequenceClassification": "modeling_feedback.FeedbackForSequenceClassification",
+    "AutoModelForMaskedLM": "modeling_feedback.FeedbackForMaskedLM",
+    "AutoModelForTokenClassification": "modeling_feedback.FeedbackForTokenClassification",
+}
+
+
+class FeedbackConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`FeedbackModel`]: a Transformer encoder (embeddings, then `num_hidden_layers` blocks of
+    multi-head self-attention and a feed-forward layer, each wrapped in a residual connection and LayerNorm,
+    then pooling). Fields shared with BERT keep `BertConfig`'s names and meaning.
+
+    Args:
+        vocab_size (`int`, defaults to 10000): number of token ids the embeddings accept.
+        hidden_size (`int`, defaults to 256): width d_model of every token vector.
+        num_hidden_layers (`int`, defaults to 6): number of encoder blocks.
+        num_attention_heads (`int`, defaults to 8): heads per self-attention; must divide `hidden_size`.
+        intermediate_size (`int`, defaults to 512): inner width of the feed-forward layer.
+        hidden_act (`str`, defaults to `"gelu"`): feed-forward activation, one of relu, gelu, tanh, sigmoid,
+            silu, or the gated variants geglu / swiglu (act(x W_gate) * (x W_up), as in Shazeer 2020).
+        hidden_dropout_prob (`float`, defaults to 0.1): dropout on embeddings and on each residual branch.
+        attention_probs_dropout_prob (`float`, defaults to 0.1): dropout on the attention probabilities.
+        max_position_embeddings (`int`, defaults to 512): longest sequence the model accepts.
+        type_vocab_size (`int`, defaults to 2): number of segment (token type) ids; 0 disables them.
+        layer_norm_eps (`float`, defaults to 1e-12): LayerNorm epsilon.
+        initializer_range (`float`, defaults to 0.02): std of the normal initialisation of weights.
+        pad_token_id (`int`, defaults to 0): id of the padding token (its embedding is kept at zero).
+        classifier_dropout (`float`, *optional*): dropout before classification heads; `None` uses
+            `hidden_dropout_prob`.
+        norm_position (`str`, defaults to `"post"`): `"post"` normalises after each residual add (BERT, the
+            original Transformer); `"pre"` normalises the input of each sub-layer and adds a final LayerNorm,
+            which trains more stably when deep.
+        position_embedding_type (`str`, defaults to `"absolute"`): `"absolute"` learned position embeddings
+            (BERT), `"sinusoidal"` fixed sin/cos added to the embeddings (Vaswani et al.), or `"rotary"`
+            (RoPE, rotates queries and keys inside attention).
+        rope_theta (`float`, defaults to 10000.0): base of the rotary / sinusoidal frequencies.
+        pooling (`str`, defaults to `"cls"`): sentence vector for the pooler: the first token (`"cls"`) or the
+            mean over real tokens (`"mean"`, padding excluded).
+        problem_type (`str`, *optional*): loss of [`FeedbackForSequenceClassification`]: `"regression"`,
+            `"single_label_classification"` or `"multi_label_classification"`; `None` infers it from
+            `num_labels` and the labels' dtype, as BERT does.
+        tie_word_embeddings (`bool`, defaults to `True`): share the masked-LM output projection with the input
+            embeddings.
+    """
+
+    model_type = "feedback"
+
+    vocab_size: int = 10000
+    hidden_size: int = 256
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 8
+    intermediate_size: int = 512
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int | None = 0
+    classifier_dropout: float | None = None
+    norm_position: str = "post"
+    position_embedding_type: str = "absolute"
+    rope_theta: float = 10000.0
+    pooling: str = "cls"
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        self._validate()
+        super().__post_init__(**kwargs)
+        if getattr(self, "auto_map", None) is None:
+            self.auto_map = dict(FEEDBACK_AUTO_MAP)
+
+    def _validate(self):
+        def integer(name, minimum):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"FeedbackConfig.{name} must be an integer >= {minimum}, got {value!r}")
+
+        def number(name, low, high=None):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Real) or value < low or (high is not None and value > high):
+                allowed = f"in [{low}, {high}]" if high is not None else f">= {low}"
+                raise ValueError(f"FeedbackConfig.{name} must be a number {allowed}, got {value!r}")
+
+        def choice(name, allowed):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"FeedbackConfig.{name} must be one of {list(allowed)}, got {value!r}")
+
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings"):
+            integer(name, 1)
+        integer("type_vocab_size", 0)
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            number(name, 0.0, 1.0)
+        if self.classifier_dropout is not None:
+            number("classifier_dropout", 0.0, 1.0)
+        number("initializer_range", 0.0)
+        number("rope_theta", 1.0)
+        if not isinstance(self.layer_norm_eps, Real) or self.layer_norm_eps <= 0:
+            raise ValueError(f"FeedbackConfig.layer_norm_eps must be a number > 0, got {self.layer_norm_eps!r}")
+        choice("hidden_act", HIDDEN_ACTS)
+        choice("norm_position", NORM_POSITIONS)
+        choice("position_embedding_type", POSITION_EMBEDDING_TYPES)
+        choice("pooling", POOLINGS)
+        choice("problem_type", PROBLEM_TYPES)
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"FeedbackConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        if self.position_embedding_type == "rotary" and (self.hidden_size // self.num_attention_heads) % 2:
+            raise ValueError("FeedbackConfig.position_embedding_type='rotary' needs an even head size "
+                             "(hidden_size / num_attention_heads)")
+        if self.position_embedding_type == "sinusoidal" and self.hidden_size % 2:
+            raise ValueError("FeedbackConfig.position_embedding_type='sinusoidal' needs an even hidden_size")
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(
+                f"FeedbackConfig.pad_token_id must be None or in [0, vocab_size={self.vocab_size}), "
+                f"got {self.pad_token_id!r}"
+            )
+
+
+__all__ = ["FeedbackConfig"]

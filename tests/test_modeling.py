@@ -1,0 +1,432 @@
+"""hf_feedback/modeling_feedback.py and configuration_feedback.py: every switch and convention, checked with numbers."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
+
+from hf_feedback import (
+    FeedbackConfig,
+    FeedbackForMaskedLM,
+    FeedbackForSequenceClassification,
+    FeedbackForTokenClassification,
+    FeedbackModel,
+)
+from hf_feedback.configuration_feedback import HIDDEN_ACTS
+from hf_feedback.modeling_feedback import ACTIVATIONS, FeedbackFeedForward, FeedbackLayer, sinusoidal_position_embeddings
+
+HEADS = [FeedbackModel, FeedbackForSequenceClassification, FeedbackForMaskedLM, FeedbackForTokenClassification]
+
+
+def build(model_class, config, attn="sdpa"):
+    torch.manual_seed(0)
+    return model_class._from_config(copy.deepcopy(config), attn_implementation=attn).eval()
+
+
+# Several tests compare variants; with initializer_range=0.5 (not 0.02) every sub-layer moves the output visibly.
+# --------------------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------------------
+def test_defaults_follow_reference_design():
+    config = FeedbackConfig()
+    assert (config.vocab_size, config.hidden_size, config.num_attention_heads, config.intermediate_size,
+            config.num_hidden_layers) == (10000, 256, 8, 512, 6)
+    assert (config.hidden_act, config.norm_position, config.position_embedding_type, config.pooling) == (
+        "gelu", "post", "absolute", "cls")
+    assert config.model_type == "feedback"
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(hidden_size=30, num_attention_heads=4), "hidden_size"),
+        (dict(hidden_act="mish"), "hidden_act"),
+        (dict(num_hidden_layers=-1), "num_hidden_layers"),
+        (dict(vocab_size=0), "vocab_size"),
+        (dict(intermediate_size=2.5), "intermediate_size"),
+        (dict(hidden_dropout_prob=1.5), "hidden_dropout_prob"),
+        (dict(attention_probs_dropout_prob=-0.1), "attention_probs_dropout_prob"),
+        (dict(classifier_dropout=2.0), "classifier_dropout"),
+        (dict(norm_position="middle"), "norm_position"),
+        (dict(position_embedding_type="alibi"), "position_embedding_type"),
+        (dict(pooling="max"), "pooling"),
+        (dict(layer_norm_eps=0), "layer_norm_eps"),
+        (dict(type_vocab_size=-2), "type_vocab_size"),
+        (dict(pad_token_id=10_000), "pad_token_id"),
+        (dict(hidden_size=36, num_attention_heads=12, position_embedding_type="rotary"), "rotary"),
+        (dict(problem_type="ranking"), "problem_type"),
+    ],
+)
+def test_invalid_config_raises_naming_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        FeedbackConfig(**overrides)
+
+
+def test_invalid_choice_lists_allowed_values():
+    with pytest.raises(ValueError, match=r"\['relu', 'gelu', 'tanh', 'sigmoid', 'silu', 'geglu', 'swiglu'\]"):
+        FeedbackConfig(hidden_act="mish")
+
+
+def test_config_round_trips_through_json(tmp_path, tiny_config):
+    config = tiny_config(hidden_act="swiglu", norm_position="pre", position_embedding_type="rotary", pooling="mean")
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, FeedbackConfig)
+    assert loaded.to_diff_dict() == config.to_diff_dict()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Feed-forward activations
+# --------------------------------------------------------------------------------------------------------------
+def test_activation_table_matches_config_choices():
+    assert tuple(ACTIVATIONS) == HIDDEN_ACTS
+
+
+@pytest.mark.parametrize("act", HIDDEN_ACTS)
+def test_feed_forward_computes_its_activation(act, tiny_config):
+    torch.manual_seed(0)
+    ffn = FeedbackFeedForward(tiny_config(hidden_act=act))
+    x = torch.randn(3, 32)
+    h = x @ ffn.up_proj.weight.T + ffn.up_proj.bias
+    reference = {
+        "relu": lambda h: h.clamp(min=0),
+        "gelu": lambda h: 0.5 * h * (1 + torch.erf(h / math.sqrt(2))),
+        "tanh": torch.tanh,
+        "sigmoid": lambda h: 1 / (1 + torch.exp(-h)),
+        "silu": lambda h: h / (1 + torch.exp(-h)),
+        "geglu": lambda h: h[:, :48] * 0.5 * h[:, 48:] * (1 + torch.erf(h[:, 48:] / math.sqrt(2))),
+        "swiglu": lambda h: h[:, :48] * h[:, 48:] / (1 + torch.exp(-h[:, 48:])),
+    }[act](h)
+    expected = reference @ ffn.down_proj.weight.T + ffn.down_proj.bias
+    torch.testing.assert_close(ffn(x), expected, atol=1e-5, rtol=1e-5)
+    assert ffn.up_proj.out_features == (96 if act in ("geglu", "swiglu") else 48)
+
+
+def test_activations_change_the_model_output(tiny_config, batch):
+    input_ids, attention_mask = batch
+    outputs = [build(FeedbackModel, tiny_config(hidden_act=a, initializer_range=0.5))(input_ids, attention_mask).last_hidden_state
+               for a in HIDDEN_ACTS]
+    for i in range(len(outputs)):
+        for j in range(i + 1, len(outputs)):
+            assert not torch.allclose(outputs[i], outputs[j], atol=1e-3), (HIDDEN_ACTS[i], HIDDEN_ACTS[j])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Residual + LayerNorm placement
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_layer_places_norm_as_configured(norm_position, tiny_config):
+    torch.manual_seed(0)
+    layer = FeedbackLayer(tiny_config(norm_position=norm_position)).eval()
+    # Give the norms non-trivial affine parameters so the two placements differ visibly.
+    for norm in (layer.attention_norm, layer.feed_forward_norm):
+        torch.nn.init.normal_(norm.weight)
+        torch.nn.init.normal_(norm.bias)
+    x = torch.randn(1, 5, 32)
+
+    def attend(h):
+        return layer.attention(h, None, None, None)[0]
+
+    if norm_position == "post":
+        h = layer.attention_norm(x + attend(x))
+        expected = layer.feed_forward_norm(h + layer.feed_forward(h))
+    else:
+        h = x + attend(layer.attention_norm(x))
+        expected = h + layer.feed_forward(layer.feed_forward_norm(h))
+    torch.testing.assert_close(layer(x)[0], expected)
+
+
+def test_pre_norm_adds_a_final_norm_and_changes_outputs(tiny_config, batch):
+    post = build(FeedbackModel, tiny_config(norm_position="post", initializer_range=0.5))
+    pre = build(FeedbackModel, tiny_config(norm_position="pre", initializer_range=0.5))
+    assert post.encoder.final_norm is None and pre.encoder.final_norm is not None
+    assert not torch.allclose(post(*batch).last_hidden_state, pre(*batch).last_hidden_state, atol=1e-3)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Position information
+# --------------------------------------------------------------------------------------------------------------
+def test_sinusoidal_table_follows_the_formula():
+    pe = sinusoidal_position_embeddings(torch.arange(6)[None], dim=8, theta=10000.0)[0]
+    for p in range(6):
+        for i in range(4):
+            angle = p / 10000 ** (2 * i / 8)
+            assert pe[p, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+            assert pe[p, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["absolute", "sinusoidal", "rotary"])
+def test_position_encodings_make_order_matter(kind, tiny_config):
+    model = build(FeedbackModel, tiny_config(position_embedding_type=kind, initializer_range=0.5))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    out = model(ids).last_hidden_state
+    flipped = model(ids.flip(1)).last_hidden_state.flip(1)
+    assert not torch.allclose(out, flipped, atol=1e-3)  # a bag-of-words model would give equal outputs
+    assert (model.embeddings.position_embeddings is not None) == (kind == "absolute")
+
+
+@pytest.mark.parametrize("kind, shift_invariant", [("absolute", False), ("sinusoidal", False), ("rotary", True)])
+def test_rotary_depends_only_on_relative_positions(kind, shift_invariant, tiny_config):
+    model = build(FeedbackModel, tiny_config(position_embedding_type=kind, type_vocab_size=0))
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    positions = torch.arange(5)[None]
+    out = model(ids, position_ids=positions).last_hidden_state
+    shifted = model(ids, position_ids=positions + 17).last_hidden_state
+    assert torch.allclose(out, shifted, atol=1e-5) == shift_invariant
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Attention paths, padding and pooling
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["absolute", "sinusoidal", "rotary"])
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_eager_and_sdpa_agree(kind, norm_position, tiny_config, batch):
+    config = tiny_config(position_embedding_type=kind, norm_position=norm_position)
+    eager = build(FeedbackForSequenceClassification, config, attn="eager")
+    sdpa = build(FeedbackForSequenceClassification, config, attn="sdpa")
+    assert eager.config._attn_implementation == "eager" and sdpa.config._attn_implementation == "sdpa"
+    a = eager(*batch, output_hidden_states=True)
+    b = sdpa(*batch, output_hidden_states=True)
+    for x, y in zip(a.hidden_states, b.hidden_states):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)
+
+
+def test_eager_returns_attention_probabilities(tiny_config, batch):
+    model = build(FeedbackModel, tiny_config(), attn="eager")
+    attentions = model(*batch, output_attentions=True).attentions
+    assert len(attentions) == 2 and attentions[0].shape == (2, 4, 9, 9)
+    torch.testing.assert_close(attentions[0].sum(-1), torch.ones(2, 4, 9))
+    assert attentions[0][1, :, :, 5:].abs().max() == 0  # nobody attends to padding
+
+
+def test_output_attentions_on_sdpa_asks_for_eager(tiny_config, batch):
+    with pytest.raises(ValueError, match="eager"):
+        build(FeedbackModel, tiny_config())(*batch, output_attentions=True)
+
+
+@pytest.mark.parametrize("model_class", HEADS)
+@pytest.mark.parametrize("overrides", [{}, dict(norm_position="pre", position_embedding_type="rotary", pooling="mean"),
+                                       dict(position_embedding_type="sinusoidal", hidden_act="swiglu")])
+def test_padding_never_leaks(model_class, overrides, tiny_config, batch):
+    model = build(model_class, tiny_config(**overrides))
+    input_ids, attention_mask = batch
+    # The second sequence alone (5 tokens) must match its padded copy inside the batch.
+    alone = model(input_ids[1:, :5], output_hidden_states=True)
+    padded = model(input_ids, attention_mask, output_hidden_states=True)
+    for key in ("logits", "last_hidden_state", "pooler_output"):
+        if key in alone and alone[key] is not None:
+            a, p = alone[key], padded[key][1:]
+            if a.dim() == 3:
+                p = p[:, :5]
+            torch.testing.assert_close(a, p, atol=1e-5, rtol=1e-5)
+    for a, p in zip(alone.hidden_states, padded.hidden_states):
+        torch.testing.assert_close(a, p[1:, :5], atol=1e-5, rtol=1e-5)
+
+
+def test_padding_leaks_nothing_even_when_pad_tokens_change(tiny_config, batch):
+    model = build(FeedbackModel, tiny_config())
+    input_ids, attention_mask = batch
+    other = input_ids.clone()
+    other[1, 5:] = 42  # different tokens under the mask
+    torch.testing.assert_close(model(input_ids, attention_mask).pooler_output,
+                               model(other, attention_mask).pooler_output)
+
+
+def test_mean_pooling_averages_real_tokens_only(tiny_config, batch):
+    model = build(FeedbackModel, tiny_config(pooling="mean"))
+    out = model(*batch)
+    input_ids, attention_mask = batch
+    hidden = out.last_hidden_state
+    mean = torch.stack([hidden[0].mean(0), hidden[1, :5].mean(0)])
+    expected = torch.tanh(model.pooler.dense(mean))
+    torch.testing.assert_close(out.pooler_output, expected)
+    cls = build(FeedbackModel, tiny_config(pooling="cls"))(*batch)
+    torch.testing.assert_close(cls.pooler_output, torch.tanh(model.pooler.dense(cls.last_hidden_state[:, 0])))
+
+
+def test_attention_matches_a_hand_written_softmax(tiny_config):
+    config = tiny_config(type_vocab_size=0)
+    model = build(FeedbackModel, config, attn="eager")
+    attention = model.encoder.layers[0].attention
+    x = torch.randn(1, 4, 32)
+    q, k, v = (x @ attention.qkv_proj.weight.T + attention.qkv_proj.bias).split(32, dim=-1)
+    heads = lambda t: t.view(1, 4, 4, 8).transpose(1, 2)  # noqa: E731  (B, nh, T, hs)
+    probs = torch.softmax(heads(q) @ heads(k).transpose(-1, -2) / math.sqrt(8), dim=-1)
+    context = (probs @ heads(v)).transpose(1, 2).reshape(1, 4, 32)
+    expected = context @ attention.out_proj.weight.T + attention.out_proj.bias
+    out, returned_probs = attention(x, None, None, None, output_attentions=True)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(returned_probs, probs)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Heads and their losses
+# --------------------------------------------------------------------------------------------------------------
+def test_single_label_loss_is_cross_entropy(tiny_config, batch):
+    model = build(FeedbackForSequenceClassification, tiny_config(num_labels=3))
+    labels = torch.tensor([2, 0])
+    out = model(*batch, labels=labels)
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, labels))
+    assert model.config.problem_type == "single_label_classification"
+
+
+def test_multi_label_loss_is_bce_with_logits(tiny_config, batch):
+    model = build(FeedbackForSequenceClassification, tiny_config(num_labels=3))
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    out = model(*batch, labels=labels)
+    torch.testing.assert_close(out.loss, F.binary_cross_entropy_with_logits(out.logits, labels))
+    assert model.config.problem_type == "multi_label_classification"
+
+
+def test_regression_loss_is_mse(tiny_config, batch):
+    model = build(FeedbackForSequenceClassification, tiny_config(num_labels=1))
+    labels = torch.tensor([0.5, -1.0])
+    out = model(*batch, labels=labels)
+    torch.testing.assert_close(out.loss, F.mse_loss(out.logits.squeeze(-1), labels))
+    assert model.config.problem_type == "regression"
+
+
+def test_explicit_problem_type_wins(tiny_config, batch):
+    model = build(FeedbackForSequenceClassification, tiny_config(num_labels=2, problem_type="regression"))
+    labels = torch.tensor([[0.5, 1.0], [0.0, 2.0]])
+    out = model(*batch, labels=labels)
+    torch.testing.assert_close(out.loss, F.mse_loss(out.logits, labels))
+
+
+def test_token_classification_ignores_minus_100(tiny_config, batch):
+    model = build(FeedbackForTokenClassification, tiny_config(num_labels=4))
+    labels = torch.randint(0, 4, (2, 9))
+    labels[1, 5:] = -100
+    out = model(*batch, labels=labels)
+    keep = labels != -100
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits[keep], labels[keep]))
+
+
+def test_masked_lm_ties_output_to_input_embeddings(tiny_config, batch, tmp_path):
+    model = build(FeedbackForMaskedLM, tiny_config())
+    assert model.lm_head.decoder.weight is model.feedback.embeddings.word_embeddings.weight
+    labels = torch.full((2, 9), -100)
+    labels[0, 3], labels[1, 1] = 7, 11
+    out = model(*batch, labels=labels)
+    assert out.logits.shape == (2, 9, 99)
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits.view(-1, 99), labels.view(-1)))
+    model.save_pretrained(tmp_path)
+    loaded = FeedbackForMaskedLM.from_pretrained(tmp_path).eval()
+    assert loaded.lm_head.decoder.weight is loaded.feedback.embeddings.word_embeddings.weight
+    torch.testing.assert_close(loaded(*batch).logits, out.logits)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hugging Face conventions
+# --------------------------------------------------------------------------------------------------------------
+def test_init_weights_follow_initializer_range(tiny_config):
+    model = build(FeedbackModel, tiny_config(hidden_size=64, intermediate_size=256, initializer_range=0.05))
+    weight = model.encoder.layers[0].feed_forward.up_proj.weight
+    assert weight.std().item() == pytest.approx(0.05, rel=0.1)
+    assert model.encoder.layers[0].feed_forward.up_proj.bias.abs().max() == 0
+    assert model.embeddings.word_embeddings.weight[0].abs().max() == 0  # the padding row
+    torch.testing.assert_close(model.encoder.layers[0].attention_norm.weight, torch.ones(64))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_config, batch):
+    def grads(checkpointing):
+        model = build(FeedbackForSequenceClassification, tiny_config()).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert all(layer.gradient_checkpointing for layer in model.feedback.encoder.layers)
+        model(*batch, labels=torch.tensor([0, 1])).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, checkpointed = grads(False), grads(True)
+    assert plain.keys() == checkpointed.keys() and len(plain) > 20
+    for name in plain:
+        torch.testing.assert_close(plain[name], checkpointed[name], msg=name)
+
+
+def test_hidden_states_and_tuple_outputs(tiny_config, batch):
+    model = build(FeedbackModel, tiny_config(norm_position="pre"))
+    out = model(*batch, output_hidden_states=True)
+    assert len(out.hidden_states) == 3
+    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state)
+    as_tuple = model(*batch, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], out.last_hidden_state)
+    torch.testing.assert_close(as_tuple[1], out.pooler_output)
+
+
+def test_resize_token_embeddings_keeps_old_rows_and_tying(tiny_config, batch):
+    model = build(FeedbackForMaskedLM, tiny_config())
+    before = model(*batch).logits
+    old = model.get_input_embeddings().weight.detach().clone()
+    model.resize_token_embeddings(120)
+    assert model.config.vocab_size == 120
+    assert model.get_input_embeddings().weight.shape == (120, 32)
+    assert model.lm_head.decoder.weight is model.get_input_embeddings().weight
+    assert model.lm_head.decoder.bias.shape == (120,)
+    torch.testing.assert_close(model.get_input_embeddings().weight[:99], old)
+    torch.testing.assert_close(model(*batch).logits[..., :99], before)
+    model(torch.tensor([[119, 5]]))  # a new id is accepted
+
+
+def test_save_uses_safetensors_and_round_trips(tiny_config, batch, tmp_path):
+    model = build(FeedbackForSequenceClassification, tiny_config())
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and not (tmp_path / "pytorch_model.bin").exists()
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert type(loaded) is FeedbackForSequenceClassification
+    torch.testing.assert_close(loaded(*batch).logits, model(*batch).logits, atol=0, rtol=0)
+
+
+def test_from_config_and_dtype(tiny_config, batch, tmp_path):
+    model = AutoModel.from_config(tiny_config())
+    assert type(model) is FeedbackModel
+    model.save_pretrained(tmp_path)
+    half = AutoModel.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    out = half(*batch).last_hidden_state
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), model.eval()(*batch).last_hidden_state, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize(
+    "auto_class, expected",
+    [(AutoModel, FeedbackModel), (AutoModelForSequenceClassification, FeedbackForSequenceClassification),
+     (AutoModelForMaskedLM, FeedbackForMaskedLM), (AutoModelForTokenClassification, FeedbackForTokenClassification)],
+)
+def test_auto_classes_are_registered(auto_class, expected, tiny_config):
+    assert type(AutoConfig.for_model("feedback")) is FeedbackConfig
+    assert type(auto_class.from_config(tiny_config())) is expected
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bad tensors fail early with a clear message
+# --------------------------------------------------------------------------------------------------------------
+def test_too_long_sequence_is_rejected(tiny_config):
+    with pytest.raises(ValueError, match="max_position_embeddings=64"):
+        build(FeedbackModel, tiny_config())(torch.ones(1, 65, dtype=torch.long))
+
+
+@pytest.mark.parametrize("bad_id", [99, 1000, -1])
+def test_out_of_vocabulary_ids_are_rejected(bad_id, tiny_config):
+    with pytest.raises(ValueError, match="vocab_size=99"):
+        build(FeedbackModel, tiny_config())(torch.tensor([[1, bad_id]]))
+
+
+@pytest.mark.parametrize("model_class, labels", [
+    (FeedbackForSequenceClassification, torch.tensor([0, 2])),
+    (FeedbackForSequenceClassification, torch.tensor([-1, 0])),
+    (FeedbackForTokenClassification, torch.full((2, 9), 5)),
+])
+def test_labels_outside_num_labels_are_rejected(model_class, labels, tiny_config, batch):
+    with pytest.raises(ValueError, match="num_labels=2"):
+        build(model_class, tiny_config(num_labels=2))(*batch, labels=labels)
