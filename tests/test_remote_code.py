@@ -1,0 +1,102 @@
+"""Saved folders are self-contained: they open with every Auto class where hf_feedback cannot be imported."""
+
+import ast
+import json
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+from hf_feedback import (
+    FeedbackForMaskedLM,
+    FeedbackForSequenceClassification,
+    FeedbackForTokenClassification,
+    FeedbackModel,
+)
+
+AUTO_CLASSES = ["AutoModel", "AutoModelForSequenceClassification", "AutoModelForMaskedLM",
+                "AutoModelForTokenClassification"]
+HEAD_OUTPUT = {  # the output each saved head is compared on when reopened with its own Auto class
+    FeedbackModel: ("AutoModel", "pooler_output"),
+    FeedbackForSequenceClassification: ("AutoModelForSequenceClassification", "logits"),
+    FeedbackForMaskedLM: ("AutoModelForMaskedLM", "logits"),
+    FeedbackForTokenClassification: ("AutoModelForTokenClassification", "logits"),
+}
+
+# Runs in a fresh interpreter. A meta-path hook makes `import hf_feedback` fail, as on a machine without it.
+LOADER = textwrap.dedent(
+    """
+    import sys, torch
+    class _NoHfFeedback:
+        def find_spec(self, name, path=None, target=None):
+            if name == "hf_feedback" or name.startswith("hf_feedback."):
+                raise ModuleNotFoundError("hf_feedback is not installed here")
+    sys.meta_path.insert(0, _NoHfFeedback())
+    try:
+        import hf_feedback
+        raise SystemExit("hf_feedback was importable")
+    except ModuleNotFoundError:
+        pass
+    import transformers
+    root = sys.argv[1]
+    inputs = torch.load(root + "/inputs.pt")
+    results = {}
+    for folder in sys.argv[2:]:
+      for name in %r:
+        model = getattr(transformers, name).from_pretrained(f"{root}/{folder}", trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        base = model if name == "AutoModel" else getattr(model, model.base_model_prefix)
+        with torch.no_grad():
+            out = model(**inputs)
+            results[folder, name] = {"class": type(model).__name__, "hidden": base(**inputs).last_hidden_state,
+                                     "head": out.pooler_output if name == "AutoModel" else out.logits}
+    torch.save(results, root + "/out.pt")
+    """
+    % (AUTO_CLASSES,)
+)
+
+
+def test_saved_heads_open_with_every_auto_class_without_hf_feedback(tiny_config, batch, tmp_path):
+    input_ids, attention_mask = batch
+    torch.save({"input_ids": input_ids, "attention_mask": attention_mask}, tmp_path / "inputs.pt")
+    models = {}
+    for head in HEAD_OUTPUT:
+        torch.manual_seed(0)
+        models[head] = model = head(tiny_config(num_labels=3)).eval()
+        folder = tmp_path / head.__name__
+        model.save_pretrained(folder)
+        # The folder carries its code and an auto_map naming every Auto class; the code imports only relatively.
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "config.json", "configuration_feedback.py", "model.safetensors", "modeling_feedback.py"]
+        auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+        assert set(auto_map) == {"AutoConfig", *AUTO_CLASSES}
+        for source in ("configuration_feedback.py", "modeling_feedback.py"):
+            tree = ast.parse((folder / source).read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.level == 0:
+                    assert not node.module.startswith("hf_feedback"), (source, node.module)
+                if isinstance(node, ast.Import):
+                    assert not any(a.name.startswith("hf_feedback") for a in node.names), source
+
+    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", LOADER, str(tmp_path), *(h.__name__ for h in HEAD_OUTPUT)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reopened = torch.load(tmp_path / "out.pt")
+
+    for head, model in models.items():
+        with torch.no_grad():
+            base = model if head is FeedbackModel else model.feedback
+            hidden = base(input_ids, attention_mask).last_hidden_state
+            own_class, key = HEAD_OUTPUT[head]
+            expected_head = model(input_ids, attention_mask)[key]
+        for name in AUTO_CLASSES:
+            got = reopened[head.__name__, name]
+            assert got["class"] == {"AutoModel": "FeedbackModel",
+                                    "AutoModelForSequenceClassification": "FeedbackForSequenceClassification",
+                                    "AutoModelForMaskedLM": "FeedbackForMaskedLM",
+                                    "AutoModelForTokenClassification": "FeedbackForTokenClassification"}[name]
+            # Every Auto class shares the saved encoder exactly.
+            torch.testing.assert_close(got["hidden"], hidden, atol=0, rtol=0)
+        torch.testing.assert_close(reopened[head.__name__, own_class]["head"], expected_head, atol=0, rtol=0)
