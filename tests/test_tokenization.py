@@ -1,0 +1,113 @@
+"""Tests for hf_feedback/tokenization.py and tokenize_dataset from hf_feedback/data.py."""
+
+import datasets
+import pytest
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from hf_feedback.data import load_sentiment_reviews, tokenize_dataset
+from hf_feedback.tokenization import SPECIAL_TOKENS, default_tokenizer_corpus, train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def reviews():
+    return load_sentiment_reviews()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(reviews):
+    # 2,000 reviews have ~2,700 distinct characters, so 3,000 leaves room for word pieces.
+    return train_tokenizer(reviews["train"]["text"][:2000], vocab_size=3000, model_max_length=128)
+
+
+def test_vocabulary_size_and_special_token_ids(tokenizer):
+    assert len(tokenizer) == 3000
+    assert tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS) == [0, 1, 2, 3, 4]
+    ids = (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id)
+    assert ids + (tokenizer.mask_token_id,) == (0, 1, 2, 3, 4)
+    assert tokenizer.model_max_length == 128
+
+
+def test_cjk_splits_into_characters_and_adds_cls_sep(tokenizer):
+    encoding = tokenizer("我喜欢这本书")
+    tokens = tokenizer.convert_ids_to_tokens(encoding["input_ids"])
+    assert tokens == ["[CLS]", "我", "喜", "欢", "这", "本", "书", "[SEP]"]
+    assert encoding["attention_mask"] == [1] * 8
+    assert encoding["token_type_ids"] == [0] * 8
+
+
+def test_pair_gets_second_segment_type(tokenizer):
+    encoding = tokenizer("好", "差")
+    assert tokenizer.convert_ids_to_tokens(encoding["input_ids"]) == ["[CLS]", "好", "[SEP]", "差", "[SEP]"]
+    assert encoding["token_type_ids"] == [0, 0, 0, 1, 1]
+
+
+def test_lowercases_and_decodes_word_pieces(tokenizer):
+    ids = tokenizer("Hello WORLD")["input_ids"]
+    assert ids == tokenizer("hello world")["input_ids"]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "hello world"
+
+
+def test_unknown_character_maps_to_unk(tokenizer, reviews):
+    assert "齉" not in "".join(reviews["train"]["text"][:2000])
+    assert tokenizer("好齉")["input_ids"] == [2, tokenizer.convert_tokens_to_ids("好"), 1, 3]
+
+
+def test_save_and_auto_reload_give_identical_ids(tokenizer, reviews, tmp_path):
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+
+    assert isinstance(reloaded, PreTrainedTokenizerFast)
+    texts = reviews["test"]["text"][:200]
+    assert reloaded(texts, truncation=True)["input_ids"] == tokenizer(texts, truncation=True)["input_ids"]
+    assert reloaded("好", "差") == tokenizer("好", "差")
+    assert reloaded.all_special_ids == tokenizer.all_special_ids
+    assert reloaded.model_max_length == 128
+    assert len(reloaded) == 3000
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="vocab_size"):
+        train_tokenizer(["好"], vocab_size=5)
+    with pytest.raises(ValueError, match="min_frequency"):
+        train_tokenizer(["好"], min_frequency=0)
+
+
+def test_default_corpus_is_review_train_split_then_peoples_daily(reviews):
+    corpus = list(default_tokenizer_corpus())
+    assert len(corpus) >= 13832 + 37_000
+    assert corpus[:13832] == reviews["train"]["text"]
+    assert corpus[13832].startswith("１２月３１日")
+
+
+def test_tokenize_dataset_truncates_and_keeps_labels(tokenizer, reviews):
+    validation = reviews["validation"]
+    tokenized = tokenize_dataset(validation, tokenizer, max_length=16)
+
+    assert tokenized.column_names == ["label", "input_ids", "token_type_ids", "attention_mask"]
+    assert tokenized["label"] == validation["label"]
+    lengths = [len(ids) for ids in tokenized["input_ids"]]
+    assert max(lengths) == 16
+    assert min(lengths) >= 3  # [CLS], at least one token, [SEP]
+    for ids in tokenized["input_ids"]:
+        assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    assert tokenized["input_ids"][0] == tokenizer(validation["text"][0], truncation=True, max_length=16)["input_ids"]
+
+
+def test_tokenize_dataset_fingerprint_is_deterministic(tokenizer, reviews):
+    # Equal fingerprints are what let `datasets` reuse its cache across runs.
+    small = reviews["test"].select(range(100))
+    first = tokenize_dataset(small, tokenizer, max_length=16)
+    again = tokenize_dataset(small, tokenizer, max_length=16)
+    longer = tokenize_dataset(small, tokenizer, max_length=32)
+    assert first._fingerprint == again._fingerprint != longer._fingerprint
+
+
+def test_tokenize_dataset_on_dataset_dict(tokenizer, reviews):
+    sample = datasets.DatasetDict({split: reviews[split].select(range(50 + i)) for i, split in enumerate(reviews)})
+    tokenized = tokenize_dataset(sample, tokenizer, max_length=8)
+    assert {split: len(tokenized[split]) for split in tokenized} == {"train": 50, "validation": 51, "test": 52}
+    for split in tokenized.values():
+        assert split.column_names == ["label", "input_ids", "token_type_ids", "attention_mask"]
+        assert max(len(ids) for ids in split["input_ids"]) == 8
+    with pytest.raises(ValueError, match="max_length"):
+        tokenize_dataset(sample, tokenizer, max_length=0)
