@@ -52,6 +52,13 @@ def train_tokenizer(
         vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    # The trainer breaks frequency ties in hash-map order, which changes from run to run, so the same corpus
+    # gave different ids (41 of 2,755 in one test). WordPiece looks pieces up by string, not by rank, so
+    # renumbering them in sorted order after the special tokens loses nothing and makes ids reproducible.
+    learned = sorted(set(tokenizer.get_vocab()) - set(SPECIAL_TOKENS))
+    tokenizer.model = models.WordPiece(
+        vocab={token: i for i, token in enumerate(SPECIAL_TOKENS + learned)}, unk_token="[UNK]"
+    )
     if tokenizer.get_vocab_size() > vocab_size:
         logger.warning(
             "The tokenizer has %d tokens, more than vocab_size=%d: WordPiece keeps every character "

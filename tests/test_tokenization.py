@@ -111,3 +111,12 @@ def test_tokenize_dataset_on_dataset_dict(tokenizer, reviews):
         assert max(len(ids) for ids in split["input_ids"]) == 8
     with pytest.raises(ValueError, match="max_length"):
         tokenize_dataset(sample, tokenizer, max_length=0)
+
+
+def test_training_twice_gives_identical_ids(reviews):
+    # The WordPiece trainer breaks ties in hash order; train_tokenizer renumbers so that runs (and the processes
+    # of a distributed run) agree on every id.
+    texts = reviews["train"]["text"][:2000]
+    first, second = (train_tokenizer(texts, vocab_size=2000).get_vocab() for _ in range(2))
+    assert first == second
+    assert [first[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")] == [0, 1, 2, 3, 4]

@@ -49,7 +49,14 @@ class F1(evaluate.Metric):
         )
 
     def _compute(
-        self, predictions, references, labels=None, pos_label=1, average="macro", sample_weight=None, zero_division="warn"
+        self,
+        predictions,
+        references,
+        labels=None,
+        pos_label=1,
+        average="macro",
+        sample_weight=None,
+        zero_division="warn",
     ):
         score = f1_score(
             references,

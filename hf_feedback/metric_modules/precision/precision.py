@@ -1,4 +1,5 @@
-"""Precision: the fraction of predictions of a class that are correct, as scikit-learn computes it, macro-averaged over classes by default.
+"""Precision: the fraction of predictions of a class that are correct, as scikit-learn computes it,
+macro-averaged over classes by default.
 
 An offline copy of the Hub's `evaluate-metric/precision`, except that `average` defaults to
 `"macro"` (the Hub's defaults to `"binary"`) so that it fits any number of classes and can be
@@ -49,7 +50,14 @@ class Precision(evaluate.Metric):
         )
 
     def _compute(
-        self, predictions, references, labels=None, pos_label=1, average="macro", sample_weight=None, zero_division="warn"
+        self,
+        predictions,
+        references,
+        labels=None,
+        pos_label=1,
+        average="macro",
+        sample_weight=None,
+        zero_division="warn",
     ):
         score = precision_score(
             references,

@@ -1,4 +1,5 @@
-"""Recall: the fraction of examples of a class that are found, as scikit-learn computes it, macro-averaged over classes by default.
+"""Recall: the fraction of examples of a class that are found, as scikit-learn computes it,
+macro-averaged over classes by default.
 
 An offline copy of the Hub's `evaluate-metric/recall`, except that `average` defaults to
 `"macro"` (the Hub's defaults to `"binary"`) so that it fits any number of classes and can be
@@ -49,7 +50,14 @@ class Recall(evaluate.Metric):
         )
 
     def _compute(
-        self, predictions, references, labels=None, pos_label=1, average="macro", sample_weight=None, zero_division="warn"
+        self,
+        predictions,
+        references,
+        labels=None,
+        pos_label=1,
+        average="macro",
+        sample_weight=None,
+        zero_division="warn",
     ):
         score = recall_score(
             references,

@@ -1,0 +1,178 @@
+"""Pieces the recipes share: argument parsing with our defaults, early checks, and clear failures."""
+
+import dataclasses
+from contextlib import contextmanager
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments
+from transformers.utils import logging
+
+from .configuration_feedback import FeedbackConfig
+from .tokenization import train_tokenizer
+
+logger = logging.get_logger(__name__)
+
+
+class RecipeError(ValueError):
+    """Bad input found by a recipe's own checks, before any work started."""
+
+
+def _has_accelerator():
+    return torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+
+
+# What both recipes change about an unset TrainingArguments flag. On a machine without an accelerator, use_cpu
+# makes a multi-process launch (`accelerate launch --multi_gpu --num_processes 2` or the cpu_multiprocess.yaml
+# config) train as one gloo process group instead of as independent copies.
+COMMON_DEFAULTS = dict(
+    max_grad_norm=1.0,
+    weight_decay=0.01,
+    train_sampling_strategy="group_by_length",
+    eval_strategy="steps",
+    save_strategy="steps",
+    save_total_limit=2,
+    logging_steps=20,
+    logging_first_step=True,
+    report_to="none",
+    use_cpu=not _has_accelerator(),
+    dataloader_pin_memory=_has_accelerator(),
+    ddp_find_unused_parameters=False,
+)
+
+
+def parse_args(dataclass_types, defaults, argv=None):
+    """HfArgumentParser over `dataclass_types` (TrainingArguments last), with the recipe's own defaults.
+
+    Every TrainingArguments flag still works; `defaults` only changes what an unset flag means.
+    """
+    parser = HfArgumentParser(dataclass_types)
+    parser.set_defaults(**{**COMMON_DEFAULTS, **defaults})
+    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith((".json", ".yaml", ".yml")):
+        path = os.path.abspath(sys.argv[1])
+        return parser.parse_json_file(path) if path.endswith(".json") else parser.parse_yaml_file(path)
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def resolve_resume(training_args: TrainingArguments):
+    """`--resume_from_checkpoint last` (or true) resumes from the newest checkpoint in output_dir."""
+    value = training_args.resume_from_checkpoint
+    if value is None:
+        return None
+    if value.lower() in ("last", "true"):
+        return True
+    if not Path(value).is_dir():
+        raise RecipeError(f"--resume_from_checkpoint {value}: no such checkpoint folder")
+    return value
+
+
+def check_output_dir(training_args: TrainingArguments, overwrite: bool):
+    """Refuse to write into a non-empty output_dir unless resuming or told to overwrite."""
+    output_dir = Path(training_args.output_dir)
+    if training_args.resume_from_checkpoint is not None or overwrite:
+        return
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        raise RecipeError(
+            f"output_dir {output_dir} exists and is not empty. Pass --overwrite_output_dir to replace its contents, "
+            "--resume_from_checkpoint last to continue its run, or choose another --output_dir."
+        )
+
+
+def check_precision(training_args: TrainingArguments):
+    """fp16 needs a CUDA (or other accelerator) device; say so instead of failing inside autocast."""
+    if training_args.fp16 and training_args.device.type == "cpu":
+        raise RecipeError(
+            "--fp16 needs a GPU, and this run is on the CPU. Drop --fp16 (full precision), or use --bf16 "
+            "where the CPU supports it."
+        )
+    if training_args.bf16 and training_args.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise RecipeError("--bf16 is not supported by this GPU; use --fp16 instead")
+
+
+def sample(dataset, limit, seed):
+    """A random subset of `limit` rows (all rows when limit is None); random so that sorted data stays balanced."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(limit))
+
+
+def load_or_train_tokenizer(source, texts, vocab_size, training_args, trust_remote_code=False):
+    """The tokenizer at `source`, or a WordPiece tokenizer trained on `texts` and saved to output_dir.
+
+    Training happens on the main process first; the other processes of a distributed run then load the saved
+    copy, so they all share one vocabulary. A resumed run reuses the tokenizer its output_dir already holds.
+    """
+    if source:
+        try:
+            return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as error:
+            raise RecipeError(f"no tokenizer could be loaded from {source}; pass --tokenizer_name ({error})")
+    folder = Path(training_args.output_dir)
+    resuming = training_args.resume_from_checkpoint is not None and (folder / "tokenizer.json").is_file()
+    with training_args.main_process_first(desc="training the tokenizer"):
+        if training_args.process_index == 0 and not resuming:
+            train_tokenizer(texts, vocab_size=vocab_size).save_pretrained(folder)
+        return AutoTokenizer.from_pretrained(folder)
+
+
+def parse_config_overrides(overrides: str | None) -> dict:
+    """'hidden_size=128,num_hidden_layers=2,hidden_act=swiglu' -> typed dict of FeedbackConfig fields."""
+    if not overrides:
+        return {}
+    fields = {f.name: f for f in dataclasses.fields(FeedbackConfig)}
+    defaults = FeedbackConfig()
+    result = {}
+    for item in overrides.split(","):
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            raise RecipeError(
+                f"--config_overrides: {item!r} is not FIELD=VALUE with a FeedbackConfig field; fields are "
+                f"{sorted(n for n in fields if not n.startswith('_'))}"
+            )
+        current = getattr(defaults, key)
+        raw = raw.strip()
+        if isinstance(current, bool):
+            value = raw.lower() in ("1", "true", "yes")
+        elif isinstance(current, int):
+            value = int(raw)
+        elif isinstance(current, float):
+            value = float(raw)
+        elif raw.lower() == "none":
+            value = None
+        else:
+            value = raw
+        result[key] = value
+    return result
+
+
+class _SetUp:
+    def __init__(self):
+        self.new_folders = []
+
+    def will_create(self, folder):
+        """`folder` may be written during set-up; if it does not exist yet, a failed set-up removes it again."""
+        folder = Path(folder)
+        if not folder.exists():
+            self.new_folders.append(folder)
+
+
+@contextmanager
+def bad_input_exits():
+    """Around a recipe's set-up (before training): bad input becomes a one-line message and exit status 2.
+
+    A folder registered with `will_create` that the failed set-up created (e.g. a freshly trained tokenizer in a
+    new output_dir) is removed, so that the corrected command can run with the same arguments. Training itself
+    runs outside, so a genuine failure there keeps its full traceback.
+    """
+    set_up = _SetUp()
+    try:
+        yield set_up
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
+        for folder in set_up.new_folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,218 @@
+"""Fine-tune an hf_feedback encoder (or any sequence-classification checkpoint) for text classification.
+
+    accelerate launch recipes/finetune.py                       # bundled Chinese reviews, model from scratch
+    accelerate launch recipes/finetune.py --model_name_or_path outputs/pretrain --use_lora --merge_lora
+    accelerate launch --cpu --num_processes 2 recipes/finetune.py --per_device_train_batch_size 16
+
+Every `TrainingArguments` flag works (`--num_train_epochs`, `--max_steps`, `--fp16`, `--report_to`,
+`--resume_from_checkpoint`, `--push_to_hub`, ...); the defaults below only change what an unset flag means.
+The run: parse -> data -> tokenizer -> model (+ LoRA) -> Trainer -> train -> evaluate -> save.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    DataCollatorWithPadding,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.utils import logging
+
+from hf_feedback import FeedbackConfig, FeedbackForSequenceClassification
+from hf_feedback.data import load_text_classification_data, tokenize_dataset
+from hf_feedback.lora import apply_lora
+from hf_feedback.metrics import build_compute_metrics
+from hf_feedback.plots import plot_confusion_matrix, plot_training_curves
+from hf_feedback.recipe_utils import (
+    RecipeError,
+    bad_input_exits,
+    check_output_dir,
+    check_precision,
+    load_or_train_tokenizer,
+    parse_args,
+    parse_config_overrides,
+    resolve_resume,
+    sample,
+)
+from hf_feedback.training import FeedbackTrainer
+
+logger = logging.get_logger("finetune")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "Checkpoint to start from: an hf_feedback folder (e.g. the output of pretrain.py), a converted BERT "
+                "(python -m hf_feedback.convert_bert), or any AutoModelForSequenceClassification checkpoint. "
+                "Without it a new FeedbackConfig model is trained from scratch."})
+    tokenizer_name: str | None = field(default=None, metadata={
+        "help": "Tokenizer folder; defaults to the checkpoint's, or a WordPiece tokenizer trained on the train split."})
+    tokenizer_vocab_size: int = field(default=10000, metadata={"help": "Vocabulary size when training a tokenizer."})
+    config_overrides: str | None = field(default=None, metadata={
+        "help": "FeedbackConfig fields for a new model, e.g. 'hidden_size=128,num_hidden_layers=2,hidden_act=swiglu'."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "'sdpa' (default) or 'eager'."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow checkpoints that ship their own code."})
+    noam_warmup_steps: int | None = field(default=None, metadata={
+        "help": "Use the Transformer paper's Noam schedule with this many warmup steps (learning_rate is its factor)."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the Hub (needs network)."})
+    dataset_config_name: str | None = None
+    train_file: str | None = field(default=None, metadata={"help": "csv, json, jsonl or parquet."})
+    validation_file: str | None = None
+    test_file: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    max_seq_length: int = field(default=128, metadata={"help": "Longer texts are truncated to this many tokens."})
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+
+
+@dataclass
+class LoraArguments:
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    lora_target_modules: str | None = field(default=None, metadata={
+        "help": "Comma-separated module names; default: attention projections and feed-forward layers."})
+    merge_lora: bool = field(default=False, metadata={
+        "help": "Save the adapter merged into the base weights: a plain model that loads without peft."})
+
+
+DEFAULTS = dict(
+    output_dir="outputs/finetune",
+    num_train_epochs=1,
+    per_device_train_batch_size=32,
+    per_device_eval_batch_size=64,
+    learning_rate=5e-4,
+    warmup_steps=0.1,
+    eval_steps=100,
+    save_steps=100,
+)
+
+
+def load_model(model_args, tokenizer, label_names, max_seq_length):
+    num_labels = len(label_names)
+    labels = dict(id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
+    if model_args.model_name_or_path is None:
+        config = FeedbackConfig(
+            **{"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+               "max_position_embeddings": max(512, max_seq_length), "num_labels": num_labels, **labels,
+               **parse_config_overrides(model_args.config_overrides)}
+        )
+        return FeedbackForSequenceClassification._from_config(config, attn_implementation=model_args.attn_implementation)
+
+    if model_args.config_overrides:
+        raise RecipeError("--config_overrides only applies to a new model, not to --model_name_or_path")
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    is_classifier = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    if is_classifier and config.num_labels != num_labels:
+        raise RecipeError(
+            f"{model_args.model_name_or_path} is a classifier with num_labels={config.num_labels}, but the data has "
+            f"{num_labels} labels {label_names}"
+        )
+    if config.vocab_size < len(tokenizer):
+        raise RecipeError(f"the tokenizer has {len(tokenizer)} tokens but the model only {config.vocab_size}")
+    return AutoModelForSequenceClassification.from_pretrained(
+        model_args.model_name_or_path, num_labels=num_labels, **labels,
+        attn_implementation=model_args.attn_implementation, trust_remote_code=model_args.trust_remote_code,
+    )
+
+
+def save_outputs(trainer, tokenizer, lora_args, output_dir):
+    """Model (or adapter, or merged model) and tokenizer in output_dir; only the main process writes."""
+    if lora_args.use_lora and lora_args.merge_lora:
+        trainer.save_model(output_dir / "adapter")
+        if trainer.is_world_process_zero():
+            merged = trainer.model.merge_and_unload()
+            merged.save_pretrained(output_dir)
+    else:
+        trainer.save_model(output_dir)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(output_dir)
+
+
+def main(argv=None):
+    with bad_input_exits() as set_up:
+        model_args, data_args, lora_args, training_args = parse_args(
+            (ModelArguments, DataArguments, LoraArguments, TrainingArguments), DEFAULTS, argv
+        )
+        output_dir = Path(training_args.output_dir)
+        check_output_dir(training_args, model_args.overwrite_output_dir)
+        set_up.will_create(output_dir)
+        check_precision(training_args)
+        if lora_args.merge_lora and not lora_args.use_lora:
+            raise RecipeError("--merge_lora needs --use_lora")
+        resume = resolve_resume(training_args)
+        print(f"process rank {training_args.process_index} of {training_args.world_size} on {training_args.device}",
+              flush=True)
+        set_seed(training_args.seed)
+
+        raw = load_text_classification_data(
+            data_args.dataset_name, data_args.dataset_config_name, data_args.train_file, data_args.validation_file,
+            data_args.test_file, data_args.text_column, data_args.label_column,
+        )
+        raw["train"] = sample(raw["train"], data_args.max_train_samples, training_args.seed)
+        for split in ("validation", "test"):
+            if split in raw:
+                raw[split] = sample(raw[split], data_args.max_eval_samples, training_args.seed)
+        label_names = raw["train"].features["label"].names
+
+        tokenizer = load_or_train_tokenizer(
+            model_args.tokenizer_name or model_args.model_name_or_path, raw["train"]["text"],
+            model_args.tokenizer_vocab_size, training_args, model_args.trust_remote_code,
+        )
+        model = load_model(model_args, tokenizer, label_names, data_args.max_seq_length)
+        if lora_args.use_lora:
+            targets = lora_args.lora_target_modules
+            model = apply_lora(model, lora_args.lora_r, lora_args.lora_alpha, lora_args.lora_dropout,
+                               [t.strip() for t in targets.split(",")] if targets else None)
+            if training_args.process_index == 0:
+                model.print_trainable_parameters()
+        max_length = min(data_args.max_seq_length, getattr(model.config, "max_position_embeddings", 512))
+        with training_args.main_process_first(desc="tokenizing"):
+            tokenized = tokenize_dataset(raw, tokenizer, max_length)
+
+    trainer = FeedbackTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized.get("validation"),
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=build_compute_metrics(),
+        noam_warmup_steps=model_args.noam_warmup_steps,
+    )
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_metrics("train", train_result.metrics)
+    if "validation" in tokenized:
+        trainer.save_metrics("eval", trainer.evaluate())
+    if "test" in tokenized:
+        prediction = trainer.predict(tokenized["test"], metric_key_prefix="test")
+        prediction.metrics["test_samples"] = len(prediction.predictions)  # gathered from every process
+        trainer.save_metrics("test", prediction.metrics)
+    trainer.save_state()
+    save_outputs(trainer, tokenizer, lora_args, output_dir)
+
+    if trainer.is_world_process_zero():
+        plot_training_curves(trainer.state.log_history, output_dir)
+        if "test" in tokenized:
+            plot_confusion_matrix(prediction.label_ids, prediction.predictions.argmax(-1), label_names,
+                                  output_dir / "confusion_matrix.png")
+            print(f"test accuracy: {prediction.metrics['test_accuracy']:.4f}  "
+                  f"macro F1: {prediction.metrics['test_f1']:.4f}  ({len(tokenized['test'])} texts)")
+        print(f"saved to {output_dir}: {json.dumps(sorted(p.name for p in output_dir.iterdir()))}")
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+
+
+if __name__ == "__main__":
+    main()

