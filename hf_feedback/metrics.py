@@ -1,9 +1,9 @@
 """Classification metrics for `Trainer(compute_metrics=...)`, computed by `evaluate` without the Hub.
 
-`evaluate.load("accuracy")` fetches the metric script from the Hugging Face Hub. hf_feedback
-ships its own copies of the four scripts in `hf_feedback/metric_modules/<name>/<name>.py`
-(scikit-learn does the arithmetic) and loads them by absolute path, which `evaluate` resolves
-locally and never sends to the Hub, so metrics work offline (`HF_HUB_OFFLINE=1`).
+`evaluate.load("accuracy")` fetches the metric script from the Hugging Face Hub. hf_feedback ships one
+metric module, `hf_feedback/metric_modules/classification/classification.py` (scikit-learn does the
+arithmetic), and loads it by absolute path, which `evaluate` resolves locally and never sends to the Hub,
+so metrics work offline (`HF_HUB_OFFLINE=1`).
 """
 
 from collections.abc import Callable
@@ -13,33 +13,28 @@ import evaluate
 import numpy as np
 from transformers import EvalPrediction
 
-
 METRIC_NAMES = ("accuracy", "f1", "precision", "recall")
 
-_METRIC_MODULES_DIR = Path(__file__).parent / "metric_modules"
+_METRIC_MODULE = Path(__file__).parent / "metric_modules" / "classification"
 
 
-def load_classification_metrics() -> evaluate.CombinedEvaluations:
-    """Accuracy and macro-averaged F1, precision and recall, combined into one `evaluate` module.
+def load_classification_metrics() -> evaluate.EvaluationModule:
+    """Accuracy and macro-averaged F1, precision and recall as one `evaluate` module.
 
     `compute(predictions=..., references=...)` returns `{"accuracy", "f1", "precision", "recall"}`.
-    The modules keep their state in memory (no cache files), which is safe when several
-    processes evaluate at once: Trainer has already gathered the predictions by then.
+    The module keeps its state in memory (no cache files), which is safe when several processes evaluate
+    at once: Trainer has already gathered the predictions by then.
 
-    Raises `FileNotFoundError` if a metric script is missing (hf_feedback installed without its
-    package data); errors from `evaluate.load` (e.g. scikit-learn not installed) propagate.
+    Raises `FileNotFoundError` if the module is missing (hf_feedback installed without its package data).
     """
-    modules = []
-    for name in METRIC_NAMES:
-        script = _METRIC_MODULES_DIR / name / f"{name}.py"
-        if not script.is_file():
-            raise FileNotFoundError(
-                f"The '{name}' metric script is missing at {script}; reinstall hf_feedback "
-                "with its package data (hf_feedback/metric_modules/*/*.py)."
-            )
-        # The folder, not the script: evaluate names the module after the folder.
-        modules.append(evaluate.load(str(script.parent), keep_in_memory=True))
-    return evaluate.combine(modules)
+    script = _METRIC_MODULE / "classification.py"
+    if not script.is_file():
+        raise FileNotFoundError(
+            f"The classification metric module is missing at {script}; reinstall hf_feedback with its package "
+            "data (hf_feedback/metric_modules/classification/classification.py)."
+        )
+    # The folder, not the script: evaluate names the module after the folder.
+    return evaluate.load(str(_METRIC_MODULE), keep_in_memory=True)
 
 
 def build_compute_metrics() -> Callable[[EvalPrediction], dict[str, float]]:

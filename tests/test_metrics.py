@@ -40,10 +40,10 @@ def test_hand_example_has_macro_f1_different_from_accuracy():
 
 
 def test_combined_metrics_load_offline_and_match_hand_computed_and_sklearn(offline):
-    combined = load_classification_metrics()
-    assert isinstance(combined, evaluate.CombinedEvaluations)
+    module = load_classification_metrics()
+    assert isinstance(module, evaluate.EvaluationModule)
 
-    results = combined.compute(predictions=PREDICTIONS, references=REFERENCES)
+    results = module.compute(predictions=PREDICTIONS, references=REFERENCES)
 
     assert set(results) == set(METRIC_NAMES)
     for name, value in EXPECTED.items():
@@ -56,10 +56,11 @@ def test_combined_metrics_load_offline_and_match_hand_computed_and_sklearn(offli
 
 @pytest.mark.parametrize("average", ["micro", "weighted", None])
 def test_metric_module_passes_average_through_to_sklearn(offline, average):
-    f1 = evaluate.load(str(metrics._METRIC_MODULES_DIR / "f1"), keep_in_memory=True)
-    result = f1.compute(predictions=PREDICTIONS, references=REFERENCES, average=average)
-    expected = f1_score(REFERENCES, PREDICTIONS, average=average)
-    assert result["f1"] == pytest.approx(expected.tolist() if average is None else expected)
+    result = load_classification_metrics().compute(predictions=PREDICTIONS, references=REFERENCES, average=average)
+    for name, score in (("f1", f1_score), ("precision", precision_score), ("recall", recall_score)):
+        expected = score(REFERENCES, PREDICTIONS, average=average)
+        assert result[name] == pytest.approx(expected.tolist() if average is None else expected), name
+    assert result["accuracy"] == pytest.approx(5 / 8)
 
 
 def test_compute_metrics_takes_argmax_of_logits_in_a_tuple(offline):
@@ -77,6 +78,6 @@ def test_compute_metrics_takes_argmax_of_logits_in_a_tuple(offline):
 
 
 def test_missing_metric_script_raises_clear_error(offline, monkeypatch, tmp_path):
-    monkeypatch.setattr(metrics, "_METRIC_MODULES_DIR", tmp_path)
-    with pytest.raises(FileNotFoundError, match="'accuracy' metric script is missing"):
+    monkeypatch.setattr(metrics, "_METRIC_MODULE", tmp_path)
+    with pytest.raises(FileNotFoundError, match="classification metric module is missing"):
         build_compute_metrics()

@@ -1,1 +1,0 @@
-"""Makes setuptools package `precision.py`, an `evaluate` script loaded by `hf_feedback.metrics`."""
