@@ -41,7 +41,7 @@ def test_defaults_follow_reference_design():
     assert (config.vocab_size, config.hidden_size, config.num_attention_heads, config.intermediate_size,
             config.num_hidden_layers) == (10000, 256, 8, 512, 6)
     assert (config.hidden_act, config.norm_position, config.position_embedding_type, config.pooling) == (
-        "gelu", "post", "absolute", "cls")
+        "gelu", "post", "absolute", "mean")
     assert config.model_type == "feedback"
 
 
@@ -215,7 +215,7 @@ def test_output_attentions_on_sdpa_asks_for_eager(tiny_config, batch):
 
 
 @pytest.mark.parametrize("model_class", HEADS)
-@pytest.mark.parametrize("overrides", [{}, dict(norm_position="pre", position_embedding_type="rotary", pooling="mean"),
+@pytest.mark.parametrize("overrides", [{}, dict(norm_position="pre", position_embedding_type="rotary", pooling="cls"),
                                        dict(position_embedding_type="sinusoidal", hidden_act="swiglu")])
 def test_padding_never_leaks(model_class, overrides, tiny_config, batch):
     model = build(model_class, tiny_config(**overrides))

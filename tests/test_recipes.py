@@ -22,7 +22,7 @@ from hf_feedback.convert_bert import convert_bert
 from hf_feedback.data import load_sentiment_reviews
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64,pooling=mean"
+TINY_MODEL = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"
 # 960 reviews, 60 steps of 32: enough for the loss to fall well below log(2) on a tiny model.
 FINETUNE = ["--max_train_samples", "960", "--max_eval_samples", "200", "--max_steps", "60",
             "--learning_rate", "3e-3", "--logging_steps", "10", "--eval_steps", "30", "--save_steps", "30",
@@ -184,7 +184,7 @@ def test_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path):
     # one and two processes differed by 1.5, 0.1 and 0.3 points); the whole test split (1,743 reviews)
     # measures accuracy to about +-1 point.
     common = ["recipes/finetune.py", "--config_overrides",
-              "hidden_size=64,num_hidden_layers=1,num_attention_heads=2,intermediate_size=128,pooling=mean",
+              "hidden_size=64,num_hidden_layers=1,num_attention_heads=2,intermediate_size=128",
               "--tokenizer_vocab_size", "2000", "--max_train_samples", "1920", "--num_train_epochs", "4",
               "--learning_rate", "2e-3", "--logging_steps", "10", "--eval_strategy", "no", "--save_strategy", "no",
               "--disable_tqdm", "true"]
