@@ -66,6 +66,10 @@ class FeedbackConfig(PretrainedConfig):
             `num_labels` and the labels' dtype, as BERT does.
         tie_word_embeddings (`bool`, defaults to `True`): share the masked-LM output projection with the input
             embeddings.
+        sparse_prediction (`bool`, defaults to `False`): when [`FeedbackForMaskedLM`] gets labels, project only
+            the labelled (masked) tokens onto the vocabulary, and return logits of shape (num_masked, V) instead
+            of (B, T, V). The loss is the same; with 15% masking it skips most of the largest matmul of
+            pretraining (H x V per token). ModernBERT's option of the same name.
     """
 
     model_type = "feedback"
@@ -89,6 +93,7 @@ class FeedbackConfig(PretrainedConfig):
     rope_theta: float = 10000.0
     pooling: str = "mean"
     tie_word_embeddings: bool = True
+    sparse_prediction: bool = False
 
     def __post_init__(self, **kwargs):
         self._validate()

@@ -507,10 +507,16 @@ class FeedbackForMaskedLM(FeedbackPreTrainedModel):
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
         )
-        logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
-        loss = None
+        hidden_states = outputs.last_hidden_state  # (B, T, H)
         if labels is not None:
             _check_class_labels(labels, self.config.vocab_size)
+            if self.config.sparse_prediction:
+                # Only labelled tokens enter the loss, so only they need the (H x V) projection.
+                labelled = labels != -100
+                hidden_states, labels = hidden_states[labelled], labels[labelled]  # (num_masked, H), (num_masked,)
+        logits = self.lm_head(hidden_states)  # (B, T, V), or (num_masked, V) with sparse_prediction
+        loss = None
+        if labels is not None:
             loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.view(-1))
         output = MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions

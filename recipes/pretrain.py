@@ -121,6 +121,7 @@ def main(argv=None):
         else:
             config = FeedbackConfig(**{"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
                                        "max_position_embeddings": max(512, data_args.max_seq_length),
+                                       "sparse_prediction": True,  # the loss needs only the masked tokens
                                        **parse_config_overrides(model_args.config_overrides)})
             model = FeedbackForMaskedLM(config)
         if model.config.vocab_size < len(tokenizer):

@@ -326,6 +326,18 @@ def test_masked_lm_ties_output_to_input_embeddings(tiny_config, batch, tmp_path)
     torch.testing.assert_close(loaded(*batch).logits, out.logits)
 
 
+def test_sparse_prediction_gives_the_same_loss_on_masked_tokens_only(tiny_config, batch):
+    dense = build(FeedbackForMaskedLM, tiny_config())
+    sparse = build(FeedbackForMaskedLM, tiny_config(sparse_prediction=True))
+    labels = torch.full((2, 9), -100)
+    labels[0, 3], labels[0, 6], labels[1, 1] = 7, 8, 11
+    full, reduced = dense(*batch, labels=labels), sparse(*batch, labels=labels)
+    assert reduced.logits.shape == (3, 99)
+    torch.testing.assert_close(reduced.logits, full.logits[labels != -100])
+    torch.testing.assert_close(reduced.loss, full.loss)
+    assert sparse(*batch).logits.shape == (2, 9, 99)  # without labels (fill-mask), every position
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Hugging Face conventions
 # --------------------------------------------------------------------------------------------------------------
