@@ -290,6 +290,12 @@ class FeedbackPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _no_split_modules = ["FeedbackLayer"]
 
+    @classmethod
+    def _can_set_attn_implementation(cls):
+        # FeedbackSelfAttention reads config._attn_implementation at every call, so set_attn_implementation("eager")
+        # works at any time. transformers' heuristic only trusts models that dispatch through ALL_ATTENTION_FUNCTIONS.
+        return True
+
     def _validate_input_ids(self, input_ids):
         # Fail with a clear message here rather than with an index error deep in an embedding kernel.
         if input_ids is not None and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):

@@ -41,6 +41,9 @@ COMMON_DEFAULTS = dict(
     use_cpu=not _has_accelerator(),
     dataloader_pin_memory=_has_accelerator(),
     ddp_find_unused_parameters=False,
+    # --push_to_hub uploads the finished run once (FeedbackTrainer.push_to_hub), not every checkpoint with its
+    # training_args.bin.
+    hub_strategy="end",
 )
 
 

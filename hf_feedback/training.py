@@ -15,6 +15,8 @@ from transformers import Trainer
 from transformers.trainer_utils import SchedulerType
 from transformers.utils import logging
 
+from .hub import push_folder
+
 
 logger = logging.get_logger(__name__)
 
@@ -108,3 +110,20 @@ class FeedbackTrainer(Trainer):
             self._created_lr_scheduler = True
             logger.info(f"Noam learning-rate schedule: d_model={d_model}, warmup_steps={self.noam_warmup_steps}.")
         return self.lr_scheduler
+
+    def push_to_hub(self, commit_message="End of training", blocking=True, token=None, revision=None, private=None):
+        """`Trainer.push_to_hub` through `hf_feedback.hub.push_folder`: uploads only output_dir's shareable files
+        (never training_args.bin, trainer_state.json or checkpoints) and keeps the model card written by
+        `hf_feedback.model_card.write_model_card` instead of Trainer's draft. Returns the commit (a `Future` when
+        `blocking=False`), or None on processes other than the main one."""
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        token = token if token is not None else self.args.hub_token
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token, private=private)
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        self._finish_current_push()
+        return push_folder(self.args.output_dir, self.hub_model_id, token=token, commit_message=commit_message,
+                           revision=revision if revision is not None else self.args.hub_revision,
+                           run_as_future=not blocking)

@@ -26,6 +26,7 @@ from hf_feedback import FeedbackConfig, FeedbackForSequenceClassification
 from hf_feedback.data import load_text_classification_data, tokenize_dataset
 from hf_feedback.lora import apply_lora
 from hf_feedback.metrics import build_compute_metrics
+from hf_feedback.model_card import write_model_card
 from hf_feedback.plots import plot_confusion_matrix, plot_training_curves
 from hf_feedback.recipe_utils import (
     RecipeError,
@@ -151,6 +152,8 @@ def main(argv=None):
         check_precision(training_args)
         if lora_args.merge_lora and not lora_args.use_lora:
             raise RecipeError("--merge_lora needs --use_lora")
+        if training_args.push_to_hub and lora_args.use_lora and not lora_args.merge_lora:
+            raise RecipeError("--push_to_hub with --use_lora needs --merge_lora: the Hub repository gets a plain model")
         resume = resolve_resume(training_args)
         print(f"process rank {training_args.process_index} of {training_args.world_size} on {training_args.device}",
               flush=True)
@@ -209,6 +212,10 @@ def main(argv=None):
                                   output_dir / "confusion_matrix.png")
             print(f"test accuracy: {prediction.metrics['test_accuracy']:.4f}  "
                   f"macro F1: {prediction.metrics['test_f1']:.4f}  ({len(tokenized['test'])} texts)")
+        write_model_card(trainer, json.loads((output_dir / "all_results.json").read_text()),
+                         {split: len(data) for split, data in tokenized.items()}, base_model=model_args.model_name_or_path,
+                         corpora=[data_args.dataset_name, data_args.train_file, data_args.validation_file,
+                                  data_args.test_file])
         print(f"saved to {output_dir}: {json.dumps(sorted(p.name for p in output_dir.iterdir()))}")
     if training_args.push_to_hub:
         trainer.push_to_hub()

@@ -8,6 +8,7 @@ Trains a WordPiece tokenizer on the corpus unless --tokenizer_name is given, the
 `recipes/finetune.py --model_name_or_path` expects. Every `TrainingArguments` flag works.
 """
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from transformers import DataCollatorForLanguageModeling, TrainingArguments, set
 
 from hf_feedback import FeedbackConfig, FeedbackForMaskedLM
 from hf_feedback.data import load_peoples_daily, load_sentiment_reviews, tokenize_dataset
+from hf_feedback.model_card import BUNDLED_PEOPLES_DAILY, BUNDLED_REVIEWS, write_model_card
 from hf_feedback.plots import plot_training_curves
 from hf_feedback.recipe_utils import (
     RecipeError,
@@ -149,6 +151,10 @@ def main(argv=None):
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(output_dir)
         plot_training_curves(trainer.state.log_history, output_dir)
+        write_model_card(trainer, json.loads((output_dir / "all_results.json").read_text()),
+                         {split: len(data) for split, data in tokenized.items()}, base_model=model_args.model_name_or_path,
+                         corpora=[data_args.train_file or BUNDLED_PEOPLES_DAILY,
+                                  BUNDLED_REVIEWS if data_args.include_review_texts else None])
         print(f"validation perplexity: {metrics['perplexity']:.2f}  ({len(tokenized['validation'])} texts)")
         print(f"saved to {output_dir}")
     if training_args.push_to_hub:

@@ -1,0 +1,117 @@
+"""Command line of a saved model folder (the output of recipes/finetune.py or recipes/pretrain.py).
+
+    python -m hf_feedback predict outputs/finetune "质量很好，物流也快" "太差了"   # label<TAB>score<TAB>text
+    cat reviews.txt | python -m hf_feedback predict outputs/finetune            # one text per line on stdin
+    python -m hf_feedback attention outputs/finetune "质量很好" --output attention.png
+
+Models load through hf_feedback's own classes (registered with the Auto classes), so the code files inside the folder
+are not run. A folder that is not a saved model (missing, no config.json, no tokenizer, or not a classifier for
+`predict`) stops with one line on stderr and exit status 2.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    pipeline,
+)
+from .visualize import attention_heatmaps
+
+_AUTO_CLASSES = {  # saved head (class-name suffix) -> Auto class that reopens it
+    "ForSequenceClassification": AutoModelForSequenceClassification,
+    "ForMaskedLM": AutoModelForMaskedLM,
+    "ForTokenClassification": AutoModelForTokenClassification,
+}
+
+
+class CommandError(ValueError):
+    """Bad input to a command: reported as one line and exit status 2."""
+
+
+def _load_config(folder):
+    """The configuration of a saved model folder, or CommandError saying why it is not one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CommandError(f"{folder} is not a folder")
+    if not (folder / "config.json").is_file():
+        raise CommandError(f"{folder} has no config.json: it is not a saved model")
+    try:
+        return AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as error:
+        raise CommandError(f"{folder}/config.json is not a model configuration transformers knows ({error})")
+
+
+def _load_tokenizer(folder):
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, TypeError) as error:
+        raise CommandError(f"{folder} has no usable tokenizer ({error})")
+
+
+def predict(folder, texts, batch_size=32):
+    """Print `label<TAB>score<TAB>text` for each text, with the classifier saved in `folder`."""
+    config = _load_config(folder)
+    architectures = config.architectures or []
+    if not any(name.endswith("ForSequenceClassification") for name in architectures):
+        raise CommandError(
+            f"{folder} holds {', '.join(architectures) or 'a model without a saved head'}, not a sequence classifier; "
+            "predict needs one (e.g. the output of recipes/finetune.py)"
+        )
+    if not texts:
+        raise CommandError("no texts: give them as arguments or one per line on stdin")
+    tokenizer = _load_tokenizer(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    classify = pipeline("text-classification", model=model, tokenizer=tokenizer)
+    max_length = min(tokenizer.model_max_length, getattr(config, "max_position_embeddings", tokenizer.model_max_length))
+    for text, result in zip(texts, classify(texts, batch_size=batch_size, truncation=True, max_length=max_length)):
+        print(f"{result['label']}\t{result['score']:.4f}\t{text}")
+
+
+def attention(folder, text, output, layers=None):
+    """Save the attention heat maps of `text` under the model saved in `folder` to `output`; return the path."""
+    config, tokenizer = _load_config(folder), _load_tokenizer(folder)
+    architecture = (config.architectures or [""])[0]
+    auto_class = next((cls for suffix, cls in _AUTO_CLASSES.items() if architecture.endswith(suffix)), AutoModel)
+    model = auto_class.from_pretrained(folder, attn_implementation="eager")
+    return attention_heatmaps(model, tokenizer, text, output, layers)
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="python -m hf_feedback", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    predict_parser = commands.add_parser("predict", help="classify texts: label, score and text per line")
+    predict_parser.add_argument("folder", help="a saved classifier (model + tokenizer)")
+    predict_parser.add_argument("texts", nargs="*", help="texts to classify; without any, one per line from stdin")
+    predict_parser.add_argument("--batch_size", type=int, default=32)
+
+    attention_parser = commands.add_parser("attention", help="draw attention heat maps of one text")
+    attention_parser.add_argument("folder", help="a saved model (model + tokenizer)")
+    attention_parser.add_argument("text")
+    attention_parser.add_argument("--output", default="attention.png", help="PNG file to write")
+    attention_parser.add_argument("--layers", type=int, nargs="+", help="layer indices (default: all)")
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "predict":
+            texts = args.texts or [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+            predict(args.folder, texts, args.batch_size)
+        else:
+            print(attention(args.folder, args.text, args.output, args.layers))
+    except ValueError as error:  # CommandError, or bad input found by the library (e.g. a layer index)
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

