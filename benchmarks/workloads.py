@@ -1,0 +1,167 @@
+"""The models, batches and steps that the speed, efficiency and memory sections share.
+
+Two kinds of batch:
+- "reviews" (a): real review lengths. The bundled reviews' train texts, tokenized by a WordPiece tokenizer trained
+  once on those texts, truncated at `max_length` tokens, drawn at random (fixed seed) in batches of `batch_size`
+  and padded to each batch's longest row by `DataCollatorWithPadding`, as the fine-tuning recipe does.
+- "fixed" (b): `batch_size` x `max_length` random ids with an all-ones attention mask, so no padding at all.
+Every model sees the same batches.
+"""
+
+import random
+from dataclasses import dataclass
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification, DataCollatorWithPadding
+
+from hf_feedback import FeedbackConfig, FeedbackForSequenceClassification
+from hf_feedback.data import load_sentiment_reviews, tokenize_dataset
+from hf_feedback.tokenization import SPECIAL_TOKENS, train_tokenizer
+
+
+@dataclass(frozen=True)
+class Sizes:
+    model: dict  # FeedbackConfig fields that differ from its defaults
+    batch_size: int
+    max_length: int
+    review_batches: int  # batches of real reviews in one timed turn
+    repetitions: int  # timed turns per measurement (the median is reported)
+    warmup: int  # untimed turns before them
+
+
+# The default FeedbackConfig (vocab 10000, hidden 256, 8 heads, intermediate 512, 6 layers, gelu) for 2 labels.
+DEFAULT = Sizes(model=dict(num_labels=2), batch_size=32, max_length=128, review_batches=4, repetitions=5, warmup=2)
+# Toy sizes that check the whole harness in seconds; their numbers mean nothing.
+QUICK = Sizes(
+    model=dict(num_labels=2, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
+    batch_size=8, max_length=32, review_batches=1, repetitions=2, warmup=1,
+)
+
+
+def model_config(sizes, vocab_size=None):
+    """Our config at these sizes; `vocab_size` grows it when a tokenizer has more tokens than the default."""
+    config = FeedbackConfig(**sizes.model)
+    if vocab_size is not None and vocab_size > config.vocab_size:
+        config.vocab_size = vocab_size
+    return config
+
+
+def bert_config(config):
+    """The BertConfig with the same sizes, activation, dropout and LayerNorm epsilon as our `config`."""
+    if config.hidden_act != "gelu" or config.norm_position != "post" or config.position_embedding_type != "absolute":
+        raise ValueError("BERT is the post-norm, absolute-position, gelu case; compare at such a config")
+    return BertConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+        hidden_act="gelu",
+        hidden_dropout_prob=config.hidden_dropout_prob,
+        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
+        max_position_embeddings=config.max_position_embeddings,
+        type_vocab_size=config.type_vocab_size,
+        layer_norm_eps=config.layer_norm_eps,
+        num_labels=config.num_labels,
+    )
+
+
+def ours(config, attn_implementation="sdpa"):
+    torch.manual_seed(0)
+    return FeedbackForSequenceClassification._from_config(config, attn_implementation=attn_implementation)
+
+
+def bert(config, attn_implementation):
+    torch.manual_seed(0)
+    return BertForSequenceClassification._from_config(bert_config(config), attn_implementation=attn_implementation)
+
+
+# Row name -> builder. The first row is ours; ratios are taken against it.
+MODELS = {
+    "ours (sdpa)": ours,
+    "BERT (sdpa)": lambda config: bert(config, "sdpa"),
+    "BERT (eager)": lambda config: bert(config, "eager"),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batches
+# ----------------------------------------------------------------------------------------------------------------
+def review_tokenizer(vocab_size):
+    """The WordPiece tokenizer trained once on the review train split's texts."""
+    return train_tokenizer(load_sentiment_reviews()["train"]["text"], vocab_size=vocab_size)
+
+
+def review_batches(sizes, tokenizer, seed=0):
+    """`sizes.review_batches` random batches of real reviews, each padded to its own longest row."""
+    train = load_sentiment_reviews()["train"]
+    picked = random.Random(seed).sample(range(len(train)), sizes.batch_size * sizes.review_batches)
+    rows = tokenize_dataset(train.select(picked), tokenizer, sizes.max_length)
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    return [
+        dict(collate([rows[i] for i in range(start, start + sizes.batch_size)]))
+        for start in range(0, len(rows), sizes.batch_size)
+    ]
+
+
+def fixed_batches(sizes, vocab_size, seed=0):
+    """One batch of `batch_size` x `max_length` random ids (special tokens excluded), no padding."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (sizes.batch_size, sizes.max_length)
+    input_ids = torch.randint(len(SPECIAL_TOKENS), vocab_size, shape, generator=generator)
+    return [dict(
+        input_ids=input_ids,
+        token_type_ids=torch.zeros_like(input_ids),
+        attention_mask=torch.ones_like(input_ids),
+        labels=torch.randint(0, 2, (sizes.batch_size,), generator=generator),
+    )]
+
+
+def batch_stats(batches):
+    """Sequences, real tokens and padded positions over a list of batches."""
+    masks = [batch["attention_mask"] for batch in batches]
+    return {
+        "batches": len(batches),
+        "sequences": sum(mask.shape[0] for mask in masks),
+        "real_tokens": int(sum(mask.sum() for mask in masks)),
+        "padded_tokens": sum(mask.numel() for mask in masks),
+        "padded_lengths": [mask.shape[1] for mask in masks],
+    }
+
+
+def to_device(batches, device):
+    return [{name: tensor.to(device) for name, tensor in batch.items()} for batch in batches]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Steps
+# ----------------------------------------------------------------------------------------------------------------
+def optimizer_for(model):
+    # The fine-tuning recipe's learning rate and weight decay; the value does not change the cost of a step.
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4, weight_decay=0.01)
+
+
+def training_turn(model, optimizer, batches):
+    """A callable that runs one training step (forward + backward + AdamW) on each batch, dropout on."""
+
+    def turn():
+        model.train()
+        for batch in batches:
+            optimizer.zero_grad(set_to_none=True)
+            model(**batch).loss.backward()
+            optimizer.step()
+
+    return turn
+
+
+def inference_turn(model, batches):
+    """A callable that runs the forward pass on each batch under `torch.inference_mode`, dropout off."""
+    inputs = [{name: tensor for name, tensor in batch.items() if name != "labels"} for batch in batches]
+
+    def turn():
+        model.eval()
+        with torch.inference_mode():
+            for batch in inputs:
+                model(**batch)
+
+    return turn
