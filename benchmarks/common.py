@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 import transformers
 
+from hf_feedback.model_card import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "runs"  # scratch space for subprocesses and recipe outputs (gitignored)
 
@@ -18,16 +20,6 @@ RUNS = ROOT / "benchmarks" / "runs"  # scratch space for subprocesses and recipe
 # ----------------------------------------------------------------------------------------------------------------
 # Where and when a section ran
 # ----------------------------------------------------------------------------------------------------------------
-def _cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _memory_gib():
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -53,7 +45,7 @@ def _git_commit():
 def machine():
     """The hardware and software a number was measured on."""
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "memory_gib": _memory_gib(),
         "torch_threads": torch.get_num_threads(),

@@ -97,8 +97,9 @@ def render(results, command):
     lines = [
         "# hf_feedback benchmarks",
         "",
-        f"Written by `{command}`. Every number below comes from a run of that harness (benchmarks/); nothing is "
-        f"typed by hand. Each section names the date, commit and machine it was measured on.",
+        f"Written by `{command}` from `results.json`, which keeps each section's latest run. Every number below "
+        f"comes from a run of the harness (benchmarks/); nothing is typed by hand. Each section names the command, "
+        f"date, commit and machine it was measured with.",
         "",
     ]
     if any(section["run"]["quick"] for section in results.values()):
@@ -106,12 +107,14 @@ def render(results, command):
                   "nothing.", ""]
     for name, (title, render_section) in SECTIONS.items():
         if name not in results:
+            lines += [f"## {title}", "", f"_Not measured yet: `python benchmarks/run.py --only {name}` adds it._", ""]
             continue
         info = results[name]["run"]
         lines += [
             f"## {title}",
             "",
-            f"_Measured {info['date']} at commit {info['commit']}{' with --quick (toy sizes)' if info['quick'] else ''}"
+            f"_Measured {info['date']} by `{info.get('command', 'python benchmarks/run.py')}` at commit "
+            f"{info['commit']}{' with --quick (toy sizes)' if info['quick'] else ''}"
             f", on {info['device']}, in {info['seconds']:.0f} s. Machine: {describe_machine(info)}; load average "
             f"{info.get('load_average', float('nan')):.1f} at the end._",
             "",
@@ -130,19 +133,19 @@ def main(argv=None):
     datasets.disable_progress_bars()
     logging.set_verbosity_error()
 
+    command = shlex.join(["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
     results = json.loads(args.json.read_text()) if args.json.is_file() else {}
     for name in args.only:
         print(f"[benchmarks] {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         with stdout_to_stderr():
             result = run_section(name, args)
-        info = {**run_info(args.quick, args.device), "seconds": time.perf_counter() - start}
+        info = {**run_info(args.quick, args.device), "seconds": time.perf_counter() - start, "command": command}
         results[name] = {"run": info, "result": result}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))  # after each section, so a crash keeps the others
         print(f"[benchmarks] {name} done in {info['seconds']:.0f} s", file=sys.stderr, flush=True)
 
-    command = shlex.join(["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
     report = render(results, command)
     args.markdown.parent.mkdir(parents=True, exist_ok=True)
     args.markdown.write_text(report + "\n")

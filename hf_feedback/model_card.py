@@ -278,7 +278,7 @@ def _hardware(args, train_runtime):
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     elif device.type == "cpu":
-        name = f"CPU ({_cpu_name()}, {os.cpu_count()} cores)"
+        name = f"CPU ({cpu_name()}, {os.cpu_count()} cores)"
     else:
         name = device.type
     text = f"{_plural(args.world_size, 'process')} on {name}"
@@ -296,7 +296,8 @@ def _plural(count, noun):
     return f"{count} {noun}" + ("" if count == 1 else "es" if noun.endswith("s") else "s")
 
 
-def _cpu_name():
+def cpu_name():
+    """The CPU model as /proc/cpuinfo names it (or what platform knows)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

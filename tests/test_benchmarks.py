@@ -1,16 +1,10 @@
 """The benchmarks' arithmetic: the model-FLOP count behind MFU, checked against a count by hand."""
 
-import sys
-from pathlib import Path
-
 import pytest
-import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a folder of the repo, not installed
-
-from benchmarks import workloads  # noqa: E402
-from benchmarks.efficiency import matmul_weights, training_flops  # noqa: E402
-from hf_feedback import FeedbackForSequenceClassification  # noqa: E402
+from benchmarks import workloads
+from benchmarks.efficiency import matmul_weights, training_flops
+from hf_feedback import FeedbackForSequenceClassification
 
 
 def test_training_flops_match_a_count_by_hand(tiny_config):

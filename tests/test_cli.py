@@ -3,19 +3,19 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from matplotlib.image import imread
 from transformers import AutoTokenizer
 
+from helpers import ROOT
+
 from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification
 from hf_feedback.__main__ import main
 from hf_feedback.data import SENTIMENT_LABELS, load_sentiment_reviews
 from hf_feedback.tokenization import train_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["质量很好，物流也快", "太差了，再也不买了", "一般般"]
 
 

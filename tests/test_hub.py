@@ -8,7 +8,6 @@ its own pipeline); it first posts README.md to the Hub's YAML validator, replace
 repository has none.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -23,12 +22,13 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelet
 from huggingface_hub.errors import EntryNotFoundError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from helpers import WITHOUT_HF_FEEDBACK, run_recipe
+
 from hf_feedback import FeedbackConfig, FeedbackForSequenceClassification
 from hf_feedback.data import SENTIMENT_LABELS, load_sentiment_reviews
 from hf_feedback.hub import push_folder
 from hf_feedback.tokenization import train_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",
         "--tokenizer_vocab_size", "2000", "--max_train_samples", "256", "--max_eval_samples", "32", "--max_steps", "4",
         "--per_device_train_batch_size", "16", "--learning_rate", "3e-3", "--logging_steps", "2", "--eval_steps", "2",
@@ -86,11 +86,6 @@ def intercept(monkeypatch, root):
     return hub
 
 
-def run_finetune(argv):
-    spec = importlib.util.spec_from_file_location("recipe_finetune", ROOT / "recipes" / "finetune.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(argv)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +96,7 @@ def pushed(tmp_path_factory):
     with pytest.MonkeyPatch.context() as monkeypatch:
         hub = intercept(monkeypatch, root / "hub")
         output_dir = root / "finetune"
-        run_finetune(["--output_dir", str(output_dir), *TINY, "--push_to_hub", "--hub_model_id", "user/name"])
+        run_recipe("finetune", ["--output_dir", str(output_dir), *TINY, "--push_to_hub", "--hub_model_id", "user/name"])
 
         tokenizer = train_tokenizer(TEXTS * 10, vocab_size=300)
         torch.manual_seed(0)
@@ -152,20 +147,9 @@ def test_model_and_tokenizer_push_to_hub_upload_a_self_contained_model(pushed):
     assert_nothing_local(root / "hub" / "user" / "tiny", root)
 
 
-# Runs in a fresh interpreter where `import hf_feedback` fails, as on a machine without it.
-LOADER = textwrap.dedent(
+LOADER = WITHOUT_HF_FEEDBACK + textwrap.dedent(
     """
-    import json, sys, torch
-    class _NoHfFeedback:
-        def find_spec(self, name, path=None, target=None):
-            if name == "hf_feedback" or name.startswith("hf_feedback."):
-                raise ModuleNotFoundError("hf_feedback is not installed here")
-    sys.meta_path.insert(0, _NoHfFeedback())
-    try:
-        import hf_feedback
-        raise SystemExit("hf_feedback was importable")
-    except ModuleNotFoundError:
-        pass
+    import json, torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     texts, output, logits = json.loads(sys.argv[1]), sys.argv[2], {}
     for folder in sys.argv[3:]:
@@ -221,5 +205,5 @@ def test_push_folder_refuses_local_paths_and_empty_folders(monkeypatch, tmp_path
 
 def test_lora_adapters_are_pushed_merged(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        run_finetune(["--output_dir", str(tmp_path / "lora"), "--use_lora", "--push_to_hub"])
+        run_recipe("finetune", ["--output_dir", str(tmp_path / "lora"), "--use_lora", "--push_to_hub"])
     assert exit_info.value.code == 2 and "--merge_lora" in capsys.readouterr().err

@@ -5,10 +5,8 @@ parsed into `ModelCardData` (which builds `EvalResult`s from the model-index thr
 raising on a malformed one) and checked to round-trip through YAML.
 """
 
-import importlib.util
 import json
 import re
-from pathlib import Path
 
 import pytest
 import yaml
@@ -16,11 +14,12 @@ from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from transformers import Trainer, TrainingArguments
 
+from helpers import run_recipe
+
 from hf_feedback import FeedbackForSequenceClassification
 from hf_feedback.lora import apply_lora
 from hf_feedback.model_card import TEMPLATE_PATH, write_model_card
 
-ROOT = Path(__file__).resolve().parents[1]
 FINETUNE = ["--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",
             "--tokenizer_vocab_size", "2000", "--max_train_samples", "320", "--max_eval_samples", "48",
             "--max_steps", "4", "--per_device_train_batch_size", "16", "--learning_rate", "3e-3",
@@ -31,11 +30,6 @@ PRETRAIN = ["--max_train_samples", "400", "--max_steps", "2", "--config_override
             "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true"]
 
 
-def run_recipe(name, argv):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(argv)
 
 
 @pytest.fixture(scope="module")

@@ -1,23 +1,17 @@
 """transformers pipelines on checkpoints saved by the recipes (tiny runs): the numbers are the model's own."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
+from helpers import run_recipe
+
 from hf_feedback import FeedbackModel
 
-ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["质量很好，物流也快", "太差了，再也不买了", "一般般，还可以吧", "书的内容不错，但是纸张很差，印刷也模糊", "好"]
 
 
-def run_recipe(name, argv):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(argv)
 
 
 @pytest.fixture(scope="module")

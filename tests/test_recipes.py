@@ -1,6 +1,5 @@
 """recipes/finetune.py and recipes/pretrain.py end to end: tiny models, few steps, the real bundled data."""
 
-import importlib.util
 import json
 import os
 import re
@@ -17,11 +16,12 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from helpers import ROOT, load_recipe
+
 from hf_feedback import FeedbackForSequenceClassification
 from hf_feedback.convert_bert import convert_bert
 from hf_feedback.data import load_sentiment_reviews
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"
 # 960 reviews, 60 steps of 32: enough for the loss to fall well below log(2) on a tiny model.
 FINETUNE = ["--max_train_samples", "960", "--max_eval_samples", "200", "--max_steps", "60",
@@ -33,11 +33,6 @@ PRETRAIN = ["--max_train_samples", "2000", "--max_steps", "30", "--config_overri
             "--save_steps", "15", "--disable_tqdm", "true"]
 
 
-def load_recipe(name):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 finetune = load_recipe("finetune")

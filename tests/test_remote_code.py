@@ -8,6 +8,8 @@ import textwrap
 
 import torch
 
+from helpers import WITHOUT_HF_FEEDBACK
+
 from hf_feedback import (
     FeedbackForMaskedLM,
     FeedbackForSequenceClassification,
@@ -24,20 +26,9 @@ HEAD_OUTPUT = {  # the output each saved head is compared on when reopened with 
     FeedbackForTokenClassification: ("AutoModelForTokenClassification", "logits"),
 }
 
-# Runs in a fresh interpreter. A meta-path hook makes `import hf_feedback` fail, as on a machine without it.
-LOADER = textwrap.dedent(
+LOADER = WITHOUT_HF_FEEDBACK + textwrap.dedent(
     """
-    import sys, torch
-    class _NoHfFeedback:
-        def find_spec(self, name, path=None, target=None):
-            if name == "hf_feedback" or name.startswith("hf_feedback."):
-                raise ModuleNotFoundError("hf_feedback is not installed here")
-    sys.meta_path.insert(0, _NoHfFeedback())
-    try:
-        import hf_feedback
-        raise SystemExit("hf_feedback was importable")
-    except ModuleNotFoundError:
-        pass
+    import torch
     import transformers
     root = sys.argv[1]
     inputs = torch.load(root + "/inputs.pt")

@@ -1,0 +1,34 @@
+"""Helpers several test modules share (fixtures live in conftest.py)."""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The start of a script for a fresh interpreter in which `import hf_feedback` fails, as on a machine without it:
+# what it loads must come from a checkpoint's own code (trust_remote_code).
+WITHOUT_HF_FEEDBACK = """
+import sys
+class _NoHfFeedback:
+    def find_spec(self, name, path=None, target=None):
+        if name == "hf_feedback" or name.startswith("hf_feedback."):
+            raise ModuleNotFoundError("hf_feedback is not installed here")
+sys.meta_path.insert(0, _NoHfFeedback())
+try:
+    import hf_feedback
+    raise SystemExit("hf_feedback was importable")
+except ModuleNotFoundError:
+    pass
+"""
+
+
+def load_recipe(name):
+    """recipes/NAME.py as a module, so that tests call its main(argv) in-process."""
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_recipe(name, argv):
+    load_recipe(name).main(argv)
