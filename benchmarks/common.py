@@ -37,7 +37,10 @@ def _git_commit():
     try:
         commit = git("rev-parse", "--short", "HEAD")
         # Untracked files (the benchmark outputs, say) do not make the tree dirty; edits to tracked files do.
-        return commit + ("+uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+        # The harness's own outputs change while it runs; they don't make the measured code differ from the commit.
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results.json",
+                      ":!benchmarks/RESULTS.md")
+        return commit + ("+uncommitted changes" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
 
