@@ -1,6 +1,7 @@
 """Pieces the recipes share: argument parsing with our defaults, early checks, and clear failures."""
 
 import dataclasses
+from dataclasses import dataclass, field
 from contextlib import contextmanager
 import os
 import shutil
@@ -15,6 +16,24 @@ from .configuration_feedback import FeedbackConfig
 from .tokenization import train_tokenizer
 
 logger = logging.get_logger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    """Model arguments both recipes take (finetune.py adds its own)."""
+
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "Checkpoint to start from (finetune.py: an hf_feedback folder such as pretrain.py's output, a "
+                "converted BERT, or any AutoModelForSequenceClassification checkpoint; pretrain.py: a "
+                "FeedbackForMaskedLM to pretrain further). Without it a new FeedbackConfig model starts from scratch."})
+    tokenizer_name: str | None = field(default=None, metadata={
+        "help": "Tokenizer folder; defaults to the checkpoint's, or a WordPiece tokenizer trained on the training text."})
+    tokenizer_vocab_size: int = field(default=10000, metadata={"help": "Vocabulary size when training a tokenizer."})
+    config_overrides: str | None = field(default=None, metadata={
+        "help": "FeedbackConfig fields for a new model, e.g. 'hidden_size=128,num_hidden_layers=2,hidden_act=swiglu'."})
+    noam_warmup_steps: int | None = field(default=None, metadata={
+        "help": "Use the Transformer paper's Noam schedule with this many warmup steps (learning_rate is its factor)."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Write into a non-empty output_dir."})
 
 
 class RecipeError(ValueError):

@@ -20,7 +20,6 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.utils import logging
 
 from hf_feedback import FeedbackConfig, FeedbackForSequenceClassification
 from hf_feedback.data import load_text_classification_data, tokenize_dataset
@@ -29,6 +28,7 @@ from hf_feedback.metrics import build_compute_metrics
 from hf_feedback.model_card import write_model_card
 from hf_feedback.plots import plot_confusion_matrix, plot_training_curves
 from hf_feedback.recipe_utils import (
+    ModelArguments,
     RecipeError,
     bad_input_exits,
     check_output_dir,
@@ -41,25 +41,12 @@ from hf_feedback.recipe_utils import (
 )
 from hf_feedback.training import FeedbackTrainer
 
-logger = logging.get_logger("finetune")
 
 
 @dataclass
-class ModelArguments:
-    model_name_or_path: str | None = field(default=None, metadata={
-        "help": "Checkpoint to start from: an hf_feedback folder (e.g. the output of pretrain.py), a converted BERT "
-                "(python -m hf_feedback.convert_bert), or any AutoModelForSequenceClassification checkpoint. "
-                "Without it a new FeedbackConfig model is trained from scratch."})
-    tokenizer_name: str | None = field(default=None, metadata={
-        "help": "Tokenizer folder; defaults to the checkpoint's, or a WordPiece tokenizer trained on the train split."})
-    tokenizer_vocab_size: int = field(default=10000, metadata={"help": "Vocabulary size when training a tokenizer."})
-    config_overrides: str | None = field(default=None, metadata={
-        "help": "FeedbackConfig fields for a new model, e.g. 'hidden_size=128,num_hidden_layers=2,hidden_act=swiglu'."})
+class FinetuneModelArguments(ModelArguments):
     attn_implementation: str | None = field(default=None, metadata={"help": "'sdpa' (default) or 'eager'."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow checkpoints that ship their own code."})
-    noam_warmup_steps: int | None = field(default=None, metadata={
-        "help": "Use the Transformer paper's Noam schedule with this many warmup steps (learning_rate is its factor)."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
 
 
 @dataclass
@@ -144,7 +131,7 @@ def save_outputs(trainer, tokenizer, lora_args, output_dir):
 def main(argv=None):
     with bad_input_exits() as set_up:
         model_args, data_args, lora_args, training_args = parse_args(
-            (ModelArguments, DataArguments, LoraArguments, TrainingArguments), DEFAULTS, argv
+            (FinetuneModelArguments, DataArguments, LoraArguments, TrainingArguments), DEFAULTS, argv
         )
         output_dir = Path(training_args.output_dir)
         check_output_dir(training_args, model_args.overwrite_output_dir)

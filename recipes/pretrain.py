@@ -21,6 +21,7 @@ from hf_feedback.data import load_peoples_daily, load_sentiment_reviews, tokeniz
 from hf_feedback.model_card import BUNDLED_PEOPLES_DAILY, BUNDLED_REVIEWS, write_model_card
 from hf_feedback.plots import plot_training_curves
 from hf_feedback.recipe_utils import (
+    ModelArguments,
     RecipeError,
     bad_input_exits,
     check_output_dir,
@@ -32,19 +33,6 @@ from hf_feedback.recipe_utils import (
     sample,
 )
 from hf_feedback.training import FeedbackTrainer
-
-
-@dataclass
-class ModelArguments:
-    model_name_or_path: str | None = field(default=None, metadata={
-        "help": "Continue pretraining this FeedbackForMaskedLM checkpoint instead of starting from scratch."})
-    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer folder; default: train one."})
-    tokenizer_vocab_size: int = 10000
-    config_overrides: str | None = field(default=None, metadata={
-        "help": "FeedbackConfig fields for the new model, e.g. 'hidden_size=128,num_hidden_layers=2'."})
-    noam_warmup_steps: int | None = field(default=None, metadata={
-        "help": "Use the Noam schedule with this many warmup steps (learning_rate is its factor)."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Write into a non-empty output_dir."})
 
 
 @dataclass
