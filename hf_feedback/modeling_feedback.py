@@ -46,22 +46,26 @@ class _Unpadding:
     """Where the N real tokens of a (B, T) batch sit, to move tensors between (B, T, ...) and (N, ...)."""
 
     indices: torch.Tensor  # (N,) positions of real tokens in the flattened (B * T) batch
+    sequences: torch.Tensor  # (N,) the same positions as (sequence, position) pairs
+    positions: torch.Tensor
     batch_size: int
     seq_len: int
 
     @classmethod
     def from_mask(cls, attention_mask):
-        indices = attention_mask.flatten().nonzero(as_tuple=True)[0]
-        return cls(indices, attention_mask.shape[0], attention_mask.shape[1])
+        sequences, positions = attention_mask.nonzero(as_tuple=True)
+        indices = sequences * attention_mask.shape[1] + positions
+        return cls(indices, sequences, positions, attention_mask.shape[0], attention_mask.shape[1])
 
     def unpad(self, x):
-        # (B, T, ...) -> (N, ...)
-        return x.flatten(0, 1).index_select(0, self.indices)
+        # (B, T, ...) -> (N, ...). Indexing by (sequence, position) gathers straight from a strided view, such as
+        # attention's transposed output, without first copying it into a contiguous (B, T, ...) tensor.
+        return x[self.sequences, self.positions]
 
     def pad(self, x):
         # (N, ...) -> (B, T, ...), zeros at padding
         out = x.new_zeros((self.batch_size * self.seq_len, *x.shape[1:]))
-        out = out.index_copy(0, self.indices, x)
+        out.index_copy_(0, self.indices, x)
         return out.view(self.batch_size, self.seq_len, *x.shape[1:])
 
 
@@ -166,10 +170,10 @@ class FeedbackSelfAttention(nn.Module):
         else:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout_p)
 
-        context = context.transpose(1, 2).reshape(batch_size, seq_len, -1)  # (B, T, H)
+        context = context.transpose(1, 2)  # (B, T, nh, hs), a strided view
         if unpadding is not None:
-            context = unpadding.unpad(context)  # (N, H)
-        return self.out_proj(context), (probs if output_attentions else None)
+            context = unpadding.unpad(context)  # (N, nh, hs)
+        return self.out_proj(context.flatten(-2)), (probs if output_attentions else None)  # (N or B x T, H)
 
 
 # ----------------------------------------------------------------------------------------------------------------
