@@ -9,18 +9,15 @@ Characters suit Chinese, which has no spaces between words; the 1-3-grams cover 
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from hf_feedback.data import load_sentiment_reviews  # noqa: E402
-from hf_feedback.metrics import METRIC_NAMES, load_classification_metrics  # noqa: E402
-from hf_feedback.recipe_utils import sample  # noqa: E402
+from hf_feedback.data import load_sentiment_reviews
+from hf_feedback.metrics import METRIC_NAMES, load_classification_metrics
+from hf_feedback.recipe_utils import sample
 
 
 def main(argv=None):
