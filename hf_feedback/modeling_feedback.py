@@ -42,8 +42,8 @@ logger = logging.get_logger(__name__)
 # Padding bookkeeping
 # ----------------------------------------------------------------------------------------------------------------
 @dataclass
-class _Unpadding:
-    """Where the N real tokens of a (B, T) batch sit, to move tensors between (B, T, ...) and (N, ...)."""
+class _Layout:
+    """Where the real tokens of a padded (B, T) batch sit, to move tensors between (B, T, ...) and (N, ...)."""
 
     indices: torch.Tensor  # (N,) positions of real tokens in the flattened (B * T) batch
     sequences: torch.Tensor  # (N,) the same positions as (sequence, position) pairs
@@ -67,6 +67,47 @@ class _Unpadding:
         out = x.new_zeros((self.batch_size * self.seq_len, *x.shape[1:]))
         out.index_copy_(0, self.indices, x)
         return out.view(self.batch_size, self.seq_len, *x.shape[1:])
+
+
+@dataclass
+class _Bucket:
+    """Sequences of similar length that attend together, padded only to their own longest (Tb <= T)."""
+
+    tokens: torch.Tensor  # (Nb,) their real tokens' rows in the unpadded (N, ...) batch, in `layout` order
+    sequences: torch.Tensor  # (Bb,) their rows in the batch
+    layout: _Layout  # their (Bb, Tb) padded layout
+    mask: torch.Tensor | None  # (Bb, 1, 1, Tb) which keys each query may attend to; None when nothing is padded
+
+
+# Attention is the one operation that needs a padded layout. Sorting a batch's sequences by length and attending
+# in a few buckets, each padded to its own longest, skips most of the padding there too (T^2 work per sequence).
+_ATTENTION_BUCKETS = 4
+
+
+@dataclass
+class _Unpadding:
+    """A padded batch as its N real tokens, plus the length buckets its attention runs in."""
+
+    layout: _Layout  # the whole (B, T) batch
+    buckets: list
+    restore: torch.Tensor  # (N,) puts the buckets' concatenated tokens back in the batch's token order
+
+    @classmethod
+    def from_mask(cls, attention_mask):
+        layout = _Layout.from_mask(attention_mask)
+        batch_size, seq_len = attention_mask.shape
+        # Row of each real token in the (N, ...) tensor; extent = 1 + the last real position of each sequence.
+        token_rows = (attention_mask.flatten().cumsum(0) - 1).view(batch_size, seq_len)
+        extent = (attention_mask * torch.arange(1, seq_len + 1, device=attention_mask.device)).amax(1)
+        order = extent.argsort(descending=True)
+        buckets = []
+        for sequences in order.tensor_split(min(_ATTENTION_BUCKETS, batch_size)):
+            mask = attention_mask[sequences, : int(extent[sequences[0]])]  # (Bb, Tb)
+            bucket_layout = _Layout.from_mask(mask)
+            tokens = token_rows[sequences][bucket_layout.sequences, bucket_layout.positions]
+            buckets.append(_Bucket(tokens, sequences, bucket_layout, None if mask.all() else mask[:, None, None, :]))
+        restore = torch.cat([b.tokens for b in buckets]).argsort()
+        return cls(layout, buckets, restore)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -149,11 +190,29 @@ class FeedbackSelfAttention(nn.Module):
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_prob = config.attention_probs_dropout_prob
 
-    def forward(self, hidden_states, attention_mask, rotary, unpadding, output_attentions=False):
-        # hidden_states: (N, H) when unpadded, else (B, T, H); attention_mask: (B, 1, 1, T) bool or None
-        qkv = self.qkv_proj(hidden_states)
-        if unpadding is not None:
-            qkv = unpadding.pad(qkv)  # (B, T, 3H)
+    def forward(self, hidden_states, rotary, unpadding, output_attentions=False):
+        # hidden_states: (N, H) when unpadded, else (B, T, H) with no padding at all
+        qkv = self.qkv_proj(hidden_states)  # (N, 3H) or (B, T, 3H)
+        if unpadding is None:
+            context, probs = self._attend(qkv, None, rotary)
+            return self.out_proj(context.flatten(-2)), probs  # (B, T, H)
+
+        contexts, all_probs = [], None
+        if output_attentions:
+            batch, seq_len = unpadding.layout.batch_size, unpadding.layout.seq_len
+            all_probs = qkv.new_zeros(batch, self.num_heads, seq_len, seq_len)
+        for bucket in unpadding.buckets:
+            length = bucket.layout.seq_len
+            bucket_rotary = None if rotary is None else tuple(r[bucket.sequences, :, :length] for r in rotary)
+            context, probs = self._attend(bucket.layout.pad(qkv[bucket.tokens]), bucket.mask, bucket_rotary)
+            contexts.append(bucket.layout.unpad(context))  # (Nb, nh, hs)
+            if output_attentions:
+                all_probs[bucket.sequences, :, :length, :length] = probs
+        context = torch.cat(contexts)[unpadding.restore]  # (N, nh, hs), in the batch's token order
+        return self.out_proj(context.flatten(-2)), all_probs  # (N, H)
+
+    def _attend(self, qkv, attention_mask, rotary):
+        # qkv: (B, T, 3H) padded; attention_mask: (B, 1, 1, T) bool or None. Returns (B, T, nh, hs) and probs.
         batch_size, seq_len, _ = qkv.shape
         q, k, v = qkv.view(batch_size, seq_len, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
         if rotary is not None:
@@ -169,11 +228,7 @@ class FeedbackSelfAttention(nn.Module):
             context = F.dropout(probs, p=dropout_p, training=self.training) @ v  # (B, nh, T, hs)
         else:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout_p)
-
-        context = context.transpose(1, 2)  # (B, T, nh, hs), a strided view
-        if unpadding is not None:
-            context = unpadding.unpad(context)  # (N, nh, hs)
-        return self.out_proj(context.flatten(-2)), (probs if output_attentions else None)  # (N or B x T, H)
+        return context.transpose(1, 2), probs  # (B, T, nh, hs), a strided view
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -223,15 +278,15 @@ class FeedbackLayer(GradientCheckpointingLayer):
         self.feed_forward_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states, attention_mask=None, rotary=None, unpadding=None, output_attentions=False):
+    def forward(self, hidden_states, rotary=None, unpadding=None, output_attentions=False):
         if self.pre_norm:  # x + f(norm(x)): the residual stream is never normalised
             attended, probs = self.attention(
-                self.attention_norm(hidden_states), attention_mask, rotary, unpadding, output_attentions
+                self.attention_norm(hidden_states), rotary, unpadding, output_attentions
             )
             hidden_states = hidden_states + self.dropout(attended)
             hidden_states = hidden_states + self.dropout(self.feed_forward(self.feed_forward_norm(hidden_states)))
         else:  # norm(x + f(x)): BERT and the original Transformer
-            attended, probs = self.attention(hidden_states, attention_mask, rotary, unpadding, output_attentions)
+            attended, probs = self.attention(hidden_states, rotary, unpadding, output_attentions)
             hidden_states = self.attention_norm(hidden_states + self.dropout(attended))
             hidden_states = self.feed_forward_norm(hidden_states + self.dropout(self.feed_forward(hidden_states)))
         return hidden_states, probs
@@ -246,11 +301,11 @@ class FeedbackEncoder(nn.Module):
             nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm_position == "pre" else None
         )
 
-    def forward(self, hidden_states, attention_mask, rotary, unpadding, output_attentions, output_hidden_states):
+    def forward(self, hidden_states, rotary, unpadding, output_attentions, output_hidden_states):
         all_hidden_states = [hidden_states] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
         for layer in self.layers:
-            hidden_states, probs = layer(hidden_states, attention_mask, rotary, unpadding, output_attentions)
+            hidden_states, probs = layer(hidden_states, rotary, unpadding, output_attentions)
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             if output_attentions:
@@ -366,20 +421,19 @@ class FeedbackModel(FeedbackPreTrainedModel):
             rotary = rotary_cos_sin(position_ids, config.hidden_size // config.num_attention_heads,
                                     config.rope_theta, hidden_states.dtype)
 
-        mask, unpadding = None, None
+        unpadding = None
         if attention_mask is not None and not bool(attention_mask.all()):
             attention_mask = attention_mask.bool()
-            mask = attention_mask[:, None, None, :]  # (B, 1, 1, T): which keys each query may attend to
             unpadding = _Unpadding.from_mask(attention_mask)
-            hidden_states = unpadding.unpad(hidden_states)  # (N, H)
+            hidden_states = unpadding.layout.unpad(hidden_states)  # (N, H)
 
         hidden_states, all_hidden_states, all_attentions = self.encoder(
-            hidden_states, mask, rotary, unpadding, output_attentions, output_hidden_states
+            hidden_states, rotary, unpadding, output_attentions, output_hidden_states
         )
         if unpadding is not None:
-            hidden_states = unpadding.pad(hidden_states)  # (B, T, H), zeros at padding
+            hidden_states = unpadding.layout.pad(hidden_states)  # (B, T, H), zeros at padding
             if output_hidden_states:
-                all_hidden_states = [unpadding.pad(h) for h in all_hidden_states]
+                all_hidden_states = [unpadding.layout.pad(h) for h in all_hidden_states]
 
         if attention_mask is None:
             attention_mask = torch.ones((batch_size, seq_len), dtype=torch.bool, device=device)

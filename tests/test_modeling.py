@@ -134,7 +134,7 @@ def test_layer_places_norm_as_configured(norm_position, tiny_config):
     x = torch.randn(1, 5, 32)
 
     def attend(h):
-        return layer.attention(h, None, None, None)[0]
+        return layer.attention(h, None, None)[0]
 
     if norm_position == "post":
         h = layer.attention_norm(x + attend(x))
@@ -205,7 +205,8 @@ def test_eager_returns_attention_probabilities(tiny_config, batch):
     model = build(FeedbackModel, tiny_config(), attn="eager")
     attentions = model(*batch, output_attentions=True).attentions
     assert len(attentions) == 2 and attentions[0].shape == (2, 4, 9, 9)
-    torch.testing.assert_close(attentions[0].sum(-1), torch.ones(2, 4, 9))
+    real = torch.tensor([[1.0] * 9, [1.0] * 5 + [0.0] * 4])  # padding queries attend nowhere (all-zero rows)
+    torch.testing.assert_close(attentions[0].sum(-1), real[:, None, :].expand(2, 4, 9))
     assert attentions[0][1, :, :, 5:].abs().max() == 0  # nobody attends to padding
 
 
@@ -231,6 +232,26 @@ def test_padding_never_leaks(model_class, overrides, tiny_config, batch):
             torch.testing.assert_close(a, p, atol=1e-5, rtol=1e-5)
     for a, p in zip(alone.hidden_states, padded.hidden_states):
         torch.testing.assert_close(a, p[1:, :5], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_ragged_batch_matches_each_sequence_alone(attn, tiny_config):
+    # Nine sequences of assorted lengths (attention runs them in length buckets, several sharing one padded
+    # layout), one of them left-padded: each must come out as it does alone.
+    model = build(FeedbackForSequenceClassification, tiny_config(position_embedding_type="rotary"), attn=attn)
+    generator = torch.Generator().manual_seed(1)
+    lengths = [9, 1, 4, 7, 2, 9, 5, 3, 6]
+    input_ids = torch.randint(1, 99, (9, 9), generator=generator)
+    attention_mask = (torch.arange(9)[None] < torch.tensor(lengths)[:, None]).long()
+    attention_mask[4] = attention_mask[4].flip(0)  # left padding: real tokens at positions 7 and 8
+    input_ids[attention_mask == 0] = 0
+    position_ids = torch.arange(9).expand(9, 9)
+    batched = model(input_ids, attention_mask, position_ids=position_ids, output_hidden_states=True)
+    for i in range(9):
+        real = attention_mask[i].bool()
+        alone = model(input_ids[i:i + 1, real], position_ids=position_ids[i:i + 1, real], output_hidden_states=True)
+        torch.testing.assert_close(batched.logits[i:i + 1], alone.logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(batched.hidden_states[-1][i, real], alone.hidden_states[-1][0], atol=1e-5, rtol=1e-5)
 
 
 def test_padding_leaks_nothing_even_when_pad_tokens_change(tiny_config, batch):
@@ -264,7 +285,7 @@ def test_attention_matches_a_hand_written_softmax(tiny_config):
     probs = torch.softmax(heads(q) @ heads(k).transpose(-1, -2) / math.sqrt(8), dim=-1)
     context = (probs @ heads(v)).transpose(1, 2).reshape(1, 4, 32)
     expected = context @ attention.out_proj.weight.T + attention.out_proj.bias
-    out, returned_probs = attention(x, None, None, None, output_attentions=True)
+    out, returned_probs = attention(x, None, None, output_attentions=True)
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(returned_probs, probs)
 
