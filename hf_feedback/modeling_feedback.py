@@ -8,9 +8,10 @@ Shapes in comments: B batch, T padded sequence length, N real (non-padding) toke
 nh heads, hs head size (H / nh), I intermediate size, V vocabulary size.
 
 Padding is removed once after the embeddings: every per-token operation (projections, feed-forward, LayerNorm)
-runs on the N real tokens only, and only attention, which needs the (B, T) layout, sees padding, masked out.
-This is the unpadding idea of MosaicBERT / ModernBERT; on batches of real text it skips a large share of the
-work, and it is why a sequence gives the same outputs alone or padded inside a batch.
+runs on the N real tokens only, and attention, which needs a padded layout, runs in a few length buckets, each
+padded only to its own longest sequence and masked. This is the unpadding idea of MosaicBERT / ModernBERT; on
+batches of real text it skips a large share of the work, and it is why a sequence gives the same outputs alone
+or padded inside a batch.
 
 This file is copied next to every saved checkpoint ("remote code"), so it imports hf_feedback code only
 relatively (the configuration file).
