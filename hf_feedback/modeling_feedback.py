@@ -90,7 +90,7 @@ class _Unpadding:
     """A padded batch as its N real tokens, plus the length buckets its attention runs in."""
 
     layout: _Layout  # the whole (B, T) batch
-    buckets: list
+    buckets: list[_Bucket]
     restore: torch.Tensor  # (N,) puts the buckets' concatenated tokens back in the batch's token order
 
     @classmethod
