@@ -19,6 +19,8 @@ SENTIMENT_LABELS = ["negative", "positive"]
 
 # Extension -> `datasets` packaged builder. JSON Lines is read by the "json" builder.
 _BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# A pretraining corpus may also be plain text, one text per line.
+_CORPUS_BUILDERS = {".txt": "text", **_BUILDERS}
 _SPLITS = ("train", "validation", "test")
 
 # A sentence ends at 。！？ (or ASCII !?) and takes any closing quotes/brackets that follow,
@@ -155,7 +157,9 @@ def load_text_classification_data(
                     f"{split} file {path} has unsupported extension {path.suffix!r}; "
                     f"use one of {sorted(_BUILDERS)}."
                 )
-        raw = datasets.DatasetDict({split: _load_file(split, path) for split, path in files.items()})
+        raw = datasets.DatasetDict(
+            {split: _load_file(split, path, _BUILDERS[path.suffix.lower()]) for split, path in files.items()}
+        )
         sources = {split: f"{split} file {path}" for split, path in files.items()}
     else:
         if (text_column, label_column) != ("text", "label"):
@@ -168,12 +172,36 @@ def load_text_classification_data(
     return _normalise(raw, sources, text_column, label_column)
 
 
-def _load_file(split: str, path: Path) -> datasets.Dataset:
+def load_text_corpus(path: str | Path, text_column: str = "text") -> datasets.Dataset:
+    """Texts for masked-LM pretraining from a file, as a `text` column with blank texts dropped.
+
+    `.txt` holds one text per line; `.csv`, `.json`, `.jsonl` and `.parquet` name the column with `text_column`.
+    Raises FileNotFoundError for a missing file and ValueError for an unsupported extension, an unreadable or
+    empty file, or a missing column.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file not found: {path}")
+    builder = _CORPUS_BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise ValueError(
+            f"corpus file {path} has unsupported extension {path.suffix!r}; use one of {sorted(_CORPUS_BUILDERS)}."
+        )
+    corpus = _load_file("train", path, builder)
+    column = "text" if builder == "text" else text_column
+    if column not in corpus.column_names:
+        raise ValueError(f"Column {column!r} not found in corpus file {path}; its columns are {corpus.column_names}.")
+    corpus = corpus.select_columns([column])
+    if column != "text":
+        corpus = corpus.rename_column(column, "text")
+    return corpus.filter(lambda row: bool(row["text"].strip()))
+
+
+def _load_file(split: str, path: Path, name: str) -> datasets.Dataset:
     # load_dataset() in its three steps, so that an empty file is reported as such rather
     # than as a split instruction that "corresponds to no data".
     if path.stat().st_size == 0:
         raise ValueError(f"The {split!r} split ({split} file {path}) is empty.")
-    name = _BUILDERS[path.suffix.lower()]
     try:
         builder = datasets.load_dataset_builder(name, data_files=str(path))
         builder.download_and_prepare()

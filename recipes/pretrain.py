@@ -17,7 +17,7 @@ import datasets
 from transformers import DataCollatorForLanguageModeling, TrainingArguments, set_seed
 
 from hf_feedback import FeedbackConfig, FeedbackForMaskedLM
-from hf_feedback.data import load_peoples_daily, load_sentiment_reviews, tokenize_dataset
+from hf_feedback.data import load_peoples_daily, load_sentiment_reviews, load_text_corpus, tokenize_dataset
 from hf_feedback.model_card import BUNDLED_PEOPLES_DAILY, BUNDLED_REVIEWS, write_model_card
 from hf_feedback.plots import plot_training_curves
 from hf_feedback.recipe_utils import (
@@ -66,18 +66,7 @@ def load_corpus(data_args) -> datasets.Dataset:
     if data_args.train_file is None:
         corpus = load_peoples_daily()
     else:
-        path = Path(data_args.train_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"--train_file {path} does not exist")
-        suffix = path.suffix.lower()
-        builder = {".txt": "text", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(suffix)
-        if builder is None:
-            raise RecipeError(f"--train_file {path}: unsupported extension {suffix!r} (txt, csv, json, jsonl, parquet)")
-        corpus = datasets.load_dataset(builder, data_files=str(path), split="train")
-        column = "text" if builder == "text" else data_args.text_column
-        if column not in corpus.column_names:
-            raise RecipeError(f"--train_file {path} has no column {column!r}; columns: {corpus.column_names}")
-        corpus = corpus.select_columns([column]).rename_column(column, "text").filter(lambda r: bool(r["text"].strip()))
+        corpus = load_text_corpus(data_args.train_file, data_args.text_column)
     if data_args.include_review_texts:
         reviews = load_sentiment_reviews()["train"].select_columns(["text"])
         corpus = datasets.concatenate_datasets([corpus, reviews])

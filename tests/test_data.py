@@ -260,3 +260,22 @@ def test_config_name_without_dataset_name_is_rejected():
 def test_column_names_without_data_are_rejected():
     with pytest.raises(ValueError, match="only apply to your own data"):
         load_text_classification_data(text_column="sentence")
+
+
+def test_text_corpus_from_txt_and_csv(tmp_path):
+    from hf_feedback.data import load_text_corpus
+
+    (tmp_path / "corpus.txt").write_text("第一句话。\n\n  \n第二句话！\n", encoding="utf-8")
+    assert load_text_corpus(tmp_path / "corpus.txt")["text"] == ["第一句话。", "第二句话！"]
+    (tmp_path / "corpus.csv").write_text("id,body\n1,好\n2,坏\n", encoding="utf-8")
+    assert load_text_corpus(tmp_path / "corpus.csv", text_column="body")["text"] == ["好", "坏"]
+    with pytest.raises(ValueError, match=r"Column 'text' not found in corpus file .*\['id', 'body'\]"):
+        load_text_corpus(tmp_path / "corpus.csv")
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        load_text_corpus(tmp_path / "missing.txt")
+    (tmp_path / "corpus.xml").write_text("<a/>")
+    with pytest.raises(ValueError, match=r"unsupported extension '\.xml'.*\.txt"):
+        load_text_corpus(tmp_path / "corpus.xml")
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="is empty"):
+        load_text_corpus(tmp_path / "empty.txt")
