@@ -30,10 +30,12 @@ from .common import ROOT, RUNS, count, percent, table, verdict
 TFIDF_ARGS = ["--C", "4.0"]  # C picked on the validation split from {1, 4, 10}
 # From-scratch fine-tuning at finetune.py's defaults: default FeedbackConfig, 1 epoch, batch 32, lr 5e-4, 128 tokens.
 SCRATCH_ARGS = []
-# Masked-LM pretraining on People's Daily + the review train texts (~51k texts, ~2.6M tokens an epoch). 500 steps of
-# 64 texts is ~0.6 epoch: an estimate of what fits next to a ~7-minute fine-tuning in 30 minutes on an idle 2-core
-# CPU. Retune from the minutes the report shows.
-PRETRAIN_ARGS = ["--include_review_texts", "--max_steps", "500"]
+# Masked-LM pretraining on People's Daily + the review train texts (~51k texts, ~2.6M tokens an epoch) at
+# pretrain.py's defaults (batch 64, lr 1e-3). On the idle 2-core CPU 400 steps took 6.1 minutes (1.1 steps/s), so
+# 1,200 steps (~1.5 epochs) is what fits next to a ~7.5-minute fine-tuning in 30 minutes. Pre-norm
+# (--config_overrides norm_position=pre) with lr 1e-3 or 2e-3 sat at the same unigram plateau (MLM loss ~6.55 after
+# 400 steps), so the default post-norm stays.
+PRETRAIN_ARGS = ["--include_review_texts", "--max_steps", "1200"]
 PRETRAINED_FULL_ARGS = []  # finetune.py defaults, from the pretrained checkpoint
 PRETRAINED_LORA_ARGS = ["--use_lora", "--learning_rate", "2e-3"]  # LoRA learns slower per step: 4x the full lr
 # all-MiniLM-L6-v2 (hidden 384, 22.7M parameters) costs ~3.4x our model per token: 200 steps = 6,400 reviews.
