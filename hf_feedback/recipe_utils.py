@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import psutil
 import torch
 from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments
 from transformers.utils import logging
@@ -112,6 +113,27 @@ def check_precision(training_args: TrainingArguments):
         )
     if training_args.bf16 and training_args.device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise RecipeError("--bf16 is not supported by this GPU; use --fp16 instead")
+
+
+def check_cpu_threads(training_args: TrainingArguments):
+    """Warn when a lone CPU process runs torch on fewer threads than the machine has cores.
+
+    `accelerate launch` sets OMP_NUM_THREADS=1 for the process it starts unless it is told the job is a CPU job
+    (`--cpu`, or `use_cpu: true` in its config) or given --num_cpu_threads_per_process; the plain command then
+    trains on one core of many. That is right for several processes per machine, which share the cores, and wrong
+    for one. The user may have asked for it, so this says so rather than changing it.
+    """
+    if training_args.device.type != "cpu" or training_args.world_size > 1:
+        return
+    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    threads = torch.get_num_threads()
+    if threads < cores:
+        logger.warning(
+            f"torch uses {threads} thread(s) on this {cores}-core CPU (OMP_NUM_THREADS="
+            f"{os.environ.get('OMP_NUM_THREADS', 'unset')}): training leaves {cores - threads} core(s) idle. "
+            "`accelerate launch` sets OMP_NUM_THREADS=1 unless given --cpu; `accelerate launch --cpu recipes/...` "
+            "(or --num_cpu_threads_per_process) uses every core."
+        )
 
 
 def sample(dataset, limit, seed):

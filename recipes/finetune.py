@@ -32,6 +32,7 @@ from hf_feedback.recipe_utils import (
     RecipeError,
     bad_input_exits,
     check_output_dir,
+    check_cpu_threads,
     check_precision,
     load_or_train_tokenizer,
     parse_args,
@@ -137,6 +138,7 @@ def main(argv=None):
         check_output_dir(training_args, model_args.overwrite_output_dir)
         set_up.will_create(output_dir)
         check_precision(training_args)
+        check_cpu_threads(training_args)
         if lora_args.merge_lora and not lora_args.use_lora:
             raise RecipeError("--merge_lora needs --use_lora")
         if training_args.push_to_hub and lora_args.use_lora and not lora_args.merge_lora:

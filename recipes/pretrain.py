@@ -25,6 +25,7 @@ from hf_feedback.recipe_utils import (
     RecipeError,
     bad_input_exits,
     check_output_dir,
+    check_cpu_threads,
     check_precision,
     load_or_train_tokenizer,
     parse_args,
@@ -83,6 +84,7 @@ def main(argv=None):
         check_output_dir(training_args, model_args.overwrite_output_dir)
         set_up.will_create(output_dir)
         check_precision(training_args)
+        check_cpu_threads(training_args)
         if not 0 < data_args.mlm_probability < 1:
             raise RecipeError(f"--mlm_probability must be in (0, 1), got {data_args.mlm_probability}")
         resume = resolve_resume(training_args)

@@ -1,4 +1,5 @@
-"""The benchmarks' arithmetic: the model-FLOP count behind MFU, checked against a count by hand."""
+"""The benchmarks' arithmetic (the model-FLOP count behind MFU, checked against a count by hand) and the accuracy
+section's command lines."""
 
 import pytest
 
@@ -44,3 +45,24 @@ def test_recipe_flags_are_read_back_as_argparse_would(flag, expected):
     from benchmarks.accuracy import _flag
 
     assert _flag(["finetune.py", "--lora_r", "8", "--use_lora", "--lora_r", "4"], flag) == expected
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_accuracy_runs_give_each_new_model_one_merged_config_overrides(quick):
+    """argparse keeps the last of two --config_overrides, so --quick's toy sizes must be merged into the rotary
+    override rather than appended; runs that start from a checkpoint keep its architecture."""
+    from benchmarks.accuracy import QUICK_SIZES, ROTARY, _flag, runs
+
+    all_runs = runs(quick)
+
+    def overrides(name):
+        value = _flag(all_runs[name].command, "--config_overrides")
+        return sorted(value.split(",")) if value else []
+
+    sizes = QUICK_SIZES.split(",") if quick else []
+    assert all(run.command.count("--config_overrides") <= 1 for run in all_runs.values())
+    assert overrides("scratch") == sorted(sizes)
+    assert overrides("scratch_rotary") == overrides("pretrain") == sorted([ROTARY, *sizes])
+    for name in ("pretrained_full", "pretrained_lora", "minilm_full", "minilm_lora"):
+        assert overrides(name) == []
+        assert _flag(all_runs[name].command, "--model_name_or_path") == str(all_runs[all_runs[name].needs].output)
