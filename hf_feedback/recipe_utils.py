@@ -118,9 +118,9 @@ def check_precision(training_args: TrainingArguments):
 def check_cpu_threads(training_args: TrainingArguments):
     """Warn when a lone CPU process runs torch on fewer threads than the machine has cores.
 
-    `accelerate launch` sets OMP_NUM_THREADS=1 for the process it starts unless it is told the job is a CPU job
-    (`--cpu`, or `use_cpu: true` in its config) or given --num_cpu_threads_per_process; the plain command then
-    trains on one core of many. That is right for several processes per machine, which share the cores, and wrong
+    Without a config that says `use_cpu: true` (recipes/configs/cpu.yaml; `--cpu` alone is not enough, it also
+    needs `--num_processes 1`) or --num_cpu_threads_per_process, `accelerate launch` starts the process with
+    OMP_NUM_THREADS=1: training on one core of many. That is right for several processes per machine, which share the cores, and wrong
     for one. The user may have asked for it, so this says so rather than changing it.
     """
     if training_args.device.type != "cpu" or training_args.world_size > 1:
@@ -131,8 +131,8 @@ def check_cpu_threads(training_args: TrainingArguments):
         logger.warning(
             f"torch uses {threads} thread(s) on this {cores}-core CPU (OMP_NUM_THREADS="
             f"{os.environ.get('OMP_NUM_THREADS', 'unset')}): training leaves {cores - threads} core(s) idle. "
-            "`accelerate launch` sets OMP_NUM_THREADS=1 unless given --cpu; `accelerate launch --cpu recipes/...` "
-            "(or --num_cpu_threads_per_process) uses every core."
+            "`accelerate launch` without a CPU config sets OMP_NUM_THREADS=1; "
+            "`accelerate launch --config_file recipes/configs/cpu.yaml recipes/...` uses every core."
         )
 
 

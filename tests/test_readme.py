@@ -26,7 +26,8 @@ def test_readme_commands_are_what_ci_runs():
     text = README.read_text()
     commands = re.findall(r"```bash\n(.*?)\n```", text, flags=re.S)
     setup, tests = commands[0], commands[1]
-    assert "pip install torch==2.13.0" in setup and setup.endswith("accelerate launch --cpu recipes/finetune.py")
+    assert "pip install torch==2.13.0" in setup
+    assert setup.endswith("accelerate launch --config_file recipes/configs/cpu.yaml recipes/finetune.py")
     ci = (README.parent / ".ci" / "run").read_text()
     assert tests.split("&& ")[-1] in ci
     assert 'pip install -q torch==2.13.0 -e ".[test]"' in ci

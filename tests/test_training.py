@@ -223,6 +223,7 @@ def test_trainer_rejects_nonpositive_noam_warmup(tmp_path, tiny_classifier):
 @pytest.mark.parametrize(
     "name, distributed_type, num_processes, mixed_precision, num_machines",
     [
+        ("cpu", DistributedType.NO, 1, "no", 1),
         ("cpu_multiprocess", DistributedType.MULTI_GPU, 2, "no", 1),
         ("single_gpu_fp16", DistributedType.NO, 1, "fp16", 1),
         ("multi_gpu_fp16", DistributedType.MULTI_GPU, 2, "fp16", 1),
@@ -236,4 +237,6 @@ def test_accelerate_configs_parse(name, distributed_type, num_processes, mixed_p
     assert config.num_processes == num_processes
     assert config.mixed_precision == mixed_precision
     assert config.num_machines == num_machines
-    assert config.use_cpu is False  # cpu_multiprocess goes through torchrun; the recipes then pick the CPU
+    # cpu.yaml asks for the CPU (so accelerate gives the process every core); cpu_multiprocess goes through
+    # torchrun, and the recipes then pick the CPU themselves.
+    assert config.use_cpu is (name == "cpu")
