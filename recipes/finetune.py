@@ -2,7 +2,9 @@
 
     accelerate launch recipes/finetune.py                       # bundled Chinese reviews, model from scratch
     accelerate launch recipes/finetune.py --model_name_or_path outputs/pretrain --use_lora --merge_lora
-    accelerate launch --cpu --num_processes 2 recipes/finetune.py --per_device_train_batch_size 16
+    accelerate launch --config_file recipes/configs/cpu.yaml recipes/finetune.py        # CPU: every core
+    accelerate launch --config_file recipes/configs/cpu_multiprocess.yaml recipes/finetune.py \
+        --per_device_train_batch_size 16                                                # CPU: 2 processes
 
 Every `TrainingArguments` flag works (`--num_train_epochs`, `--max_steps`, `--fp16`, `--report_to`,
 `--resume_from_checkpoint`, `--push_to_hub`, ...); the defaults below only change what an unset flag means.

