@@ -15,6 +15,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, DataCollatorWithPadding
 
 from hf_feedback import FeedbackConfig, FeedbackForSequenceClassification
+from hf_feedback.convert_bert import SHARED_CONFIG_FIELDS
 from hf_feedback.data import load_sentiment_reviews, tokenize_dataset
 from hf_feedback.tokenization import SPECIAL_TOKENS, train_tokenizer
 
@@ -50,20 +51,8 @@ def bert_config(config):
     """The BertConfig with the same sizes, activation, dropout and LayerNorm epsilon as our `config`."""
     if config.hidden_act != "gelu" or config.norm_position != "post" or config.position_embedding_type != "absolute":
         raise ValueError("BERT is the post-norm, absolute-position, gelu case; compare at such a config")
-    return BertConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        intermediate_size=config.intermediate_size,
-        hidden_act="gelu",
-        hidden_dropout_prob=config.hidden_dropout_prob,
-        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
-        max_position_embeddings=config.max_position_embeddings,
-        type_vocab_size=config.type_vocab_size,
-        layer_norm_eps=config.layer_norm_eps,
-        num_labels=config.num_labels,
-    )
+    return BertConfig(**{name: getattr(config, name) for name in SHARED_CONFIG_FIELDS}, hidden_act="gelu",
+                      num_labels=config.num_labels)
 
 
 def ours(config, attn_implementation="sdpa"):

@@ -60,6 +60,23 @@ HEAD_KEYS = {
 }
 
 
+# Config fields that mean the same in BertConfig and FeedbackConfig (we use BERT's names), so they carry over as they
+# are in either direction; the architecture switches BERT lacks (activation, norm position, positions, pooling) are
+# set by whoever maps one onto the other.
+SHARED_CONFIG_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "layer_norm_eps",
+)
+
+
 def feedback_config_from_bert(bert_config: BertConfig) -> FeedbackConfig:
     """The FeedbackConfig that computes the same function as `bert_config`; refuses what BERT variants we can't match."""
     if bert_config.hidden_act != "gelu":
@@ -69,17 +86,8 @@ def feedback_config_from_bert(bert_config: BertConfig) -> FeedbackConfig:
     if getattr(bert_config, "is_decoder", False):
         raise ValueError("BERT decoders (is_decoder=True) cannot be converted to an encoder")
     return FeedbackConfig(
-        vocab_size=bert_config.vocab_size,
-        hidden_size=bert_config.hidden_size,
-        num_hidden_layers=bert_config.num_hidden_layers,
-        num_attention_heads=bert_config.num_attention_heads,
-        intermediate_size=bert_config.intermediate_size,
+        **{name: getattr(bert_config, name) for name in SHARED_CONFIG_FIELDS},
         hidden_act="gelu",
-        hidden_dropout_prob=bert_config.hidden_dropout_prob,
-        attention_probs_dropout_prob=bert_config.attention_probs_dropout_prob,
-        max_position_embeddings=bert_config.max_position_embeddings,
-        type_vocab_size=bert_config.type_vocab_size,
-        layer_norm_eps=bert_config.layer_norm_eps,
         initializer_range=bert_config.initializer_range,
         pad_token_id=bert_config.pad_token_id,
         classifier_dropout=bert_config.classifier_dropout,
