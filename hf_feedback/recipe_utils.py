@@ -120,8 +120,8 @@ def check_cpu_threads(training_args: TrainingArguments):
 
     Without a config that says `use_cpu: true` (recipes/configs/cpu.yaml; `--cpu` alone is not enough, it also
     needs `--num_processes 1`) or --num_cpu_threads_per_process, `accelerate launch` starts the process with
-    OMP_NUM_THREADS=1: training on one core of many. That is right for several processes per machine, which share the cores, and wrong
-    for one. The user may have asked for it, so this says so rather than changing it.
+    OMP_NUM_THREADS=1: training on one core of many. That is right for several processes per machine, which share
+    the cores, and wrong for one. The user may have asked for it, so this says so rather than changing it.
     """
     if training_args.device.type != "cpu" or training_args.world_size > 1:
         return

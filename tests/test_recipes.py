@@ -21,6 +21,7 @@ from helpers import ROOT, load_recipe
 from hf_feedback import FeedbackForSequenceClassification
 from hf_feedback.convert_bert import convert_bert
 from hf_feedback.data import load_sentiment_reviews
+from hf_feedback.tokenization import train_tokenizer
 
 TINY_MODEL = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"
 # 960 reviews, 60 steps of 32: enough for the loss to fall well below log(2) on a tiny model.
@@ -31,9 +32,6 @@ PRETRAIN = ["--max_train_samples", "2000", "--max_steps", "30", "--config_overri
             "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64",
             "--tokenizer_vocab_size", "2000", "--learning_rate", "2e-3", "--logging_steps", "5", "--eval_steps", "15",
             "--save_steps", "15", "--disable_tqdm", "true"]
-
-
-
 
 finetune = load_recipe("finetune")
 pretrain = load_recipe("pretrain")
@@ -181,13 +179,12 @@ def test_runs_with_a_saved_tokenizer_repeat_exactly_across_processes(tmp_path):
     common = ["--config_overrides", TINY_MODEL, "--max_train_samples", "320", "--max_eval_samples", "32",
               "--max_steps", "10", "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "no",
               "--disable_tqdm", "true"]
-    first = run_recipe_process([sys.executable, "recipes/finetune.py", "--output_dir", str(tmp_path / "first"),
-                                *common])
-    assert first.wait(timeout=300) == 0, first.stdout.read()
+    train_tokenizer(load_sentiment_reviews()["train"]["text"][:320], vocab_size=2000).save_pretrained(
+        tmp_path / "tokenizer")
     runs = [tmp_path / "a", tmp_path / "b"]
     for run in runs:
         process = run_recipe_process([sys.executable, "recipes/finetune.py", "--output_dir", str(run),
-                                      "--tokenizer_name", str(tmp_path / "first"), *common])
+                                      "--tokenizer_name", str(tmp_path / "tokenizer"), *common])
         assert process.wait(timeout=300) == 0, process.stdout.read()
     assert len(losses(runs[0])) == 10 and losses(runs[0]) == losses(runs[1])
     weights = [load_file(run / "model.safetensors") for run in runs]
