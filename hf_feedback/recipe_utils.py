@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments
 from transformers.utils import logging
 
 from .configuration_feedback import FeedbackConfig
-from .tokenization import train_tokenizer
+from .tokenization import TOKENIZER_KINDS, train_tokenizer
 
 logger = logging.get_logger(__name__)
 
@@ -30,11 +30,18 @@ class ModelArguments:
     tokenizer_name: str | None = field(default=None, metadata={
         "help": "Tokenizer folder; defaults to the checkpoint's, or a WordPiece tokenizer trained on the training text."})
     tokenizer_vocab_size: int = field(default=10000, metadata={"help": "Vocabulary size when training a tokenizer."})
+    tokenizer_kind: str = field(default="wordpiece", metadata={
+        "help": "Kind of tokenizer to train: 'wordpiece' (BERT's; Chinese as single characters) or 'unigram' "
+                "(multi-character pieces, i.e. words, learned from the corpus)."})
     config_overrides: str | None = field(default=None, metadata={
         "help": "FeedbackConfig fields for a new model, e.g. 'hidden_size=128,num_hidden_layers=2,hidden_act=swiglu'."})
     noam_warmup_steps: int | None = field(default=None, metadata={
         "help": "Use the Transformer paper's Noam schedule with this many warmup steps (learning_rate is its factor)."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Write into a non-empty output_dir."})
+
+    def __post_init__(self):
+        if self.tokenizer_kind not in TOKENIZER_KINDS:
+            raise RecipeError(f"--tokenizer_kind must be one of {list(TOKENIZER_KINDS)}, got {self.tokenizer_kind!r}")
 
 
 class RecipeError(ValueError):
@@ -143,8 +150,8 @@ def sample(dataset, limit, seed):
     return dataset.shuffle(seed=seed).select(range(limit))
 
 
-def load_or_train_tokenizer(source, texts, vocab_size, training_args, trust_remote_code=False):
-    """The tokenizer at `source`, or a WordPiece tokenizer trained on `texts` and saved to output_dir.
+def load_or_train_tokenizer(source, texts, vocab_size, training_args, trust_remote_code=False, kind="wordpiece"):
+    """The tokenizer at `source`, or a tokenizer of `kind` trained on `texts` and saved to output_dir.
 
     Training happens on the main process first; the other processes of a distributed run then load the saved
     copy, so they all share one vocabulary. A resumed run reuses the tokenizer its output_dir already holds.
@@ -158,7 +165,7 @@ def load_or_train_tokenizer(source, texts, vocab_size, training_args, trust_remo
     resuming = training_args.resume_from_checkpoint is not None and (folder / "tokenizer.json").is_file()
     with training_args.main_process_first(desc="training the tokenizer"):
         if training_args.process_index == 0 and not resuming:
-            train_tokenizer(texts, vocab_size=vocab_size).save_pretrained(folder)
+            train_tokenizer(texts, vocab_size=vocab_size, kind=kind).save_pretrained(folder)
         return AutoTokenizer.from_pretrained(folder)
 
 

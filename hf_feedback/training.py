@@ -127,3 +127,53 @@ class FeedbackTrainer(Trainer):
         return push_folder(self.args.output_dir, self.hub_model_id, token=token, commit_message=commit_message,
                            revision=revision if revision is not None else self.args.hub_revision,
                            run_as_future=not blocking)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Class-weighted cross-entropy, against imbalanced labels
+# ----------------------------------------------------------------------------------------------------------------
+CLASS_WEIGHTINGS = ("none", "sqrt", "balanced")
+
+
+def class_weights(label_counts, scheme: str) -> torch.Tensor | None:
+    """Per-class loss weights from the training set's label counts.
+
+    - `"balanced"`: n / (k · n_c) for k classes and n rows, scikit-learn's `class_weight="balanced"`: every class
+      weighs as much in the loss as a class of average size, so the minority is not traded away for accuracy.
+    - `"sqrt"`: the square root of that, a milder correction (a class 9x rarer weighs 3x more, not 9x).
+    - `"none"`: `None`, plain cross-entropy.
+
+    On balanced data both weightings are all ones. A class with no training row gets weight 0 (there is nothing
+    to weigh). Raises `ValueError` for an unknown scheme or no labels at all.
+    """
+    if scheme not in CLASS_WEIGHTINGS:
+        raise ValueError(f"class weighting must be one of {list(CLASS_WEIGHTINGS)}, got {scheme!r}")
+    counts = torch.as_tensor(label_counts, dtype=torch.float64)
+    if counts.sum() <= 0:
+        raise ValueError(f"class weights need at least one labelled row, got counts {list(label_counts)}")
+    if scheme == "none":
+        return None
+    present = counts > 0
+    weights = torch.zeros_like(counts)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return (weights.sqrt() if scheme == "sqrt" else weights).float()
+
+
+class WeightedCrossEntropy:
+    """A `Trainer(compute_loss_func=...)` for single-label classification with per-class weights.
+
+    The loss is Σ w[y_i] · CE_i over the batch divided by the number of rows in the whole accumulated batch
+    (`num_items_in_batch`, which Trainer counts across gradient-accumulation steps and processes), so that
+    accumulating micro-batches gives the same update as one large batch. `torch`'s own weighted mean divides by
+    the batch's sum of weights instead, which would make every row's weight depend on its batch-mates.
+    """
+
+    def __init__(self, weights: torch.Tensor):
+        self.weights = weights
+
+    def __call__(self, outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"]  # (B, num_labels)
+        loss = torch.nn.functional.cross_entropy(
+            logits.float(), labels.view(-1), weight=self.weights.to(logits.device), reduction="sum"
+        )
+        return loss / (num_items_in_batch if num_items_in_batch is not None else labels.numel())

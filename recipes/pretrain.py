@@ -100,7 +100,8 @@ def main(argv=None):
         splits = corpus.train_test_split(test_size=data_args.validation_split_percentage / 100,
                                          seed=training_args.seed)
         tokenizer = load_or_train_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
-                                            splits["train"]["text"], model_args.tokenizer_vocab_size, training_args)
+                                            splits["train"]["text"], model_args.tokenizer_vocab_size, training_args,
+                                            kind=model_args.tokenizer_kind)
         if model_args.model_name_or_path:
             model = FeedbackForMaskedLM.from_pretrained(model_args.model_name_or_path)
         else:

@@ -223,6 +223,38 @@ def test_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------------
+# Options for imbalanced and long data
+# ------------------------------------------------------------------------------------------------------------
+def test_class_weighting_makes_an_ignored_minority_class_predicted(tmp_path, capsys):
+    # 10% negatives: with the plain loss a tiny model a few steps in predicts (almost) only "positive"; with balanced
+    # weights the minority's errors weigh 9x more and it gets predicted. Unigram pieces and head + tail cuts run too.
+    reviews = load_sentiment_reviews()
+    rows = {"positive": [t for t, y in zip(reviews["train"]["text"], reviews["train"]["label"]) if y == 1][:900],
+            "negative": [t for t, y in zip(reviews["train"]["text"], reviews["train"]["label"]) if y == 0][:100]}
+    lines = ["text,label"] + [f'"{t.replace(chr(34), "")}",{label}' for label, texts in rows.items() for t in texts]
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    predicted_negatives = {}
+    for weighting in ("none", "balanced"):
+        out = tmp_path / weighting
+        finetune.main(["--output_dir", str(out), "--train_file", str(tmp_path / "train.csv"),
+                       "--test_file", str(tmp_path / "train.csv"), "--eval_strategy", "no", "--save_strategy", "no",
+                       "--config_overrides", TINY_MODEL, "--tokenizer_kind", "unigram", "--tokenizer_vocab_size", "4000",
+                       "--truncation", "head_tail", "--max_seq_length", "64", "--class_weighting", weighting,
+                       "--max_steps", "30", "--learning_rate", "3e-3", "--disable_tqdm", "true"])
+        assert "2 labels: train negative 100, positive 900; test negative 100, positive 900" in capsys.readouterr().out
+        tokenizer = AutoTokenizer.from_pretrained(out)
+        assert any(len(token) > 1 for token in tokenizer.convert_ids_to_tokens(tokenizer("质量很好")["input_ids"]))
+        model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+        with torch.no_grad():
+            inputs = tokenizer(rows["negative"] + rows["positive"], truncation=True, max_length=64, padding=True,
+                               return_tensors="pt")
+            predicted = model(**inputs).logits.argmax(-1)
+        assert model.config.id2label[0] == "negative"
+        predicted_negatives[weighting] = int((predicted == 0).sum())
+    assert predicted_negatives["none"] < 30 and predicted_negatives["balanced"] > 100, predicted_negatives
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Bad input: a clear message and exit status 2 before any training
 # ------------------------------------------------------------------------------------------------------------
 def expect_exit(capsys, args, *words):
@@ -251,6 +283,10 @@ def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
     expect_exit(capsys, [*out, "--use_lora", "--lora_target_modules", "qkv_proj,nonexistent"], "nonexistent")
     expect_exit(capsys, [*out, "--merge_lora"], "--use_lora")
     expect_exit(capsys, [*out, "--config_overrides", "hidden_size=30"], "hidden_size")
+    expect_exit(capsys, [*out, "--tokenizer_kind", "bpe"], "--tokenizer_kind must be one of", "'unigram'", "'bpe'")
+    expect_exit(capsys, [*out, "--truncation", "middle"], "--truncation must be one of", "'head_tail'", "'middle'")
+    expect_exit(capsys, [*out, "--class_weighting", "inverse"], "--class_weighting must be one of", "'balanced'")
+    expect_exit(capsys, [*out, "--max_seq_length", "2"], "--max_seq_length must be at least 4")
 
     # A three-label classifier cannot be fine-tuned on two-label data.
     three = tmp_path / "three"

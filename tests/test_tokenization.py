@@ -1,5 +1,7 @@
 """Tests for hf_feedback/tokenization.py and tokenize_dataset from hf_feedback/data.py."""
 
+import re
+
 import datasets
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -120,3 +122,68 @@ def test_training_twice_gives_identical_ids(reviews):
     first, second = (train_tokenizer(texts, vocab_size=2000).get_vocab() for _ in range(2))
     assert first == second
     assert [first[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")] == [0, 1, 2, 3, 4]
+
+
+# --- unigram pieces ---
+
+
+@pytest.fixture(scope="module")
+def unigram(reviews):
+    return train_tokenizer(reviews["train"]["text"][:2000], vocab_size=4000, kind="unigram", model_max_length=128)
+
+
+def test_unigram_learns_multi_character_words_and_shortens_sequences(unigram, tokenizer, reviews):
+    assert len(unigram) == 4000
+    assert unigram.convert_tokens_to_ids(SPECIAL_TOKENS) == [0, 1, 2, 3, 4]
+    tokens = unigram.convert_ids_to_tokens(unigram("质量很好，价格也便宜")["input_ids"])
+    assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
+    assert any(len(token) > 1 for token in tokens[1:-1]), tokens  # words, not only characters
+    assert "".join(tokens[1:-1]) == "质量很好,价格也便宜"  # NFKC folds the full-width comma; nothing is lost
+    texts = reviews["test"]["text"][:300]
+    as_words = sum(len(ids) for ids in unigram(texts)["input_ids"])
+    as_characters = sum(len(ids) for ids in tokenizer(texts)["input_ids"])
+    assert as_words < 0.85 * as_characters, (as_words, as_characters)  # 0.80 here; 0.6 with all 13,832 reviews
+
+
+def test_unigram_keeps_spaces_lowercases_and_pairs(unigram):
+    ids = unigram("Hello WORLD 很好")["input_ids"]
+    assert ids == unigram("hello world 很好")["input_ids"]
+    assert unigram.decode(ids, skip_special_tokens=True) == "hello world 很好"
+    assert unigram("好", "差")["token_type_ids"] == [0, 0, 0, 1, 1]
+
+
+def test_unigram_is_reproducible_and_round_trips(unigram, reviews, tmp_path):
+    again = train_tokenizer(reviews["train"]["text"][:2000], vocab_size=4000, kind="unigram", model_max_length=128)
+    assert again.backend_tokenizer.to_str() == unigram.backend_tokenizer.to_str()
+    unigram.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    texts = reviews["test"]["text"][:200]
+    assert reloaded(texts)["input_ids"] == unigram(texts)["input_ids"]
+
+
+def test_unknown_tokenizer_kind_and_too_small_unigram_vocabulary_are_rejected(reviews):
+    with pytest.raises(ValueError, match=r"kind must be one of \['wordpiece', 'unigram'\], got 'bpe'"):
+        train_tokenizer(["好"], kind="bpe")
+    characters = len(set("".join(reviews["train"]["text"][:3000]).lower()) - set(" \t\n"))
+    with pytest.raises(ValueError, match=r"vocab_size=2000 cannot hold the corpus's (\d+) distinct characters") as error:
+        train_tokenizer(reviews["train"]["text"][:3000], vocab_size=2000, kind="unigram")
+    # NFKC folds some full-width forms together, so the normalised corpus has a few characters fewer than the raw.
+    found = int(re.search(r"(\d+) distinct", str(error.value)).group(1))
+    assert characters - 100 < found <= characters, (found, characters)
+
+
+# --- long texts ---
+
+
+def test_head_tail_truncation_keeps_the_opening_and_the_ending(tokenizer, reviews):
+    long_texts = [text for text in reviews["validation"]["text"] if len(text) > 100][:20]
+    data = datasets.Dataset.from_dict({"text": long_texts, "label": [0] * len(long_texts)})
+    head_tail = tokenize_dataset(data, tokenizer, max_length=32, truncation="head_tail")
+    for text, ids, mask in zip(long_texts, head_tail["input_ids"], head_tail["attention_mask"]):
+        full = tokenizer(text)["input_ids"]
+        assert ids == full[:8] + full[-24:]  # a quarter from the start ([CLS] first), the rest from the end ([SEP] last)
+        assert len(mask) == 32
+    short = datasets.Dataset.from_dict({"text": ["好"], "label": [0]})
+    assert tokenize_dataset(short, tokenizer, 32, truncation="head_tail")["input_ids"] == [tokenizer("好")["input_ids"]]
+    with pytest.raises(ValueError, match=r"truncation must be one of \['head', 'head_tail'\], got 'middle'"):
+        tokenize_dataset(short, tokenizer, 32, truncation="middle")

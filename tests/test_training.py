@@ -7,7 +7,13 @@ from accelerate.utils import DistributedType
 from transformers import TrainingArguments
 
 from hf_feedback import FeedbackForSequenceClassification
-from hf_feedback.training import FeedbackTrainer, get_noam_schedule, noam_lambda
+from hf_feedback.training import (
+    FeedbackTrainer,
+    WeightedCrossEntropy,
+    class_weights,
+    get_noam_schedule,
+    noam_lambda,
+)
 
 
 REPO_ROOT = Path(__file__).parents[1]
@@ -240,3 +246,51 @@ def test_accelerate_configs_parse(name, distributed_type, num_processes, mixed_p
     # cpu.yaml asks for the CPU (so accelerate gives the process every core); cpu_multiprocess goes through
     # torchrun, and the recipes then pick the CPU themselves.
     assert config.use_cpu is (name == "cpu")
+
+
+# --- class-weighted loss ---
+
+
+def test_class_weights_balanced_sqrt_and_none():
+    balanced = class_weights([90, 10], "balanced")
+    assert balanced.tolist() == pytest.approx([100 / (2 * 90), 100 / (2 * 10)])  # n / (k * n_c)
+    assert class_weights([90, 10], "sqrt").tolist() == pytest.approx(balanced.sqrt().tolist())
+    assert class_weights([90, 10], "none") is None
+    assert class_weights([50, 50, 50], "balanced").tolist() == [1.0, 1.0, 1.0]  # balanced data: plain loss
+    assert class_weights([30, 0, 10], "balanced").tolist() == pytest.approx([40 / 60, 0.0, 40 / 20])
+    with pytest.raises(ValueError, match=r"class weighting must be one of \['none', 'sqrt', 'balanced'\], got 'x'"):
+        class_weights([1, 1], "x")
+    with pytest.raises(ValueError, match="at least one labelled row"):
+        class_weights([0, 0], "balanced")
+
+
+def test_weighted_cross_entropy_is_a_weighted_mean_over_the_whole_batch():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    labels = torch.tensor([0, 1, 1])
+    weights = torch.tensor([0.5, 3.0])
+    per_row = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    expected = (per_row * weights[labels]).sum() / 3
+    assert WeightedCrossEntropy(weights)({"logits": logits}, labels).item() == pytest.approx(expected.item())
+    # With gradient accumulation Trainer passes the row count of the whole accumulated batch.
+    assert WeightedCrossEntropy(weights)({"logits": logits}, labels, num_items_in_batch=6).item() == pytest.approx(
+        expected.item() / 2)
+
+
+def test_weighted_loss_under_gradient_accumulation_matches_one_large_batch(tmp_path, tiny_classifier):
+    # 1 x batch 8 and 2 x batch 4 with accumulation must make the same update, which a per-batch mean would not
+    # (the two halves hold different numbers of each class).
+    data = _RandomClassificationData(size=8)
+    weights = class_weights(torch.bincount(data.labels, minlength=2), "balanced")
+    assert weights[0] != weights[1]
+    trained = []
+    for batch, accumulation in ((8, 1), (4, 2)):
+        args = _args(tmp_path / f"b{batch}", per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                     max_steps=1, learning_rate=1e-2, lr_scheduler_type="constant", max_grad_norm=0.0,
+                     train_sampling_strategy="sequential")
+        model = tiny_classifier()
+        trainer = FeedbackTrainer(model=model, args=args, train_dataset=data,
+                                  compute_loss_func=WeightedCrossEntropy(weights))
+        trainer.train()
+        trained.append(model.classifier.weight.detach().clone())
+    assert torch.allclose(trained[0], trained[1], atol=1e-6)
+    assert not torch.allclose(trained[0], tiny_classifier().classifier.weight)

@@ -1,0 +1,134 @@
+"""Controlled experiments that choose finetune.py's defaults: one lever at a time, seeds apart, numbers kept.
+
+    python benchmarks/recipe_search.py VARIANT [VARIANT ...] [--seeds 42 43 44] [--task reviews]
+    python benchmarks/recipe_search.py --table          # rewrite benchmarks/RECIPE_SEARCH.md from the results
+
+Each run is `python recipes/finetune.py` in a subprocess with a tokenizer trained once per (task, kind, size) and
+saved, so that runs of one variant differ only by seed. Every finished run appends one line (variant, task, seed,
+commit, arguments, test/validation metrics, wall time) to benchmarks/results/recipe_search.jsonl;
+benchmarks/RECIPE_SEARCH.md is generated from that file, as mean ± std over seeds per variant. Wall times are of
+the run as it happened: only compare them between runs on an otherwise idle machine.
+
+Tasks: `reviews` (the bundled binary review sentiment) and `news3` (three classes of long People's Daily texts
+with a 10% minority, built by `benchmarks/tasks.py`; another domain, class count, length and balance).
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .common import ROOT, RUNS, _git_commit
+
+RESULTS = ROOT / "benchmarks" / "results" / "recipe_search.jsonl"
+TABLE = ROOT / "benchmarks" / "RECIPE_SEARCH.md"
+SCRATCH = RUNS / "recipe_search"
+
+# Each variant: which tokenizer (kind, vocabulary size) and the finetune.py arguments that differ from its defaults
+# (later flags win). Variants are kept once run, so the table can always be rebuilt. "screen-" variants are 200-step
+# probes (validation and test cut to 600 rows) that say which levers matter before paying for full runs.
+BEST = ["--load_best_model_at_end", "true", "--metric_for_best_model", "f1"]
+GROUPED, RANDOM = ["--train_sampling_strategy", "group_by_length"], ["--train_sampling_strategy", "random"]
+PRE_1E3 = ["--config_overrides", "norm_position=pre", "--learning_rate", "1e-3"]
+SCREEN = ["--max_steps", "200", "--eval_steps", "50", "--max_eval_samples", "600", "--save_strategy", "no"]
+WORDPIECE, UNIGRAM16K = ("wordpiece", 10000), ("unigram", 16000)
+VARIANTS = {
+    "screen-wordpiece-grouped": (WORDPIECE, [*SCREEN, *GROUPED]),
+    "screen-unigram16k-grouped": (UNIGRAM16K, [*SCREEN, *GROUPED]),
+    "screen-wordpiece-random": (WORDPIECE, [*SCREEN, *RANDOM]),
+    "screen-unigram16k-random": (UNIGRAM16K, [*SCREEN, *RANDOM]),
+    "screen-unigram16k-random-lr1e-3": (UNIGRAM16K, [*SCREEN, *RANDOM, "--learning_rate", "1e-3"]),
+    "screen-unigram16k-random-prenorm-lr1e-3": (UNIGRAM16K, [*SCREEN, *RANDOM, *PRE_1E3]),
+    "wordpiece-1ep-grouped": (WORDPIECE, GROUPED),
+    "unigram16k-3ep-grouped-prenorm-lr1e-3": (UNIGRAM16K, ["--num_train_epochs", "3", *GROUPED, *PRE_1E3, *BEST]),
+    "unigram16k-3ep-random-prenorm-lr1e-3": (UNIGRAM16K, ["--num_train_epochs", "3", *RANDOM, *PRE_1E3, *BEST]),
+    "wordpiece-3ep-random-prenorm-lr1e-3": (WORDPIECE, ["--num_train_epochs", "3", *RANDOM, *PRE_1E3, *BEST]),
+    "unigram16k-2ep-random-prenorm-lr1e-3": (UNIGRAM16K, ["--num_train_epochs", "2", *RANDOM, *PRE_1E3, *BEST]),
+}
+RECIPE_ARGS = ["--disable_tqdm", "true", "--overwrite_output_dir", "--save_total_limit", "1"]
+
+
+def tokenizer_folder(task, kind, vocab_size):
+    """Train (once) and save the tokenizer a variant names, on the task's training texts."""
+    from hf_feedback.tokenization import train_tokenizer
+
+    from .tasks import load_task
+
+    folder = SCRATCH / "tokenizers" / f"{task}-{kind}-{vocab_size}"
+    if not (folder / "tokenizer.json").is_file():
+        texts = load_task(task)["train"]["text"]
+        train_tokenizer(texts, vocab_size=vocab_size, kind=kind).save_pretrained(folder)
+    return folder
+
+
+def run(variant, task, seed):
+    from .tasks import task_arguments
+
+    (kind, vocab_size), arguments = VARIANTS[variant]
+    output = SCRATCH / task / variant / f"seed{seed}"
+    command = [sys.executable, "recipes/finetune.py", *task_arguments(task),
+               "--tokenizer_name", str(tokenizer_folder(task, kind, vocab_size)), "--output_dir", str(output),
+               "--seed", str(seed), *RECIPE_ARGS, *arguments]
+    output.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(output.parent / f"seed{seed}.log", "w") as log:
+        subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+    wall = time.perf_counter() - start
+    results = json.loads((output / "all_results.json").read_text())
+    row = {"variant": variant, "task": task, "seed": seed, "commit": _git_commit(), "arguments": arguments,
+           "tokenizer": [kind, vocab_size], "wall_s": round(wall, 1),
+           **{key: results[key] for key in ("test_accuracy", "test_f1", "eval_accuracy", "eval_f1") if key in results}}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(f"{task} {variant} seed {seed}: test accuracy {row['test_accuracy']:.4f}, macro F1 {row['test_f1']:.4f}, "
+          f"{wall / 60:.1f} min", flush=True)
+
+
+def _mean_std(values):
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0:.4f}"
+
+
+def write_table():
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["task"], row["variant"]), []).append(row)
+    lines = ["# Recipe search (generated by `python benchmarks/recipe_search.py --table`; do not edit)", "",
+             "Each row: one variant of `recipes/finetune.py` on one task, mean ± std over the seeds run, with the "
+             "tokenizer saved once so that seeds differ only by seed. Wall time is the mean per run and only "
+             "comparable between runs made on the otherwise idle 2-core CPU. Raw rows: "
+             "`benchmarks/results/recipe_search.jsonl`.", ""]
+    for task in sorted({task for task, _ in groups}):
+        lines += [f"## {task}", "", "| variant | tokenizer | arguments | seeds | test accuracy | test macro F1 | "
+                  "validation macro F1 | wall (min) |", "|---|---|---|---|---|---|---|---|"]
+        for (t, variant), runs in groups.items():
+            if t != task:
+                continue
+            lines.append(
+                f"| {variant} | {runs[0]['tokenizer'][0]} {runs[0]['tokenizer'][1]} | `{' '.join(runs[0]['arguments'])}` "
+                f"| {len(runs)} | {_mean_std([r['test_accuracy'] for r in runs])} | "
+                f"{_mean_std([r['test_f1'] for r in runs])} | {_mean_std([r['eval_f1'] for r in runs])} | "
+                f"{statistics.mean(r['wall_s'] for r in runs) / 60:.1f} |")
+        lines.append("")
+    TABLE.write_text("\n".join(lines))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("variants", nargs="*", choices=[[], *VARIANTS], metavar="VARIANT")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42])
+    parser.add_argument("--task", default="reviews")
+    parser.add_argument("--table", action="store_true", help="only rewrite RECIPE_SEARCH.md")
+    args = parser.parse_args(argv)
+    for variant in args.variants:
+        for seed in args.seeds:
+            run(variant, args.task, seed)
+    write_table()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Classification tasks the recipe search measures on: the bundled reviews, and cases a user brings that they are not.
+
+- `reviews`: the bundled binary sentiment task (13,832 / 1,788 / 1,743 short reviews, balanced).
+- `longmix3`: three classes of long texts with a 10% minority. Each text joins 3 to 8 reviews of one split into one
+  long "multi-part review"; its label is `positive` (every part positive), `negative` (every part negative) or
+  `mixed` (both kinds, at least a quarter of the parts of each). Mixed is 10% of every split, and the hardest class:
+  it needs evidence from parts anywhere in a text far longer than 128 tokens (median ~ 290 characters).
+- `reviews-imbalanced`: the bundled reviews with negatives kept at 1 in 9 of every split (a 10% minority class).
+
+The data of the last two are written as CSV files once (under benchmarks/runs/tasks/) and given to finetune.py with
+`--train_file/--validation_file/--test_file`, exactly as a user's own files would be.
+"""
+
+import random
+
+import datasets
+
+from hf_feedback.data import load_sentiment_reviews, load_text_classification_data
+
+from .common import RUNS
+
+TASKS = ("reviews", "longmix3", "reviews-imbalanced")
+_FOLDER = RUNS / "tasks"
+_SIZES = {"train": 5000, "validation": 1000, "test": 1000}
+_MINORITY = 0.10
+
+
+def _longmix3(split, rows, rng):
+    texts = {label: [t for t, l in zip(split["text"], split["label"]) if l == label] for label in (0, 1)}
+    out = []
+    for i in range(rows):
+        parts = rng.randint(3, 8)
+        if i < round(rows * _MINORITY):
+            minority = rng.randint(max(1, parts // 4), parts // 2)
+            polarity = rng.randint(0, 1)
+            chosen = rng.sample(texts[polarity], minority) + rng.sample(texts[1 - polarity], parts - minority)
+            rng.shuffle(chosen)
+            label = "mixed"
+        else:
+            polarity = rng.randint(0, 1)
+            chosen = rng.sample(texts[polarity], parts)
+            label = ("negative", "positive")[polarity]
+        out.append({"text": "".join(chosen), "label": label})
+    rng.shuffle(out)
+    return out
+
+
+def _imbalanced(split, rng):
+    negatives = [t for t, l in zip(split["text"], split["label"]) if l == 0]
+    positives = [t for t, l in zip(split["text"], split["label"]) if l == 1]
+    kept = rng.sample(negatives, round(len(positives) * _MINORITY / (1 - _MINORITY)))
+    out = [{"text": t, "label": "negative"} for t in kept] + [{"text": t, "label": "positive"} for t in positives]
+    rng.shuffle(out)
+    return out
+
+
+def task_files(task):
+    """The task's train/validation/test CSV files (written on first use), or {} for the bundled reviews."""
+    if task == "reviews":
+        return {}
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; tasks are {list(TASKS)}")
+    files = {split: _FOLDER / task / f"{split}.csv" for split in _SIZES}
+    if not all(path.is_file() for path in files.values()):
+        reviews = load_sentiment_reviews()
+        for split, path in files.items():
+            rng = random.Random(f"{task}-{split}")
+            rows = _longmix3(reviews[split], _SIZES[split], rng) if task == "longmix3" else _imbalanced(
+                reviews[split], rng)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            datasets.Dataset.from_list(rows).to_csv(path, index=False)
+    return files
+
+
+def task_arguments(task):
+    """finetune.py's data flags for the task."""
+    return [arg for split, path in task_files(task).items() for arg in (f"--{split}_file", str(path))]
+
+
+def load_task(task):
+    """The task as finetune.py sees it: a DatasetDict with `text` and a `label` ClassLabel."""
+    files = task_files(task)
+    if not files:
+        return load_sentiment_reviews()
+    return load_text_classification_data(train_file=files["train"], validation_file=files["validation"],
+                                         test_file=files["test"])
