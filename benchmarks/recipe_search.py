@@ -36,6 +36,9 @@ PRE_1E3 = ["--config_overrides", "norm_position=pre", "--learning_rate", "1e-3"]
 SCREEN = ["--max_steps", "200", "--eval_steps", "50", "--max_eval_samples", "600", "--save_strategy", "no"]
 WORDPIECE, UNIGRAM16K = ("wordpiece", 10000), ("unigram", 16000)
 VARIANTS = {
+    # TF-IDF character 1-3-grams + logistic regression (benchmarks/tfidf_baseline.py): the bar to clear. Deterministic,
+    # so one seed says all.
+    "tfidf": (("tfidf", None), ["--C", "4.0"]),
     "screen-wordpiece-grouped": (WORDPIECE, [*SCREEN, *GROUPED]),
     "screen-unigram16k-grouped": (UNIGRAM16K, [*SCREEN, *GROUPED]),
     "screen-wordpiece-random": (WORDPIECE, [*SCREEN, *RANDOM]),
@@ -69,15 +72,19 @@ def run(variant, task, seed):
 
     (kind, vocab_size), arguments = VARIANTS[variant]
     output = SCRATCH / task / variant / f"seed{seed}"
-    command = [sys.executable, "recipes/finetune.py", *task_arguments(task),
-               "--tokenizer_name", str(tokenizer_folder(task, kind, vocab_size)), "--output_dir", str(output),
-               "--seed", str(seed), *RECIPE_ARGS, *arguments]
+    if kind == "tfidf":
+        command = [sys.executable, "benchmarks/tfidf_baseline.py", *task_arguments(task), "--output_dir", str(output),
+                   *arguments]
+    else:
+        command = [sys.executable, "recipes/finetune.py", *task_arguments(task),
+                   "--tokenizer_name", str(tokenizer_folder(task, kind, vocab_size)), "--output_dir", str(output),
+                   "--seed", str(seed), *RECIPE_ARGS, *arguments]
     output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(output.parent / f"seed{seed}.log", "w") as log:
         subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
     wall = time.perf_counter() - start
-    results = json.loads((output / "all_results.json").read_text())
+    results = json.loads((output / ("test_results.json" if kind == "tfidf" else "all_results.json")).read_text())
     row = {"variant": variant, "task": task, "seed": seed, "commit": _git_commit(), "arguments": arguments,
            "tokenizer": [kind, vocab_size], "wall_s": round(wall, 1),
            **{key: results[key] for key in ("test_accuracy", "test_f1", "eval_accuracy", "eval_f1") if key in results}}
@@ -109,9 +116,10 @@ def write_table():
             if t != task:
                 continue
             lines.append(
-                f"| {variant} | {runs[0]['tokenizer'][0]} {runs[0]['tokenizer'][1]} | `{' '.join(runs[0]['arguments'])}` "
+                f"| {variant} | {' '.join(str(x) for x in runs[0]['tokenizer'] if x)} | `{' '.join(runs[0]['arguments'])}` "
                 f"| {len(runs)} | {_mean_std([r['test_accuracy'] for r in runs])} | "
-                f"{_mean_std([r['test_f1'] for r in runs])} | {_mean_std([r['eval_f1'] for r in runs])} | "
+                f"{_mean_std([r['test_f1'] for r in runs])} | "
+                f"{_mean_std([r['eval_f1'] for r in runs]) if 'eval_f1' in runs[0] else '—'} | "
                 f"{statistics.mean(r['wall_s'] for r in runs) / 60:.1f} |")
         lines.append("")
     TABLE.write_text("\n".join(lines))

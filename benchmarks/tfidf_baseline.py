@@ -1,8 +1,9 @@
 """The classical baseline: TF-IDF over character 1-3-grams + logistic regression, on the bundled reviews.
 
     python benchmarks/tfidf_baseline.py --output_dir DIR [--C 4.0] [--max_train_samples N] [--max_eval_samples N]
+        [--train_file F --test_file F [--text_column C --label_column L]]
 
-Trains on the train split, scores the test split with the metrics finetune.py uses, and writes
+Trains on the train split (the bundled reviews, or your files read as finetune.py reads them), scores the test split with the metrics finetune.py uses, and writes
 DIR/test_results.json with finetune.py's keys (test_accuracy, test_f1, ...), so the benchmark reads both alike.
 Characters suit Chinese, which has no spaces between words; the 1-3-grams cover most words.
 """
@@ -15,7 +16,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from hf_feedback.data import load_sentiment_reviews
+from hf_feedback.data import load_text_classification_data
 from hf_feedback.metrics import METRIC_NAMES, load_classification_metrics
 from hf_feedback.recipe_utils import sample
 
@@ -27,9 +28,16 @@ def main(argv=None):
     parser.add_argument("--max_train_samples", type=int, default=None)
     parser.add_argument("--max_eval_samples", type=int, default=None)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--train_file")
+    parser.add_argument("--validation_file", help="read for finetune.py's checks; not used")
+    parser.add_argument("--test_file")
+    parser.add_argument("--text_column", default="text")
+    parser.add_argument("--label_column", default="label")
     args = parser.parse_args(argv)
 
-    data = load_sentiment_reviews()
+    data = load_text_classification_data(train_file=args.train_file, validation_file=args.validation_file,
+                                         test_file=args.test_file, text_column=args.text_column,
+                                         label_column=args.label_column)
     train = sample(data["train"], args.max_train_samples, args.seed)
     test = sample(data["test"], args.max_eval_samples, args.seed)
     classifier = make_pipeline(

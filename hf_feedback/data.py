@@ -197,11 +197,33 @@ def load_text_corpus(path: str | Path, text_column: str = "text") -> datasets.Da
     return corpus.filter(lambda row: bool(row["text"].strip()))
 
 
+def _check_utf8(split: str, path: Path) -> None:
+    """Text files must be UTF-8; Chinese data often comes in GBK (GB18030), which `datasets` reports as a page of
+    escaped bytes. Say which encoding it looks like instead."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        looks_like = ""
+        try:
+            data.decode("gb18030")
+            looks_like = " (it decodes as GBK/GB18030, common for Chinese text)"
+        except UnicodeDecodeError:
+            pass
+        raise ValueError(
+            f"{split} file {path} is not UTF-8{looks_like}: byte {error.start} cannot be read. Convert it, e.g. "
+            f"`iconv -f GB18030 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}`."
+        ) from None
+
+
 def _load_file(split: str, path: Path, name: str) -> datasets.Dataset:
     # load_dataset() in its three steps, so that an empty file is reported as such rather
     # than as a split instruction that "corresponds to no data".
     if path.stat().st_size == 0:
         raise ValueError(f"The {split!r} split ({split} file {path}) is empty.")
+    if name in ("csv", "json", "text"):
+        _check_utf8(split, path)
     try:
         builder = datasets.load_dataset_builder(name, data_files=str(path))
         builder.download_and_prepare()
@@ -258,6 +280,18 @@ def _normalise(
             f"(class names or ids), got {class_label}."
         )
     names = [str(value) for value in sorted(raw["train"].unique("label"))]
+    if len(names) < 2:
+        raise ValueError(
+            f"Column {label_column!r} of {sources['train']} holds a single label {names}: a classifier needs at least "
+            "two classes. Check --label_column, or add rows of the other classes."
+        )
+    numeric = [name for name in names if name.lstrip("-").isdigit()]
+    if numeric and len(numeric) < len(names):
+        raise ValueError(
+            f"Column {label_column!r} of {sources['train']} mixes class ids {numeric} with class names "
+            f"{[n for n in names if n not in numeric]}, which would make {len(names)} classes; write every label "
+            "the same way (all names or all ids)."
+        )
     for split, dataset in raw.items():
         unseen = sorted({str(value) for value in dataset.unique("label")} - set(names))
         if unseen:

@@ -1,11 +1,15 @@
 """Pieces the recipes share: argument parsing with our defaults, early checks, and clear failures."""
 
+import atexit
 import dataclasses
-from dataclasses import dataclass, field
-from contextlib import contextmanager
+import json
 import os
 import shutil
+import socket
 import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -99,12 +103,73 @@ def resolve_resume(training_args: TrainingArguments):
     return value
 
 
+LOCK_FILE = ".hf_feedback.lock"
+
+
+def claim_output_dir(training_args: TrainingArguments):
+    """Hold output_dir for this run's life, so that a second run into the same folder is refused at once.
+
+    The main process creates output_dir/.hf_feedback.lock atomically (O_EXCL: of two runs started together exactly
+    one wins) with its pid, host and command, and removes it when the process exits. A lock left by a killed run
+    (its pid is gone on this host) is taken over with a warning. Call before anything is written to output_dir.
+    """
+    if training_args.process_index != 0:
+        return
+    folder = Path(training_args.output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise RecipeError(f"--output_dir {folder} is a file, not a folder; choose another --output_dir")
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+          "command": " ".join(sys.argv)}
+    while True:
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text())
+            except (OSError, ValueError):
+                holder = {}  # being written this instant, or damaged: read it as held by an unknown run
+            same_host = holder.get("host") == me["host"]
+            # Our own pid: an earlier run in this same process (a notebook, a test) that ended without exiting.
+            alive = not same_host or (holder.get("pid") != me["pid"] and psutil.pid_exists(holder.get("pid", -1)))
+            if holder and alive:
+                raise RecipeError(
+                    f"output_dir {folder} is in use by another run (pid {holder.get('pid')} on {holder.get('host')}, "
+                    f"started {holder.get('started')}: {holder.get('command')}). Wait for it, or choose another "
+                    f"--output_dir; if no such run is alive, delete {lock}."
+                )
+            if not holder:
+                raise RecipeError(f"output_dir {folder} is locked by {lock}, which cannot be read; if no run is "
+                                  "using the folder, delete it.")
+            logger.warning(f"taking over {lock} left by run pid {holder.get('pid')}, which is no longer alive")
+            lock.unlink(missing_ok=True)
+    with os.fdopen(descriptor, "w") as f:
+        json.dump(me, f)
+    atexit.register(_release_lock, lock, me["pid"])
+
+
+def release_output_dir(training_args: TrainingArguments):
+    """The end of a run: give output_dir back (the lock is also removed when the process exits)."""
+    if training_args.process_index == 0:
+        _release_lock(Path(training_args.output_dir) / LOCK_FILE, os.getpid())
+
+
+def _release_lock(lock: Path, pid: int):
+    try:
+        if json.loads(lock.read_text()).get("pid") == pid:
+            lock.unlink()
+    except (OSError, ValueError):
+        pass
+
+
 def check_output_dir(training_args: TrainingArguments, overwrite: bool):
-    """Refuse to write into a non-empty output_dir unless resuming or told to overwrite."""
+    """Refuse to write into a non-empty output_dir unless resuming or told to overwrite (this run's lock aside)."""
     output_dir = Path(training_args.output_dir)
     if training_args.resume_from_checkpoint is not None or overwrite:
         return
-    if output_dir.is_dir() and any(output_dir.iterdir()):
+    if output_dir.is_dir() and any(path.name != LOCK_FILE for path in output_dir.iterdir()):
         raise RecipeError(
             f"output_dir {output_dir} exists and is not empty. Pass --overwrite_output_dir to replace its contents, "
             "--resume_from_checkpoint last to continue its run, or choose another --output_dir."

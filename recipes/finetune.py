@@ -31,15 +31,18 @@ from hf_feedback.metrics import build_compute_metrics
 from hf_feedback.model_card import write_model_card
 from hf_feedback.plots import plot_confusion_matrix, plot_training_curves
 from hf_feedback.recipe_utils import (
+    LOCK_FILE,
     ModelArguments,
     RecipeError,
     bad_input_exits,
     check_output_dir,
+    claim_output_dir,
     check_cpu_threads,
     check_precision,
     load_or_train_tokenizer,
     parse_args,
     parse_config_overrides,
+    release_output_dir,
     resolve_resume,
     sample,
 )
@@ -139,6 +142,18 @@ def load_model(model_args, tokenizer, label_names, max_seq_length):
     )
 
 
+def turn_off_evaluation(training_args):
+    """Without a validation split there is nothing to evaluate during training or to pick the best checkpoint by.
+    Say so and train to the end, rather than fail inside the Trainer after the tokenizer was written."""
+    if training_args.eval_strategy == "no" and not training_args.load_best_model_at_end:
+        return
+    if training_args.process_index == 0:
+        print("no validation split (--validation_file): evaluation during training and --load_best_model_at_end are "
+              "off; the model of the last step is kept", flush=True)
+    training_args.eval_strategy = "no"
+    training_args.load_best_model_at_end = False
+
+
 def save_outputs(trainer, tokenizer, lora_args, output_dir):
     """Model (or adapter, or merged model) and tokenizer in output_dir; only the main process writes."""
     if lora_args.use_lora and lora_args.merge_lora:
@@ -158,8 +173,9 @@ def main(argv=None):
             (FinetuneModelArguments, DataArguments, LoraArguments, TrainingArguments), DEFAULTS, argv
         )
         output_dir = Path(training_args.output_dir)
-        check_output_dir(training_args, model_args.overwrite_output_dir)
         set_up.will_create(output_dir)
+        claim_output_dir(training_args)
+        check_output_dir(training_args, model_args.overwrite_output_dir)
         check_precision(training_args)
         check_cpu_threads(training_args)
         if lora_args.merge_lora and not lora_args.use_lora:
@@ -179,6 +195,8 @@ def main(argv=None):
         for split in ("validation", "test"):
             if split in raw:
                 raw[split] = sample(raw[split], data_args.max_eval_samples, training_args.seed)
+        if "validation" not in raw:
+            turn_off_evaluation(training_args)
         label_names = raw["train"].features["label"].names
         label_counts = {split: np.bincount(data["label"], minlength=len(label_names)) for split, data in raw.items()}
         if training_args.process_index == 0:
@@ -235,9 +253,11 @@ def main(argv=None):
                          {split: len(data) for split, data in tokenized.items()}, base_model=model_args.model_name_or_path,
                          corpora=[data_args.dataset_name, data_args.train_file, data_args.validation_file,
                                   data_args.test_file])
-        print(f"saved to {output_dir}: {json.dumps(sorted(p.name for p in output_dir.iterdir()))}")
+        saved = sorted(p.name for p in output_dir.iterdir() if p.name != LOCK_FILE)
+        print(f"saved to {output_dir}: {json.dumps(saved)}")
     if training_args.push_to_hub:
         trainer.push_to_hub()
+    release_output_dir(training_args)
 
 
 if __name__ == "__main__":

@@ -29,11 +29,13 @@ from hf_feedback.recipe_utils import (
     RecipeError,
     bad_input_exits,
     check_output_dir,
+    claim_output_dir,
     check_cpu_threads,
     check_precision,
     load_or_train_tokenizer,
     parse_args,
     parse_config_overrides,
+    release_output_dir,
     resolve_resume,
     sample,
 )
@@ -85,8 +87,9 @@ def main(argv=None):
         model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, TrainingArguments),
                                                           DEFAULTS, argv)
         output_dir = Path(training_args.output_dir)
-        check_output_dir(training_args, model_args.overwrite_output_dir)
         set_up.will_create(output_dir)
+        claim_output_dir(training_args)
+        check_output_dir(training_args, model_args.overwrite_output_dir)
         check_precision(training_args)
         check_cpu_threads(training_args)
         if not 0 < data_args.mlm_probability < 1:
@@ -143,6 +146,7 @@ def main(argv=None):
         print(f"saved to {output_dir}")
     if training_args.push_to_hub:
         trainer.push_to_hub()
+    release_output_dir(training_args)
 
 
 if __name__ == "__main__":

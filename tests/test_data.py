@@ -279,3 +279,22 @@ def test_text_corpus_from_txt_and_csv(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(ValueError, match="is empty"):
         load_text_corpus(tmp_path / "empty.txt")
+
+
+def test_non_utf8_file_is_named_with_its_likely_encoding(tmp_path):
+    path = tmp_path / "gbk.csv"
+    path.write_bytes("text,label\n质量很好,positive\n太差了,negative\n".encode("gbk"))
+    with pytest.raises(ValueError, match=r"train file .*gbk.csv is not UTF-8 \(it decodes as GBK/GB18030.*iconv"):
+        load_text_classification_data(train_file=path)
+
+
+@pytest.mark.parametrize("labels, words", [
+    (["pos", "pos"], "holds a single label ['pos']: a classifier needs at least two classes"),
+    (["pos", "neg", "1", "0"], "mixes class ids ['0', '1'] with class names ['neg', 'pos'], which would make 4 classes"),
+])
+def test_label_sets_that_make_nonsense_models_are_refused(tmp_path, labels, words):
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\n" + "".join(f"text {i},{label}\n" for i, label in enumerate(labels)))
+    with pytest.raises(ValueError) as error:
+        load_text_classification_data(train_file=path)
+    assert words in str(error.value)

@@ -172,6 +172,33 @@ def test_interrupted_run_resumes_and_loses_nothing(tmp_path):
         torch.testing.assert_close(final[key], value, atol=1e-5, rtol=1e-4, msg=key)
 
 
+def test_a_second_run_into_a_busy_output_dir_is_refused_with_the_holder_named(tmp_path):
+    # Two real processes: the first holds the folder from its first check to its end; the second, started while the
+    # first trains, stops at once with exit 2 and the holder's pid, and changes nothing. After a kill -9 the stale
+    # lock is taken over.
+    out = tmp_path / "out"
+    common = ["recipes/finetune.py", "--output_dir", str(out), "--config_overrides", TINY_MODEL,
+              "--tokenizer_vocab_size", "2000", "--max_train_samples", "640", "--max_steps", "2000",
+              "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true"]
+    first = run_recipe_process([sys.executable, *common], threads=1)
+    deadline = time.time() + 120
+    while not (out / "tokenizer.json").exists():
+        assert first.poll() is None and time.time() < deadline, first.communicate()[0][-3000:]
+        time.sleep(0.1)
+    before = sorted(p.name for p in out.iterdir())
+    second = run_recipe_process([sys.executable, *common, "--overwrite_output_dir"], threads=1)
+    second_output = second.communicate(timeout=120)[0]
+    assert second.returncode == 2, second_output[-3000:]
+    assert f"is in use by another run (pid {first.pid} on " in second_output
+    assert "Traceback" not in second_output
+    assert sorted(p.name for p in out.iterdir()) == before
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert json.loads((out / ".hf_feedback.lock").read_text())["pid"] == first.pid  # left behind by the kill
+    finetune.main([*common[1:], "--max_steps", "2", "--overwrite_output_dir"])
+    assert (out / "model.safetensors").is_file() and not (out / ".hf_feedback.lock").exists()
+
+
 def test_runs_with_a_saved_tokenizer_repeat_exactly_across_processes(tmp_path):
     """The tokenizers WordPiece trainer breaks ties in each process's hash order, so a run that trains its own
     tokenizer may learn a slightly different vocabulary each time (the README says so). Given a saved tokenizer,
@@ -252,6 +279,19 @@ def test_class_weighting_makes_an_ignored_minority_class_predicted(tmp_path, cap
         assert model.config.id2label[0] == "negative"
         predicted_negatives[weighting] = int((predicted == 0).sum())
     assert predicted_negatives["none"] < 30 and predicted_negatives["balanced"] > 100, predicted_negatives
+
+
+def test_a_train_file_alone_trains_without_evaluation(tmp_path, capsys):
+    # The default evaluates every eval_steps and keeps the best checkpoint; with no validation split both are off.
+    reviews = load_sentiment_reviews()["train"].select(range(200))
+    reviews.to_csv(tmp_path / "train.csv", index=False)
+    finetune.main(["--output_dir", str(tmp_path / "out"), "--train_file", str(tmp_path / "train.csv"),
+                   "--config_overrides", TINY_MODEL, "--tokenizer_vocab_size", "2000", "--max_steps", "4",
+                   "--load_best_model_at_end", "true", "--disable_tqdm", "true"])
+    assert "no validation split (--validation_file): evaluation during training and --load_best_model_at_end are off" \
+        in capsys.readouterr().out
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert not (tmp_path / "out" / "eval_results.json").exists()
 
 
 # ------------------------------------------------------------------------------------------------------------
