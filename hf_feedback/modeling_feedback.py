@@ -179,7 +179,8 @@ class FeedbackSelfAttention(nn.Module):
 
     Two paths, chosen by `config._attn_implementation` (the standard `attn_implementation` argument):
     "sdpa" calls `F.scaled_dot_product_attention` (fused kernels); "eager" spells the formula out and can return
-    the attention probabilities. They compute the same function.
+    the attention probabilities. They compute the same function, so a call with `output_attentions=True` takes
+    the eager path whatever the setting, and returns the probabilities.
     """
 
     def __init__(self, config):
@@ -195,7 +196,7 @@ class FeedbackSelfAttention(nn.Module):
         # hidden_states: (N, H) when unpadded, else (B, T, H) with no padding at all
         qkv = self.qkv_proj(hidden_states)  # (N, 3H) or (B, T, 3H)
         if unpadding is None:
-            context, probs = self._attend(qkv, None, rotary)
+            context, probs = self._attend(qkv, None, rotary, output_attentions)
             return self.out_proj(context.flatten(-2)), probs  # (B, T, H)
 
         contexts, all_probs = [], None
@@ -205,15 +206,17 @@ class FeedbackSelfAttention(nn.Module):
         for bucket in unpadding.buckets:
             length = bucket.layout.seq_len
             bucket_rotary = None if rotary is None else tuple(r[bucket.sequences, :, :length] for r in rotary)
-            context, probs = self._attend(bucket.layout.pad(qkv[bucket.tokens]), bucket.mask, bucket_rotary)
+            context, probs = self._attend(bucket.layout.pad(qkv[bucket.tokens]), bucket.mask, bucket_rotary,
+                                          output_attentions)
             contexts.append(bucket.layout.unpad(context))  # (Nb, nh, hs)
             if output_attentions:
                 all_probs[bucket.sequences, :, :length, :length] = probs
         context = torch.cat(contexts)[unpadding.restore]  # (N, nh, hs), in the batch's token order
         return self.out_proj(context.flatten(-2)), all_probs  # (N, H)
 
-    def _attend(self, qkv, attention_mask, rotary):
-        # qkv: (B, T, 3H) padded; attention_mask: (B, 1, 1, T) bool or None. Returns (B, T, nh, hs) and probs.
+    def _attend(self, qkv, attention_mask, rotary, output_attentions):
+        # qkv: (B, T, 3H) padded; attention_mask: (B, 1, 1, T) bool or None. Returns (B, T, nh, hs) and, from
+        # the eager path, the probabilities (B, nh, T, T).
         batch_size, seq_len, _ = qkv.shape
         q, k, v = qkv.view(batch_size, seq_len, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
         if rotary is not None:
@@ -221,7 +224,7 @@ class FeedbackSelfAttention(nn.Module):
 
         dropout_p = self.dropout_prob if self.training else 0.0
         probs = None
-        if self.config._attn_implementation == "eager":
+        if output_attentions or self.config._attn_implementation == "eager":
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_size)  # (B, nh, T, T)
             if attention_mask is not None:
                 scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
@@ -398,11 +401,6 @@ class FeedbackModel(FeedbackPreTrainedModel):
         return_dict = config.return_dict if return_dict is None else return_dict
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
-        if output_attentions and config._attn_implementation != "eager":
-            raise ValueError(
-                "output_attentions=True needs the eager attention path: load the model with "
-                "attn_implementation='eager' (or call model.set_attn_implementation('eager'))"
-            )
         self._validate_input_ids(input_ids)
         batch_size, seq_len = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         if seq_len > config.max_position_embeddings:

@@ -210,9 +210,19 @@ def test_eager_returns_attention_probabilities(tiny_config, batch):
     assert attentions[0][1, :, :, 5:].abs().max() == 0  # nobody attends to padding
 
 
-def test_output_attentions_on_sdpa_asks_for_eager(tiny_config, batch):
-    with pytest.raises(ValueError, match="eager"):
-        build(FeedbackModel, tiny_config())(*batch, output_attentions=True)
+@pytest.mark.parametrize("kind", ["absolute", "rotary"])
+def test_output_attentions_on_sdpa_returns_the_eager_probabilities(kind, tiny_config, batch):
+    config = tiny_config(position_embedding_type=kind)
+    eager = build(FeedbackModel, config, attn="eager")(*batch, output_attentions=True)
+    sdpa_model = build(FeedbackModel, config, attn="sdpa")
+    sdpa = sdpa_model(*batch, output_attentions=True)
+    assert sdpa_model.config._attn_implementation == "sdpa"  # only this call went through the eager path
+    assert len(sdpa.attentions) == 2
+    for a, b in zip(eager.attentions, sdpa.attentions):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(sdpa.last_hidden_state, eager.last_hidden_state, atol=1e-5, rtol=1e-5)
+    unpadded = sdpa_model(batch[0][:1], output_attentions=True).attentions[0]  # (1, nh, 9, 9), nothing padded
+    torch.testing.assert_close(unpadded, eager.attentions[0][:1], atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("model_class", HEADS)
