@@ -47,6 +47,9 @@ class FeedbackConfig(PretrainedConfig):
         layer_norm_eps (`float`, defaults to 1e-12): LayerNorm epsilon.
         initializer_range (`float`, defaults to 0.02): std of the normal initialisation of weights.
         pad_token_id (`int`, defaults to 0): id of the padding token (its embedding is kept at zero).
+        bos_token_id, eos_token_id (`int`, *optional*): ids of the tokenizer's begin / end of sequence tokens,
+            as in `BertConfig`. The model does not use them; transformers' warning about padded `input_ids`
+            without an `attention_mask` reads them (a pad id equal to one of them makes padding ambiguous).
         classifier_dropout (`float`, *optional*): dropout before classification heads; `None` uses
             `hidden_dropout_prob`.
         norm_position (`str`, defaults to `"post"`): `"post"` normalises after each residual add (BERT, the
@@ -87,6 +90,8 @@ class FeedbackConfig(PretrainedConfig):
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
     pad_token_id: int | None = 0
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
     classifier_dropout: float | None = None
     norm_position: str = "post"
     position_embedding_type: str = "absolute"
@@ -145,11 +150,12 @@ class FeedbackConfig(PretrainedConfig):
                              "(hidden_size / num_attention_heads)")
         if self.position_embedding_type == "sinusoidal" and self.hidden_size % 2:
             raise ValueError("FeedbackConfig.position_embedding_type='sinusoidal' needs an even hidden_size")
-        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(
-                f"FeedbackConfig.pad_token_id must be None or in [0, vocab_size={self.vocab_size}), "
-                f"got {self.pad_token_id!r}"
-            )
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.vocab_size:
+                raise ValueError(
+                    f"FeedbackConfig.{name} must be None or in [0, vocab_size={self.vocab_size}), got {value!r}"
+                )
 
 
 __all__ = ["FeedbackConfig"]

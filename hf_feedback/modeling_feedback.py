@@ -402,6 +402,9 @@ class FeedbackModel(FeedbackPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         self._validate_input_ids(input_ids)
+        if input_ids is not None:
+            # A pad id at either end and no mask: the padding would be attended to; transformers warns once.
+            self.warn_if_padding_and_no_attention_mask(input_ids, attention_mask)
         batch_size, seq_len = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         if seq_len > config.max_position_embeddings:
             raise ValueError(

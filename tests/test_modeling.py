@@ -14,6 +14,9 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
+from transformers.testing_utils import CaptureLogger
+from transformers.utils import logging as transformers_logging
+
 from hf_feedback import (
     FeedbackConfig,
     FeedbackForMaskedLM,
@@ -62,6 +65,7 @@ def test_defaults_follow_reference_design():
         (dict(layer_norm_eps=0), "layer_norm_eps"),
         (dict(type_vocab_size=-2), "type_vocab_size"),
         (dict(pad_token_id=10_000), "pad_token_id"),
+        (dict(eos_token_id=-1), "eos_token_id"),
         (dict(hidden_size=36, num_attention_heads=12, position_embedding_type="rotary"), "rotary"),
         (dict(problem_type="ranking"), "problem_type"),
     ],
@@ -271,6 +275,21 @@ def test_padding_leaks_nothing_even_when_pad_tokens_change(tiny_config, batch):
     other[1, 5:] = 42  # different tokens under the mask
     torch.testing.assert_close(model(input_ids, attention_mask).pooler_output,
                                model(other, attention_mask).pooler_output)
+
+
+def test_padded_ids_without_attention_mask_warn(tiny_config, batch):
+    model = build(FeedbackModel, tiny_config())
+    input_ids, attention_mask = batch  # the second row ends in the pad id 0
+
+    def warnings_of(*args):
+        transformers_logging.warning_once.cache_clear()  # transformers warns once per process; count every call
+        with CaptureLogger(transformers_logging.get_logger("transformers.modeling_utils")) as captured:
+            model(*args)
+        return captured.out.count("attention_mask")
+
+    assert warnings_of(input_ids) == 1
+    assert warnings_of(input_ids, attention_mask) == 0
+    assert warnings_of(input_ids[:1]) == 0  # no pad id at either end: nothing looks padded
 
 
 def test_mean_pooling_averages_real_tokens_only(tiny_config, batch):
