@@ -30,7 +30,9 @@ class FeedbackConfig(PretrainedConfig):
     r"""
     Configuration of a [`FeedbackModel`]: a Transformer encoder (embeddings, then `num_hidden_layers` blocks of
     multi-head self-attention and a feed-forward layer, each wrapped in a residual connection and LayerNorm,
-    then pooling). Fields shared with BERT keep `BertConfig`'s names and meaning.
+    then pooling). Fields shared with BERT keep `BertConfig`'s names and meaning. Every field is checked by one
+    function wherever a value enters: construction, `from_pretrained(..., field=value)` and later assignment; a bad
+    value raises `ValueError` naming the field and its allowed values.
 
     Args:
         vocab_size (`int`, defaults to 10000): number of token ids the embeddings accept.
@@ -105,6 +107,22 @@ class FeedbackConfig(PretrainedConfig):
         super().__post_init__(**kwargs)
         if getattr(self, "auto_map", None) is None:
             self.auto_map = dict(FEEDBACK_AUTO_MAP)
+
+    def __setattr__(self, name, value):
+        # A config also changes after construction: `from_pretrained(folder, hidden_act=...)` sets its keyword
+        # arguments one by one on the loaded config, and users assign fields. Check every such change with the same
+        # rules as construction, and undo a rejected one so the config stays valid. (A loaded config that must
+        # change several linked fields at once, e.g. hidden_size and num_attention_heads, is built anew instead.)
+        if name not in self.__dataclass_fields__ or not getattr(self, "_post_init_done", False):
+            super().__setattr__(name, value)
+            return
+        previous = getattr(self, name)
+        super().__setattr__(name, value)
+        try:
+            self._validate()
+        except ValueError:
+            super().__setattr__(name, previous)
+            raise
 
     def _validate(self):
         def integer(name, minimum):

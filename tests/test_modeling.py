@@ -80,6 +80,21 @@ def test_invalid_choice_lists_allowed_values():
         FeedbackConfig(hidden_act="mish")
 
 
+@pytest.mark.parametrize("field, value", [("hidden_act", "bogus"), ("pooling", "max"), ("num_attention_heads", 5)])
+def test_config_is_checked_on_load_and_assignment_as_at_construction(field, value, tiny_config, tmp_path):
+    with pytest.raises(ValueError, match=field) as at_construction:
+        tiny_config(**{field: value})
+    config = tiny_config()
+    config.save_pretrained(tmp_path)
+    with pytest.raises(ValueError) as on_load:
+        AutoConfig.from_pretrained(tmp_path, **{field: value})
+    with pytest.raises(ValueError) as on_assignment:
+        setattr(config, field, value)
+    assert str(on_load.value) == str(on_assignment.value) == str(at_construction.value)
+    assert getattr(config, field) == getattr(tiny_config(), field)  # the rejected value was undone
+    assert AutoConfig.from_pretrained(tmp_path, pooling="cls").pooling == "cls"  # a valid change goes through
+
+
 def test_config_round_trips_through_json(tmp_path, tiny_config):
     config = tiny_config(hidden_act="swiglu", norm_position="pre", position_embedding_type="rotary", pooling="mean")
     config.save_pretrained(tmp_path)
