@@ -71,10 +71,12 @@ class FeedbackConfig(PretrainedConfig):
             `num_labels` and the labels' dtype, as BERT does.
         tie_word_embeddings (`bool`, defaults to `True`): share the masked-LM output projection with the input
             embeddings.
-        sparse_prediction (`bool`, defaults to `False`): when [`FeedbackForMaskedLM`] gets labels, project only
-            the labelled (masked) tokens onto the vocabulary, and return logits of shape (num_masked, V) instead
-            of (B, T, V). The loss is the same; with 15% masking it skips most of the largest matmul of
-            pretraining (H x V per token). ModernBERT's option of the same name.
+        sparse_prediction (`bool`, defaults to `False`): when [`FeedbackForMaskedLM`] gets labels in training
+            mode, project only the labelled (masked) tokens onto the vocabulary, and return logits of shape
+            (num_masked, V) instead of (B, T, V). The loss is the same; with 15% masking it skips most of the
+            largest matmul of pretraining (H x V per token). ModernBERT's option of the same name, except that
+            in evaluation mode (what `from_pretrained` returns, and Trainer's evaluation) the logits are always
+            (B, T, V), labels or not: a checkpoint pretrained with the flag on serves inference as any masked LM.
     """
 
     model_type = "feedback"

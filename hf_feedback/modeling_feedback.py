@@ -576,11 +576,12 @@ class FeedbackForMaskedLM(FeedbackPreTrainedModel):
         hidden_states = outputs.last_hidden_state  # (B, T, H)
         if labels is not None:
             _check_class_labels(labels, self.config.vocab_size)
-            if self.config.sparse_prediction:
-                # Only labelled tokens enter the loss, so only they need the (H x V) projection.
+            if self.config.sparse_prediction and self.training:
+                # Only labelled tokens enter the loss, so only they need the (H x V) projection. A training-time
+                # saving only: evaluation keeps every position's logits, as any masked LM returns them.
                 labelled = labels != -100
                 hidden_states, labels = hidden_states[labelled], labels[labelled]  # (num_masked, H), (num_masked,)
-        logits = self.lm_head(hidden_states)  # (B, T, V), or (num_masked, V) with sparse_prediction
+        logits = self.lm_head(hidden_states)  # (B, T, V), or (num_masked, V) when sparse in training
         loss = None
         if labels is not None:
             loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.view(-1))

@@ -393,7 +393,7 @@ def test_masked_lm_ties_output_to_input_embeddings(tiny_config, batch, tmp_path)
 
 def test_sparse_prediction_gives_the_same_loss_on_masked_tokens_only(tiny_config, batch):
     dense = build(FeedbackForMaskedLM, tiny_config())
-    sparse = build(FeedbackForMaskedLM, tiny_config(sparse_prediction=True))
+    sparse = build(FeedbackForMaskedLM, tiny_config(sparse_prediction=True)).train()  # dropout is off in TINY
     labels = torch.full((2, 9), -100)
     labels[0, 3], labels[0, 6], labels[1, 1] = 7, 8, 11
     full, reduced = dense(*batch, labels=labels), sparse(*batch, labels=labels)
@@ -401,6 +401,18 @@ def test_sparse_prediction_gives_the_same_loss_on_masked_tokens_only(tiny_config
     torch.testing.assert_close(reduced.logits, full.logits[labels != -100])
     torch.testing.assert_close(reduced.loss, full.loss)
     assert sparse(*batch).logits.shape == (2, 9, 99)  # without labels (fill-mask), every position
+
+
+def test_sparse_prediction_saved_by_pretraining_leaves_inference_logits_whole(tiny_config, batch, tmp_path):
+    build(FeedbackForMaskedLM, tiny_config(sparse_prediction=True)).save_pretrained(tmp_path)
+    loaded = AutoModelForMaskedLM.from_pretrained(tmp_path)  # in evaluation mode, as from_pretrained returns it
+    assert loaded.config.sparse_prediction and not loaded.training
+    labels = torch.full((2, 9), -100)
+    labels[0, 3], labels[1, 1] = 7, 11
+    out = loaded(*batch, labels=labels)
+    assert out.logits.shape == (2, 9, 99)
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits.view(-1, 99), labels.view(-1)))
+    torch.testing.assert_close(out.logits, loaded(*batch).logits)
 
 
 # --------------------------------------------------------------------------------------------------------------
