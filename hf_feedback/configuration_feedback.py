@@ -59,11 +59,12 @@ class FeedbackConfig(PretrainedConfig):
             which trains more stably when deep.
         position_embedding_type (`str`, defaults to `"absolute"`): `"absolute"` learned position embeddings
             (BERT), `"sinusoidal"` fixed sin/cos added to the embeddings (Vaswani et al.), or `"rotary"`
-            (RoPE, rotates queries and keys inside attention).
+            (RoPE, rotates queries and keys inside attention). Without `position_ids`, positions count from
+            each sequence's first real token, so left padding does not shift them.
         rope_theta (`float`, defaults to 10000.0): base of the rotary / sinusoidal frequencies.
         pooling (`str`, defaults to `"mean"`): sentence vector for the pooler: the mean over real tokens
-            (`"mean"`, padding excluded) or the first token (`"cls"`, BERT's choice; converted BERT checkpoints
-            use it). Mean is the default because our pretraining is masked-LM only: nothing trains [CLS] to
+            (`"mean"`, padding excluded) or the first real token (`"cls"`, BERT's choice, after any left
+            padding; converted BERT checkpoints use it). Mean is the default because our pretraining is masked-LM only: nothing trains [CLS] to
             summarise the sentence, and a classifier trained from scratch on [CLS] learned far more slowly in
             our runs (chance accuracy after 100 steps of the default job, where mean pooling had 72%).
         problem_type (`str`, *optional*): loss of [`FeedbackForSequenceClassification`]: `"regression"`,

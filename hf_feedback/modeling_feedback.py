@@ -325,7 +325,7 @@ class FeedbackEncoder(nn.Module):
 # Pooling: one vector per sequence
 # ----------------------------------------------------------------------------------------------------------------
 class FeedbackPooler(nn.Module):
-    """First token ("cls") or mean over real tokens ("mean"), then dense + tanh as in BERT."""
+    """First real token ("cls") or mean over real tokens ("mean"), then dense + tanh as in BERT."""
 
     def __init__(self, config):
         super().__init__()
@@ -338,7 +338,8 @@ class FeedbackPooler(nn.Module):
             mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)  # (B, T, 1)
             pooled = (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1)
         else:
-            pooled = hidden_states[:, 0]
+            first = attention_mask.int().argmax(1)  # (B,) the first real token, later than 0 on left-padded rows
+            pooled = hidden_states[torch.arange(hidden_states.shape[0], device=first.device), first]
         return torch.tanh(self.dense(pooled))  # (B, H)
 
 
@@ -412,8 +413,12 @@ class FeedbackModel(FeedbackPreTrainedModel):
                 "truncate the inputs (tokenizer(..., truncation=True, max_length=...))"
             )
         device = input_ids.device if input_ids is not None else inputs_embeds.device
-        if position_ids is None:
-            position_ids = torch.arange(seq_len, device=device).expand(batch_size, seq_len)
+        if position_ids is None and attention_mask is not None:
+            # Count from each row's first real token, so a left-padded text gets the positions it has alone.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        elif position_ids is None:
+            position_ids = torch.arange(seq_len, device=device)
+        position_ids = position_ids.expand(batch_size, seq_len)  # (1, T) or (T,), BERT's shapes, serve every row
         if token_type_ids is None:
             token_type_ids = torch.zeros((batch_size, seq_len), dtype=torch.long, device=device)
 

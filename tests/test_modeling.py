@@ -283,6 +283,32 @@ def test_ragged_batch_matches_each_sequence_alone(attn, tiny_config):
         torch.testing.assert_close(batched.hidden_states[-1][i, real], alone.hidden_states[-1][0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["absolute", "sinusoidal", "rotary"])
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_left_and_right_padding_give_the_text_alone(kind, pooling, tiny_config):
+    # No position_ids: the model counts positions from each row's first real token and pools that token.
+    model = build(FeedbackForSequenceClassification,
+                  tiny_config(position_embedding_type=kind, pooling=pooling, initializer_range=0.5))
+    text = torch.tensor([5, 6, 7, 8, 9])
+    input_ids = torch.zeros(2, 8, dtype=torch.long)
+    input_ids[0, 3:], input_ids[1, :5] = text, text  # left-padded, right-padded
+    attention_mask = (input_ids != 0).long()
+    alone = model(text[None], output_hidden_states=True)
+    padded = model(input_ids, attention_mask, output_hidden_states=True)
+    torch.testing.assert_close(padded.logits, alone.logits.expand(2, -1), atol=1e-5, rtol=1e-5)
+    real = attention_mask.bool()
+    for row in range(2):
+        torch.testing.assert_close(padded.hidden_states[-1][row, real[row]], alone.hidden_states[-1][0],
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_position_ids_of_one_row_broadcast_over_a_padded_batch(tiny_config, batch):
+    model = build(FeedbackModel, tiny_config(position_embedding_type="rotary"))
+    shared = model(*batch, position_ids=torch.arange(9)[None]).last_hidden_state  # (1, T), BERT's convention
+    per_row = model(*batch, position_ids=torch.arange(9).expand(2, 9)).last_hidden_state
+    torch.testing.assert_close(shared, per_row, atol=0, rtol=0)
+
+
 def test_padding_leaks_nothing_even_when_pad_tokens_change(tiny_config, batch):
     model = build(FeedbackModel, tiny_config())
     input_ids, attention_mask = batch
