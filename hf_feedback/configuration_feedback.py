@@ -30,7 +30,9 @@ class FeedbackConfig(PretrainedConfig):
     r"""
     Configuration of a [`FeedbackModel`]: a Transformer encoder (embeddings, then `num_hidden_layers` blocks of
     multi-head self-attention and a feed-forward layer, each wrapped in a residual connection and LayerNorm,
-    then pooling). Fields shared with BERT keep `BertConfig`'s names and meaning.
+    then pooling). Fields shared with BERT keep `BertConfig`'s names and meaning. Every field is checked by one
+    function wherever a value enters: construction, `from_pretrained(..., field=value)` and later assignment; a bad
+    value raises `ValueError` naming the field and its allowed values.
 
     Args:
         vocab_size (`int`, defaults to 10000): number of token ids the embeddings accept.
@@ -47,6 +49,9 @@ class FeedbackConfig(PretrainedConfig):
         layer_norm_eps (`float`, defaults to 1e-12): LayerNorm epsilon.
         initializer_range (`float`, defaults to 0.02): std of the normal initialisation of weights.
         pad_token_id (`int`, defaults to 0): id of the padding token (its embedding is kept at zero).
+        bos_token_id, eos_token_id (`int`, *optional*): ids of the tokenizer's begin / end of sequence tokens,
+            as in `BertConfig`. The model does not use them; transformers' warning about padded `input_ids`
+            without an `attention_mask` reads them (a pad id equal to one of them makes padding ambiguous).
         classifier_dropout (`float`, *optional*): dropout before classification heads; `None` uses
             `hidden_dropout_prob`.
         norm_position (`str`, defaults to `"post"`): `"post"` normalises after each residual add (BERT, the
@@ -54,11 +59,12 @@ class FeedbackConfig(PretrainedConfig):
             which trains more stably when deep.
         position_embedding_type (`str`, defaults to `"absolute"`): `"absolute"` learned position embeddings
             (BERT), `"sinusoidal"` fixed sin/cos added to the embeddings (Vaswani et al.), or `"rotary"`
-            (RoPE, rotates queries and keys inside attention).
+            (RoPE, rotates queries and keys inside attention). Without `position_ids`, positions count from
+            each sequence's first real token, so left padding does not shift them.
         rope_theta (`float`, defaults to 10000.0): base of the rotary / sinusoidal frequencies.
         pooling (`str`, defaults to `"mean"`): sentence vector for the pooler: the mean over real tokens
-            (`"mean"`, padding excluded) or the first token (`"cls"`, BERT's choice; converted BERT checkpoints
-            use it). Mean is the default because our pretraining is masked-LM only: nothing trains [CLS] to
+            (`"mean"`, padding excluded) or the first real token (`"cls"`, BERT's choice, after any left
+            padding; converted BERT checkpoints use it). Mean is the default because our pretraining is masked-LM only: nothing trains [CLS] to
             summarise the sentence, and a classifier trained from scratch on [CLS] learned far more slowly in
             our runs (chance accuracy after 100 steps of the default job, where mean pooling had 72%).
         problem_type (`str`, *optional*): loss of [`FeedbackForSequenceClassification`]: `"regression"`,
@@ -66,10 +72,12 @@ class FeedbackConfig(PretrainedConfig):
             `num_labels` and the labels' dtype, as BERT does.
         tie_word_embeddings (`bool`, defaults to `True`): share the masked-LM output projection with the input
             embeddings.
-        sparse_prediction (`bool`, defaults to `False`): when [`FeedbackForMaskedLM`] gets labels, project only
-            the labelled (masked) tokens onto the vocabulary, and return logits of shape (num_masked, V) instead
-            of (B, T, V). The loss is the same; with 15% masking it skips most of the largest matmul of
-            pretraining (H x V per token). ModernBERT's option of the same name.
+        sparse_prediction (`bool`, defaults to `False`): when [`FeedbackForMaskedLM`] gets labels in training
+            mode, project only the labelled (masked) tokens onto the vocabulary, and return logits of shape
+            (num_masked, V) instead of (B, T, V). The loss is the same; with 15% masking it skips most of the
+            largest matmul of pretraining (H x V per token). ModernBERT's option of the same name, except that
+            in evaluation mode (what `from_pretrained` returns, and Trainer's evaluation) the logits are always
+            (B, T, V), labels or not: a checkpoint pretrained with the flag on serves inference as any masked LM.
     """
 
     model_type = "feedback"
@@ -87,6 +95,8 @@ class FeedbackConfig(PretrainedConfig):
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
     pad_token_id: int | None = 0
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
     classifier_dropout: float | None = None
     norm_position: str = "post"
     position_embedding_type: str = "absolute"
@@ -100,6 +110,22 @@ class FeedbackConfig(PretrainedConfig):
         super().__post_init__(**kwargs)
         if getattr(self, "auto_map", None) is None:
             self.auto_map = dict(FEEDBACK_AUTO_MAP)
+
+    def __setattr__(self, name, value):
+        # A config also changes after construction: `from_pretrained(folder, hidden_act=...)` sets its keyword
+        # arguments one by one on the loaded config, and users assign fields. Check every such change with the same
+        # rules as construction, and undo a rejected one so the config stays valid. (A loaded config that must
+        # change several linked fields at once, e.g. hidden_size and num_attention_heads, is built anew instead.)
+        if name not in self.__dataclass_fields__ or not getattr(self, "_post_init_done", False):
+            super().__setattr__(name, value)
+            return
+        previous = getattr(self, name)
+        super().__setattr__(name, value)
+        try:
+            self._validate()
+        except ValueError:
+            super().__setattr__(name, previous)
+            raise
 
     def _validate(self):
         def integer(name, minimum):
@@ -145,11 +171,12 @@ class FeedbackConfig(PretrainedConfig):
                              "(hidden_size / num_attention_heads)")
         if self.position_embedding_type == "sinusoidal" and self.hidden_size % 2:
             raise ValueError("FeedbackConfig.position_embedding_type='sinusoidal' needs an even hidden_size")
-        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(
-                f"FeedbackConfig.pad_token_id must be None or in [0, vocab_size={self.vocab_size}), "
-                f"got {self.pad_token_id!r}"
-            )
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.vocab_size:
+                raise ValueError(
+                    f"FeedbackConfig.{name} must be None or in [0, vocab_size={self.vocab_size}), got {value!r}"
+                )
 
 
 __all__ = ["FeedbackConfig"]

@@ -92,6 +92,7 @@ def feedback_config_from_bert(bert_config: BertConfig) -> FeedbackConfig:
         pad_token_id=bert_config.pad_token_id,
         classifier_dropout=bert_config.classifier_dropout,
         id2label=bert_config.id2label,
+        label2id=bert_config.label2id,
         problem_type=bert_config.problem_type,
         norm_position="post",
         position_embedding_type="absolute",

@@ -179,7 +179,8 @@ class FeedbackSelfAttention(nn.Module):
 
     Two paths, chosen by `config._attn_implementation` (the standard `attn_implementation` argument):
     "sdpa" calls `F.scaled_dot_product_attention` (fused kernels); "eager" spells the formula out and can return
-    the attention probabilities. They compute the same function.
+    the attention probabilities. They compute the same function, so a call with `output_attentions=True` takes
+    the eager path whatever the setting, and returns the probabilities.
     """
 
     def __init__(self, config):
@@ -195,7 +196,7 @@ class FeedbackSelfAttention(nn.Module):
         # hidden_states: (N, H) when unpadded, else (B, T, H) with no padding at all
         qkv = self.qkv_proj(hidden_states)  # (N, 3H) or (B, T, 3H)
         if unpadding is None:
-            context, probs = self._attend(qkv, None, rotary)
+            context, probs = self._attend(qkv, None, rotary, output_attentions)
             return self.out_proj(context.flatten(-2)), probs  # (B, T, H)
 
         contexts, all_probs = [], None
@@ -205,15 +206,17 @@ class FeedbackSelfAttention(nn.Module):
         for bucket in unpadding.buckets:
             length = bucket.layout.seq_len
             bucket_rotary = None if rotary is None else tuple(r[bucket.sequences, :, :length] for r in rotary)
-            context, probs = self._attend(bucket.layout.pad(qkv[bucket.tokens]), bucket.mask, bucket_rotary)
+            context, probs = self._attend(bucket.layout.pad(qkv[bucket.tokens]), bucket.mask, bucket_rotary,
+                                          output_attentions)
             contexts.append(bucket.layout.unpad(context))  # (Nb, nh, hs)
             if output_attentions:
                 all_probs[bucket.sequences, :, :length, :length] = probs
         context = torch.cat(contexts)[unpadding.restore]  # (N, nh, hs), in the batch's token order
         return self.out_proj(context.flatten(-2)), all_probs  # (N, H)
 
-    def _attend(self, qkv, attention_mask, rotary):
-        # qkv: (B, T, 3H) padded; attention_mask: (B, 1, 1, T) bool or None. Returns (B, T, nh, hs) and probs.
+    def _attend(self, qkv, attention_mask, rotary, output_attentions):
+        # qkv: (B, T, 3H) padded; attention_mask: (B, 1, 1, T) bool or None. Returns (B, T, nh, hs) and, from
+        # the eager path, the probabilities (B, nh, T, T).
         batch_size, seq_len, _ = qkv.shape
         q, k, v = qkv.view(batch_size, seq_len, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
         if rotary is not None:
@@ -221,7 +224,7 @@ class FeedbackSelfAttention(nn.Module):
 
         dropout_p = self.dropout_prob if self.training else 0.0
         probs = None
-        if self.config._attn_implementation == "eager":
+        if output_attentions or self.config._attn_implementation == "eager":
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_size)  # (B, nh, T, T)
             if attention_mask is not None:
                 scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
@@ -322,7 +325,7 @@ class FeedbackEncoder(nn.Module):
 # Pooling: one vector per sequence
 # ----------------------------------------------------------------------------------------------------------------
 class FeedbackPooler(nn.Module):
-    """First token ("cls") or mean over real tokens ("mean"), then dense + tanh as in BERT."""
+    """First real token ("cls") or mean over real tokens ("mean"), then dense + tanh as in BERT."""
 
     def __init__(self, config):
         super().__init__()
@@ -335,7 +338,8 @@ class FeedbackPooler(nn.Module):
             mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)  # (B, T, 1)
             pooled = (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1)
         else:
-            pooled = hidden_states[:, 0]
+            first = attention_mask.int().argmax(1)  # (B,) the first real token, later than 0 on left-padded rows
+            pooled = hidden_states[torch.arange(hidden_states.shape[0], device=first.device), first]
         return torch.tanh(self.dense(pooled))  # (B, H)
 
 
@@ -398,12 +402,10 @@ class FeedbackModel(FeedbackPreTrainedModel):
         return_dict = config.return_dict if return_dict is None else return_dict
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
-        if output_attentions and config._attn_implementation != "eager":
-            raise ValueError(
-                "output_attentions=True needs the eager attention path: load the model with "
-                "attn_implementation='eager' (or call model.set_attn_implementation('eager'))"
-            )
         self._validate_input_ids(input_ids)
+        if input_ids is not None:
+            # A pad id at either end and no mask: the padding would be attended to; transformers warns once.
+            self.warn_if_padding_and_no_attention_mask(input_ids, attention_mask)
         batch_size, seq_len = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         if seq_len > config.max_position_embeddings:
             raise ValueError(
@@ -411,8 +413,12 @@ class FeedbackModel(FeedbackPreTrainedModel):
                 "truncate the inputs (tokenizer(..., truncation=True, max_length=...))"
             )
         device = input_ids.device if input_ids is not None else inputs_embeds.device
-        if position_ids is None:
-            position_ids = torch.arange(seq_len, device=device).expand(batch_size, seq_len)
+        if position_ids is None and attention_mask is not None:
+            # Count from each row's first real token, so a left-padded text gets the positions it has alone.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        elif position_ids is None:
+            position_ids = torch.arange(seq_len, device=device)
+        position_ids = position_ids.expand(batch_size, seq_len)  # (1, T) or (T,), BERT's shapes, serve every row
         if token_type_ids is None:
             token_type_ids = torch.zeros((batch_size, seq_len), dtype=torch.long, device=device)
 
@@ -575,11 +581,12 @@ class FeedbackForMaskedLM(FeedbackPreTrainedModel):
         hidden_states = outputs.last_hidden_state  # (B, T, H)
         if labels is not None:
             _check_class_labels(labels, self.config.vocab_size)
-            if self.config.sparse_prediction:
-                # Only labelled tokens enter the loss, so only they need the (H x V) projection.
+            if self.config.sparse_prediction and self.training:
+                # Only labelled tokens enter the loss, so only they need the (H x V) projection. A training-time
+                # saving only: evaluation keeps every position's logits, as any masked LM returns them.
                 labelled = labels != -100
                 hidden_states, labels = hidden_states[labelled], labels[labelled]  # (num_masked, H), (num_masked,)
-        logits = self.lm_head(hidden_states)  # (B, T, V), or (num_masked, V) with sparse_prediction
+        logits = self.lm_head(hidden_states)  # (B, T, V), or (num_masked, V) when sparse in training
         loss = None
         if labels is not None:
             loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.view(-1))

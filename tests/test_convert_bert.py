@@ -86,6 +86,16 @@ def test_heads_carry_over(bert_class, ours_class, auto_class, tmp_path, batch):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_id2label_and_label2id_carry_over(tmp_path):
+    labels = {0: "negative", 1: "neutral", 2: "positive"}
+    bert_config = tiny_bert_config(id2label=labels, label2id={name: i for i, name in labels.items()})
+    BertForSequenceClassification(bert_config).save_pretrained(tmp_path / "bert")
+    convert_bert(tmp_path / "bert", tmp_path / "ours")
+    config = AutoModelForSequenceClassification.from_pretrained(tmp_path / "ours").config
+    assert config.id2label == labels
+    assert config.label2id == {"negative": 0, "neutral": 1, "positive": 2}
+
+
 def test_command_line_refuses_to_overwrite_and_rejects_non_bert(tmp_path, tiny_config):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")

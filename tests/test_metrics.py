@@ -3,6 +3,7 @@ import socket
 import evaluate
 import numpy as np
 import pytest
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 from transformers import EvalPrediction
 
@@ -75,6 +76,29 @@ def test_compute_metrics_takes_argmax_of_logits_in_a_tuple(offline):
         assert all(type(value) is float for value in results.values())
         for name, value in EXPECTED.items():
             assert results[name] == pytest.approx(value), name
+
+
+# (predictions, references, what the log says, the macro score that counts the undefined one as 0)
+UNDEFINED_SCORES = [
+    ([0, 0, 1, 1], [0, 1, 2, 1], "never predicted class(es) [2], so their precision",
+     ("precision", (1 / 2 + 1 / 2 + 0) / 3)),
+    ([0, 2, 1, 1], [0, 0, 1, 1], "class(es) [2] never occur in the references, so their recall",
+     ("recall", (1 / 2 + 1 + 0) / 3)),
+]
+
+
+@pytest.mark.parametrize("predictions, references, said, score", UNDEFINED_SCORES)
+def test_an_undefined_score_is_reported_once_in_words(predictions, references, said, score, offline, caplog, recwarn):
+    compute_metrics = build_compute_metrics()
+    logits = np.eye(3)[predictions]
+    for _ in range(3):  # three evaluations
+        results = compute_metrics(EvalPrediction(predictions=logits, label_ids=np.array(references)))
+
+    assert [w for w in recwarn if issubclass(w.category, UndefinedMetricWarning)] == []
+    messages = [record.getMessage() for record in caplog.records if record.name == "hf_feedback.metrics"]
+    assert len(messages) == 1 and said in messages[0]
+    name, value = score
+    assert results[name] == pytest.approx(value)
 
 
 def test_missing_metric_script_raises_clear_error(offline, monkeypatch, tmp_path):

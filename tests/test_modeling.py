@@ -14,6 +14,9 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
+from transformers.testing_utils import CaptureLogger
+from transformers.utils import logging as transformers_logging
+
 from hf_feedback import (
     FeedbackConfig,
     FeedbackForMaskedLM,
@@ -62,6 +65,7 @@ def test_defaults_follow_reference_design():
         (dict(layer_norm_eps=0), "layer_norm_eps"),
         (dict(type_vocab_size=-2), "type_vocab_size"),
         (dict(pad_token_id=10_000), "pad_token_id"),
+        (dict(eos_token_id=-1), "eos_token_id"),
         (dict(hidden_size=36, num_attention_heads=12, position_embedding_type="rotary"), "rotary"),
         (dict(problem_type="ranking"), "problem_type"),
     ],
@@ -74,6 +78,21 @@ def test_invalid_config_raises_naming_the_field(overrides, field):
 def test_invalid_choice_lists_allowed_values():
     with pytest.raises(ValueError, match=r"\['relu', 'gelu', 'tanh', 'sigmoid', 'silu', 'geglu', 'swiglu'\]"):
         FeedbackConfig(hidden_act="mish")
+
+
+@pytest.mark.parametrize("field, value", [("hidden_act", "bogus"), ("pooling", "max"), ("num_attention_heads", 5)])
+def test_config_is_checked_on_load_and_assignment_as_at_construction(field, value, tiny_config, tmp_path):
+    with pytest.raises(ValueError, match=field) as at_construction:
+        tiny_config(**{field: value})
+    config = tiny_config()
+    config.save_pretrained(tmp_path)
+    with pytest.raises(ValueError) as on_load:
+        AutoConfig.from_pretrained(tmp_path, **{field: value})
+    with pytest.raises(ValueError) as on_assignment:
+        setattr(config, field, value)
+    assert str(on_load.value) == str(on_assignment.value) == str(at_construction.value)
+    assert getattr(config, field) == getattr(tiny_config(), field)  # the rejected value was undone
+    assert AutoConfig.from_pretrained(tmp_path, pooling="cls").pooling == "cls"  # a valid change goes through
 
 
 def test_config_round_trips_through_json(tmp_path, tiny_config):
@@ -210,9 +229,19 @@ def test_eager_returns_attention_probabilities(tiny_config, batch):
     assert attentions[0][1, :, :, 5:].abs().max() == 0  # nobody attends to padding
 
 
-def test_output_attentions_on_sdpa_asks_for_eager(tiny_config, batch):
-    with pytest.raises(ValueError, match="eager"):
-        build(FeedbackModel, tiny_config())(*batch, output_attentions=True)
+@pytest.mark.parametrize("kind", ["absolute", "rotary"])
+def test_output_attentions_on_sdpa_returns_the_eager_probabilities(kind, tiny_config, batch):
+    config = tiny_config(position_embedding_type=kind)
+    eager = build(FeedbackModel, config, attn="eager")(*batch, output_attentions=True)
+    sdpa_model = build(FeedbackModel, config, attn="sdpa")
+    sdpa = sdpa_model(*batch, output_attentions=True)
+    assert sdpa_model.config._attn_implementation == "sdpa"  # only this call went through the eager path
+    assert len(sdpa.attentions) == 2
+    for a, b in zip(eager.attentions, sdpa.attentions):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(sdpa.last_hidden_state, eager.last_hidden_state, atol=1e-5, rtol=1e-5)
+    unpadded = sdpa_model(batch[0][:1], output_attentions=True).attentions[0]  # (1, nh, 9, 9), nothing padded
+    torch.testing.assert_close(unpadded, eager.attentions[0][:1], atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("model_class", HEADS)
@@ -254,6 +283,32 @@ def test_ragged_batch_matches_each_sequence_alone(attn, tiny_config):
         torch.testing.assert_close(batched.hidden_states[-1][i, real], alone.hidden_states[-1][0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["absolute", "sinusoidal", "rotary"])
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_left_and_right_padding_give_the_text_alone(kind, pooling, tiny_config):
+    # No position_ids: the model counts positions from each row's first real token and pools that token.
+    model = build(FeedbackForSequenceClassification,
+                  tiny_config(position_embedding_type=kind, pooling=pooling, initializer_range=0.5))
+    text = torch.tensor([5, 6, 7, 8, 9])
+    input_ids = torch.zeros(2, 8, dtype=torch.long)
+    input_ids[0, 3:], input_ids[1, :5] = text, text  # left-padded, right-padded
+    attention_mask = (input_ids != 0).long()
+    alone = model(text[None], output_hidden_states=True)
+    padded = model(input_ids, attention_mask, output_hidden_states=True)
+    torch.testing.assert_close(padded.logits, alone.logits.expand(2, -1), atol=1e-5, rtol=1e-5)
+    real = attention_mask.bool()
+    for row in range(2):
+        torch.testing.assert_close(padded.hidden_states[-1][row, real[row]], alone.hidden_states[-1][0],
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_position_ids_of_one_row_broadcast_over_a_padded_batch(tiny_config, batch):
+    model = build(FeedbackModel, tiny_config(position_embedding_type="rotary"))
+    shared = model(*batch, position_ids=torch.arange(9)[None]).last_hidden_state  # (1, T), BERT's convention
+    per_row = model(*batch, position_ids=torch.arange(9).expand(2, 9)).last_hidden_state
+    torch.testing.assert_close(shared, per_row, atol=0, rtol=0)
+
+
 def test_padding_leaks_nothing_even_when_pad_tokens_change(tiny_config, batch):
     model = build(FeedbackModel, tiny_config())
     input_ids, attention_mask = batch
@@ -261,6 +316,21 @@ def test_padding_leaks_nothing_even_when_pad_tokens_change(tiny_config, batch):
     other[1, 5:] = 42  # different tokens under the mask
     torch.testing.assert_close(model(input_ids, attention_mask).pooler_output,
                                model(other, attention_mask).pooler_output)
+
+
+def test_padded_ids_without_attention_mask_warn(tiny_config, batch):
+    model = build(FeedbackModel, tiny_config())
+    input_ids, attention_mask = batch  # the second row ends in the pad id 0
+
+    def warnings_of(*args):
+        transformers_logging.warning_once.cache_clear()  # transformers warns once per process; count every call
+        with CaptureLogger(transformers_logging.get_logger("transformers.modeling_utils")) as captured:
+            model(*args)
+        return captured.out.count("attention_mask")
+
+    assert warnings_of(input_ids) == 1
+    assert warnings_of(input_ids, attention_mask) == 0
+    assert warnings_of(input_ids[:1]) == 0  # no pad id at either end: nothing looks padded
 
 
 def test_mean_pooling_averages_real_tokens_only(tiny_config, batch):
@@ -349,7 +419,7 @@ def test_masked_lm_ties_output_to_input_embeddings(tiny_config, batch, tmp_path)
 
 def test_sparse_prediction_gives_the_same_loss_on_masked_tokens_only(tiny_config, batch):
     dense = build(FeedbackForMaskedLM, tiny_config())
-    sparse = build(FeedbackForMaskedLM, tiny_config(sparse_prediction=True))
+    sparse = build(FeedbackForMaskedLM, tiny_config(sparse_prediction=True)).train()  # dropout is off in TINY
     labels = torch.full((2, 9), -100)
     labels[0, 3], labels[0, 6], labels[1, 1] = 7, 8, 11
     full, reduced = dense(*batch, labels=labels), sparse(*batch, labels=labels)
@@ -357,6 +427,18 @@ def test_sparse_prediction_gives_the_same_loss_on_masked_tokens_only(tiny_config
     torch.testing.assert_close(reduced.logits, full.logits[labels != -100])
     torch.testing.assert_close(reduced.loss, full.loss)
     assert sparse(*batch).logits.shape == (2, 9, 99)  # without labels (fill-mask), every position
+
+
+def test_sparse_prediction_saved_by_pretraining_leaves_inference_logits_whole(tiny_config, batch, tmp_path):
+    build(FeedbackForMaskedLM, tiny_config(sparse_prediction=True)).save_pretrained(tmp_path)
+    loaded = AutoModelForMaskedLM.from_pretrained(tmp_path)  # in evaluation mode, as from_pretrained returns it
+    assert loaded.config.sparse_prediction and not loaded.training
+    labels = torch.full((2, 9), -100)
+    labels[0, 3], labels[1, 1] = 7, 11
+    out = loaded(*batch, labels=labels)
+    assert out.logits.shape == (2, 9, 99)
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits.view(-1, 99), labels.view(-1)))
+    torch.testing.assert_close(out.logits, loaded(*batch).logits)
 
 
 # --------------------------------------------------------------------------------------------------------------
