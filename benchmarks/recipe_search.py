@@ -50,6 +50,15 @@ VARIANTS = {
     "unigram16k-3ep-random-prenorm-lr1e-3": (UNIGRAM16K, ["--num_train_epochs", "3", *RANDOM, *PRE_1E3, *BEST]),
     "wordpiece-3ep-random-prenorm-lr1e-3": (WORDPIECE, ["--num_train_epochs", "3", *RANDOM, *PRE_1E3, *BEST]),
     "unigram16k-2ep-random-prenorm-lr1e-3": (UNIGRAM16K, ["--num_train_epochs", "2", *RANDOM, *PRE_1E3, *BEST]),
+    # One epoch of the new recipe (random batches, pre-norm, lr 1e-3, best checkpoint by validation macro F1), one
+    # lever changed at a time.
+    "1ep-unigram16k": (UNIGRAM16K, [*RANDOM, *PRE_1E3, *BEST]),
+    "1ep-wordpiece": (WORDPIECE, [*RANDOM, *PRE_1E3, *BEST]),
+    "1ep-unigram8k": (("unigram", 8000), [*RANDOM, *PRE_1E3, *BEST]),
+    "1ep-unigram16k-rotary": (UNIGRAM16K, [*RANDOM, *PRE_1E3, *BEST, "--config_overrides",
+                                           "norm_position=pre,position_embedding_type=rotary"]),
+    "1ep-unigram16k-dropout0.2": (UNIGRAM16K, [*RANDOM, *PRE_1E3, *BEST, "--config_overrides",
+                                               "norm_position=pre,hidden_dropout_prob=0.2,attention_probs_dropout_prob=0.2"]),
 }
 RECIPE_ARGS = ["--disable_tqdm", "true", "--overwrite_output_dir", "--save_total_limit", "1"]
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -136,8 +137,10 @@ def load_model(model_args, tokenizer, label_names, max_seq_length):
         )
     if config.vocab_size < len(tokenizer):
         raise RecipeError(f"the tokenizer has {len(tokenizer)} tokens but the model only {config.vocab_size}")
+    # float32 master weights whatever the checkpoint's dtype (transformers 5 loads a checkpoint in its own dtype):
+    # --fp16 / --bf16 come from autocast, and fp16 gradients of half-precision weights cannot be unscaled.
     return AutoModelForSequenceClassification.from_pretrained(
-        model_args.model_name_or_path, num_labels=num_labels, **labels,
+        model_args.model_name_or_path, num_labels=num_labels, **labels, dtype=torch.float32,
         attn_implementation=model_args.attn_implementation, trust_remote_code=model_args.trust_remote_code,
     )
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import torch
 from transformers import DataCollatorForLanguageModeling, TrainingArguments, set_seed
 
 from hf_feedback import FeedbackConfig, FeedbackForMaskedLM
@@ -106,7 +107,8 @@ def main(argv=None):
                                             splits["train"]["text"], model_args.tokenizer_vocab_size, training_args,
                                             kind=model_args.tokenizer_kind)
         if model_args.model_name_or_path:
-            model = FeedbackForMaskedLM.from_pretrained(model_args.model_name_or_path)
+            # float32 master weights whatever the checkpoint's dtype; mixed precision comes from autocast.
+            model = FeedbackForMaskedLM.from_pretrained(model_args.model_name_or_path, dtype=torch.float32)
         else:
             config = FeedbackConfig(**{"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
                                        "max_position_embeddings": max(512, data_args.max_seq_length),
@@ -117,7 +119,7 @@ def main(argv=None):
             raise RecipeError(f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}")
         with training_args.main_process_first(desc="tokenizing"):
             tokenized = tokenize_dataset(datasets.DatasetDict(train=splits["train"], validation=splits["test"]),
-                                         tokenizer, data_args.max_seq_length)
+                                         tokenizer, min(data_args.max_seq_length, model.config.max_position_embeddings))
 
     trainer = FeedbackTrainer(
         model=model,

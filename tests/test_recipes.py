@@ -18,7 +18,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from helpers import ROOT, load_recipe
 
-from hf_feedback import FeedbackForSequenceClassification
+from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification
 from hf_feedback.convert_bert import convert_bert
 from hf_feedback.data import load_sentiment_reviews
 from hf_feedback.tokenization import train_tokenizer
@@ -279,6 +279,25 @@ def test_class_weighting_makes_an_ignored_minority_class_predicted(tmp_path, cap
         assert model.config.id2label[0] == "negative"
         predicted_negatives[weighting] = int((predicted == 0).sum())
     assert predicted_negatives["none"] < 30 and predicted_negatives["balanced"] > 100, predicted_negatives
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_checkpoints_train_with_float32_weights(tmp_path, tiny_config, dtype):
+    # transformers 5 loads a checkpoint in its saved dtype; training must still get float32 master weights.
+    FeedbackForSequenceClassification(tiny_config(num_labels=2, vocab_size=2000)).to(dtype).save_pretrained(tmp_path)
+    model_args = finetune.FinetuneModelArguments(model_name_or_path=str(tmp_path))
+    tokenizer = train_tokenizer(load_sentiment_reviews()["train"]["text"][:300], vocab_size=2000)
+    model = finetune.load_model(model_args, tokenizer, ["negative", "positive"], 128)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+    # pretrain.py further pretrains a half-precision masked LM in float32: the weights it saves say so.
+    masked_lm = tmp_path / "mlm"
+    FeedbackForMaskedLM(tiny_config(vocab_size=2000)).to(dtype).save_pretrained(masked_lm)
+    tokenizer.save_pretrained(masked_lm)
+    pretrain.main(["--model_name_or_path", str(masked_lm), "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
+                   "--max_train_samples", "200", "--eval_strategy", "no", "--save_strategy", "no",
+                   "--disable_tqdm", "true"])
+    assert {t.dtype for t in load_file(tmp_path / "out" / "model.safetensors").values()} == {torch.float32}
 
 
 def test_a_train_file_alone_trains_without_evaluation(tmp_path, capsys):
