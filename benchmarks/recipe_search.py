@@ -57,6 +57,8 @@ VARIANTS = {
     "1ep-unigram8k": (("unigram", 8000), [*RANDOM, *PRE_1E3, *BEST]),
     "1ep-unigram16k-rotary": (UNIGRAM16K, [*RANDOM, *PRE_1E3, *BEST, "--config_overrides",
                                            "norm_position=pre,position_embedding_type=rotary"]),
+    "1ep-unigram16k-maxpool": (UNIGRAM16K, [*RANDOM, *PRE_1E3, *BEST, "--config_overrides",
+                                            "norm_position=pre,pooling=max"]),
     "1ep-unigram16k-dropout0.2": (UNIGRAM16K, [*RANDOM, *PRE_1E3, *BEST, "--config_overrides",
                                                "norm_position=pre,hidden_dropout_prob=0.2,attention_probs_dropout_prob=0.2"]),
 }

@@ -11,7 +11,7 @@ from transformers import PretrainedConfig
 HIDDEN_ACTS = ("relu", "gelu", "tanh", "sigmoid", "silu", "geglu", "swiglu")
 NORM_POSITIONS = ("post", "pre")
 POSITION_EMBEDDING_TYPES = ("absolute", "sinusoidal", "rotary")
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "max")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
 # Every Auto class a checkpoint can be opened with, whichever head saved it. transformers itself only records
@@ -63,8 +63,9 @@ class FeedbackConfig(PretrainedConfig):
             each sequence's first real token, so left padding does not shift them.
         rope_theta (`float`, defaults to 10000.0): base of the rotary / sinusoidal frequencies.
         pooling (`str`, defaults to `"mean"`): sentence vector for the pooler: the mean over real tokens
-            (`"mean"`, padding excluded) or the first real token (`"cls"`, BERT's choice, after any left
-            padding; converted BERT checkpoints use it). Mean is the default because our pretraining is masked-LM only: nothing trains [CLS] to
+            (`"mean"`, padding excluded), their element-wise maximum (`"max"`, padding excluded: max-over-time
+            pooling, which keeps the strongest evidence of a long text instead of averaging it away) or the first
+            real token (`"cls"`, BERT's choice, after any left padding; converted BERT checkpoints use it). Mean is the default because our pretraining is masked-LM only: nothing trains [CLS] to
             summarise the sentence, and a classifier trained from scratch on [CLS] learned far more slowly in
             our runs (chance accuracy after 100 steps of the default job, where mean pooling had 72%).
         problem_type (`str`, *optional*): loss of [`FeedbackForSequenceClassification`]: `"regression"`,

@@ -325,7 +325,8 @@ class FeedbackEncoder(nn.Module):
 # Pooling: one vector per sequence
 # ----------------------------------------------------------------------------------------------------------------
 class FeedbackPooler(nn.Module):
-    """First real token ("cls") or mean over real tokens ("mean"), then dense + tanh as in BERT."""
+    """First real token ("cls"), mean ("mean") or element-wise max ("max") over real tokens, then dense + tanh as in
+    BERT."""
 
     def __init__(self, config):
         super().__init__()
@@ -337,6 +338,9 @@ class FeedbackPooler(nn.Module):
         if self.pooling == "mean":
             mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)  # (B, T, 1)
             pooled = (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1)
+        elif self.pooling == "max":
+            padding = ~attention_mask.bool().unsqueeze(-1)  # (B, T, 1)
+            pooled = hidden_states.masked_fill(padding, torch.finfo(hidden_states.dtype).min).max(1).values
         else:
             first = attention_mask.int().argmax(1)  # (B,) the first real token, later than 0 on left-padded rows
             pooled = hidden_states[torch.arange(hidden_states.shape[0], device=first.device), first]

@@ -61,7 +61,7 @@ def test_defaults_follow_reference_design():
         (dict(classifier_dropout=2.0), "classifier_dropout"),
         (dict(norm_position="middle"), "norm_position"),
         (dict(position_embedding_type="alibi"), "position_embedding_type"),
-        (dict(pooling="max"), "pooling"),
+        (dict(pooling="attention"), "pooling"),
         (dict(layer_norm_eps=0), "layer_norm_eps"),
         (dict(type_vocab_size=-2), "type_vocab_size"),
         (dict(pad_token_id=10_000), "pad_token_id"),
@@ -80,7 +80,7 @@ def test_invalid_choice_lists_allowed_values():
         FeedbackConfig(hidden_act="mish")
 
 
-@pytest.mark.parametrize("field, value", [("hidden_act", "bogus"), ("pooling", "max"), ("num_attention_heads", 5)])
+@pytest.mark.parametrize("field, value", [("hidden_act", "bogus"), ("pooling", "attention"), ("num_attention_heads", 5)])
 def test_config_is_checked_on_load_and_assignment_as_at_construction(field, value, tiny_config, tmp_path):
     with pytest.raises(ValueError, match=field) as at_construction:
         tiny_config(**{field: value})
@@ -284,7 +284,7 @@ def test_ragged_batch_matches_each_sequence_alone(attn, tiny_config):
 
 
 @pytest.mark.parametrize("kind", ["absolute", "sinusoidal", "rotary"])
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
+@pytest.mark.parametrize("pooling", ["cls", "mean", "max"])
 def test_left_and_right_padding_give_the_text_alone(kind, pooling, tiny_config):
     # No position_ids: the model counts positions from each row's first real token and pools that token.
     model = build(FeedbackForSequenceClassification,
@@ -343,6 +343,16 @@ def test_mean_pooling_averages_real_tokens_only(tiny_config, batch):
     torch.testing.assert_close(out.pooler_output, expected)
     cls = build(FeedbackModel, tiny_config(pooling="cls"))(*batch)
     torch.testing.assert_close(cls.pooler_output, torch.tanh(model.pooler.dense(cls.last_hidden_state[:, 0])))
+
+
+def test_max_pooling_takes_the_largest_value_of_real_tokens_only(tiny_config, batch):
+    model = build(FeedbackModel, tiny_config(pooling="max"))
+    out = model(*batch)
+    hidden = out.last_hidden_state
+    largest = torch.stack([hidden[0].max(0).values, hidden[1, :5].max(0).values])
+    torch.testing.assert_close(out.pooler_output, torch.tanh(model.pooler.dense(largest)))
+    # Padding positions hold zeros in last_hidden_state; a feature negative on every real token must not become 0.
+    assert (hidden[1, :5].max(0).values < 0).any()
 
 
 def test_attention_matches_a_hand_written_softmax(tiny_config):
