@@ -33,6 +33,7 @@ SCRATCH = RUNS / "recipe_search"
 BEST = ["--load_best_model_at_end", "true", "--metric_for_best_model", "f1"]
 GROUPED, RANDOM = ["--train_sampling_strategy", "group_by_length"], ["--train_sampling_strategy", "random"]
 PRE_1E3 = ["--config_overrides", "norm_position=pre", "--learning_rate", "1e-3"]
+ONE_EPOCH = ["--num_train_epochs", "1", "--early_stopping_patience", "0"]
 SCREEN = ["--max_steps", "200", "--eval_steps", "50", "--max_eval_samples", "600", "--save_strategy", "no"]
 WORDPIECE, UNIGRAM16K = ("wordpiece", 10000), ("unigram", 16000)
 VARIANTS = {
@@ -52,15 +53,25 @@ VARIANTS = {
     "unigram16k-2ep-random-prenorm-lr1e-3": (UNIGRAM16K, ["--num_train_epochs", "2", *RANDOM, *PRE_1E3, *BEST]),
     # One epoch of the new recipe (random batches, pre-norm, lr 1e-3, best checkpoint by validation macro F1), one
     # lever changed at a time.
-    "1ep-unigram16k": (UNIGRAM16K, [*RANDOM, *PRE_1E3, *BEST]),
-    "1ep-wordpiece": (WORDPIECE, [*RANDOM, *PRE_1E3, *BEST]),
-    "1ep-unigram8k": (("unigram", 8000), [*RANDOM, *PRE_1E3, *BEST]),
-    "1ep-unigram16k-rotary": (UNIGRAM16K, [*RANDOM, *PRE_1E3, *BEST, "--config_overrides",
+    "1ep-unigram16k": (UNIGRAM16K, [*ONE_EPOCH, *RANDOM, *PRE_1E3, *BEST]),
+    "1ep-wordpiece": (WORDPIECE, [*ONE_EPOCH, *RANDOM, *PRE_1E3, *BEST]),
+    "1ep-unigram8k": (("unigram", 8000), [*ONE_EPOCH, *RANDOM, *PRE_1E3, *BEST]),
+    "1ep-unigram16k-rotary": (UNIGRAM16K, [*ONE_EPOCH, *RANDOM, *PRE_1E3, *BEST, "--config_overrides",
                                            "norm_position=pre,position_embedding_type=rotary"]),
-    "1ep-unigram16k-maxpool": (UNIGRAM16K, [*RANDOM, *PRE_1E3, *BEST, "--config_overrides",
+    "1ep-unigram16k-maxpool": (UNIGRAM16K, [*ONE_EPOCH, *RANDOM, *PRE_1E3, *BEST, "--config_overrides",
                                             "norm_position=pre,pooling=max"]),
-    "1ep-unigram16k-dropout0.2": (UNIGRAM16K, [*RANDOM, *PRE_1E3, *BEST, "--config_overrides",
+    "1ep-unigram16k-dropout0.2": (UNIGRAM16K, [*ONE_EPOCH, *RANDOM, *PRE_1E3, *BEST, "--config_overrides",
                                                "norm_position=pre,hidden_dropout_prob=0.2,attention_probs_dropout_prob=0.2"]),
+    # finetune.py's defaults as they now stand (unigram 16k, random batches, pre-norm, lr 1e-3, up to 3 epochs with
+    # the best checkpoint by validation macro F1 and early stopping), and the levers for imbalanced and long data.
+    "default": (UNIGRAM16K, []),
+    "sqrt": (UNIGRAM16K, ["--class_weighting", "sqrt"]),
+    "balanced": (UNIGRAM16K, ["--class_weighting", "balanced"]),
+    "head_tail256": (UNIGRAM16K, ["--max_seq_length", "256", "--truncation", "head_tail"]),
+    "head_tail256-sqrt": (UNIGRAM16K, ["--max_seq_length", "256", "--truncation", "head_tail",
+                                       "--class_weighting", "sqrt"]),
+    "head_tail256-balanced": (UNIGRAM16K, ["--max_seq_length", "256", "--truncation", "head_tail",
+                                           "--class_weighting", "balanced"]),
 }
 RECIPE_ARGS = ["--disable_tqdm", "true", "--overwrite_output_dir", "--save_total_limit", "1"]
 

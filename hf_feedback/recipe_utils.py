@@ -33,10 +33,10 @@ class ModelArguments:
                 "FeedbackForMaskedLM to pretrain further). Without it a new FeedbackConfig model starts from scratch."})
     tokenizer_name: str | None = field(default=None, metadata={
         "help": "Tokenizer folder; defaults to the checkpoint's, or a WordPiece tokenizer trained on the training text."})
-    tokenizer_vocab_size: int = field(default=10000, metadata={"help": "Vocabulary size when training a tokenizer."})
-    tokenizer_kind: str = field(default="wordpiece", metadata={
-        "help": "Kind of tokenizer to train: 'wordpiece' (BERT's; Chinese as single characters) or 'unigram' "
-                "(multi-character pieces, i.e. words, learned from the corpus)."})
+    tokenizer_vocab_size: int = field(default=16000, metadata={"help": "Vocabulary size when training a tokenizer."})
+    tokenizer_kind: str = field(default="unigram", metadata={
+        "help": "Kind of tokenizer to train: 'unigram' (multi-character pieces, i.e. words, learned from the corpus) "
+                "or 'wordpiece' (BERT's; Chinese as single characters)."})
     config_overrides: str | None = field(default=None, metadata={
         "help": "FeedbackConfig fields for a new model, e.g. 'hidden_size=128,num_hidden_layers=2,hidden_act=swiglu'."})
     noam_warmup_steps: int | None = field(default=None, metadata={

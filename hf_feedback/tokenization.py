@@ -115,20 +115,22 @@ def _train_unigram(texts: Iterable[str], vocab_size: int) -> Tokenizer:
         [pre_tokenizers.Metaspace(prepend_scheme="never"), pre_tokenizers.Punctuation()]
     )
     tokenizer.decoder = decoders.Metaspace(prepend_scheme="never")
+    # Like WordPiece, keep every character of the corpus, so that no training text has [UNK]: a vocabulary too small
+    # for them grows to fit (logged). The unigram trainer would otherwise stop with an error or quietly overshoot.
+    texts = list(texts)
+    characters = {c for text in texts for c in tokenizer.normalizer.normalize_str(text) if not c.isspace()}
+    needed = len(characters) + len(SPECIAL_TOKENS) + 1  # + the "▁" space marker
+    if vocab_size < needed:
+        logger.warning(
+            "vocab_size=%d cannot hold the corpus's %d distinct characters and the special tokens; the unigram "
+            "tokenizer keeps every character and gets %d tokens. Use len(tokenizer) as the model's vocab_size.",
+            vocab_size, len(characters), needed,
+        )
+        vocab_size = needed
     trainer = trainers.UnigramTrainer(
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, unk_token="[UNK]", max_piece_length=_MAX_PIECE_CHARS
     )
-    texts = list(texts)
-    try:
-        tokenizer.train_from_iterator(texts, trainer=trainer)
-    except Exception as error:  # the Rust trainer raises a bare Exception
-        if "not large enough to contain all chars" not in str(error):
-            raise
-        characters = {c for text in texts for c in tokenizer.normalizer.normalize_str(text) if not c.isspace()}
-        raise ValueError(
-            f"vocab_size={vocab_size} cannot hold the corpus's {len(characters)} distinct characters and the "
-            f"{len(SPECIAL_TOKENS)} special tokens: a unigram vocabulary keeps every character; raise vocab_size."
-        ) from None
+    tokenizer.train_from_iterator(texts, trainer=trainer)
     # Make the same corpus give the same tokenizer file. The trainer sums piece scores in parallel, so their last
     # digits change from run to run: round them. It appends the characters its pieces cannot spell (rare ones) below
     # the lowest learned piece with made-up, evenly spaced scores in hash-map order: give them one shared score.
