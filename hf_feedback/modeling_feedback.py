@@ -90,6 +90,7 @@ class _Unpadding:
     """A padded batch as its N real tokens, plus the length buckets its attention runs in."""
 
     layout: _Layout  # the whole (B, T) batch
+    mask: torch.Tensor  # (B, 1, 1, T) the whole batch's key mask, for attention that returns its probabilities
     buckets: list[_Bucket]
     restore: torch.Tensor  # (N,) puts the buckets' concatenated tokens back in the batch's token order
 
@@ -108,7 +109,7 @@ class _Unpadding:
             tokens = token_rows[sequences][bucket_layout.sequences, bucket_layout.positions]
             buckets.append(_Bucket(tokens, sequences, bucket_layout, None if mask.all() else mask[:, None, None, :]))
         restore = torch.cat([b.tokens for b in buckets]).argsort()
-        return cls(layout, buckets, restore)
+        return cls(layout, attention_mask[:, None, None, :], buckets, restore)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -199,20 +200,21 @@ class FeedbackSelfAttention(nn.Module):
             context, probs = self._attend(qkv, None, rotary, output_attentions)
             return self.out_proj(context.flatten(-2)), probs  # (B, T, H)
 
-        contexts, all_probs = [], None
+        layout = unpadding.layout
         if output_attentions:
-            batch, seq_len = unpadding.layout.batch_size, unpadding.layout.seq_len
-            all_probs = qkv.new_zeros(batch, self.num_heads, seq_len, seq_len)
+            # One (B, T) layout instead of the buckets: the (B, nh, T, T) probabilities returned are then the very
+            # tensor the output is computed from, so gradients reach them (attribution methods need that).
+            context, probs = self._attend(layout.pad(qkv), unpadding.mask, rotary, output_attentions)
+            return self.out_proj(layout.unpad(context).flatten(-2)), probs  # (N, H)
+
+        contexts = []
         for bucket in unpadding.buckets:
             length = bucket.layout.seq_len
             bucket_rotary = None if rotary is None else tuple(r[bucket.sequences, :, :length] for r in rotary)
-            context, probs = self._attend(bucket.layout.pad(qkv[bucket.tokens]), bucket.mask, bucket_rotary,
-                                          output_attentions)
+            context, _ = self._attend(bucket.layout.pad(qkv[bucket.tokens]), bucket.mask, bucket_rotary, False)
             contexts.append(bucket.layout.unpad(context))  # (Nb, nh, hs)
-            if output_attentions:
-                all_probs[bucket.sequences, :, :length, :length] = probs
         context = torch.cat(contexts)[unpadding.restore]  # (N, nh, hs), in the batch's token order
-        return self.out_proj(context.flatten(-2)), all_probs  # (N, H)
+        return self.out_proj(context.flatten(-2)), None  # (N, H)
 
     def _attend(self, qkv, attention_mask, rotary, output_attentions):
         # qkv: (B, T, 3H) padded; attention_mask: (B, 1, 1, T) bool or None. Returns (B, T, nh, hs) and, from
@@ -229,6 +231,8 @@ class FeedbackSelfAttention(nn.Module):
             if attention_mask is not None:
                 scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
             probs = scores.softmax(dim=-1)
+            if attention_mask is not None:  # padded queries attend nowhere: all-zero rows, as the returned map shows
+                probs = probs.masked_fill(~attention_mask.transpose(-1, -2), 0.0)
             context = F.dropout(probs, p=dropout_p, training=self.training) @ v  # (B, nh, T, hs)
         else:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout_p)
@@ -306,19 +310,32 @@ class FeedbackEncoder(nn.Module):
         )
 
     def forward(self, hidden_states, rotary, unpadding, output_attentions, output_hidden_states):
-        all_hidden_states = [hidden_states] if output_hidden_states else None
+        # hidden_states: (N, H) when unpadded, else (B, T, H). Returns hidden states of every layer's input and of
+        # the output, each (B, T, H), when asked.
+        all_hidden_states = [] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
         for layer in self.layers:
-            hidden_states, probs = layer(hidden_states, rotary, unpadding, output_attentions)
             if output_hidden_states:
-                all_hidden_states.append(hidden_states)
+                hidden_states = self._record(hidden_states, unpadding, all_hidden_states)
+            hidden_states, probs = layer(hidden_states, rotary, unpadding, output_attentions)
             if output_attentions:
                 all_attentions.append(probs)
         if self.final_norm is not None:
             hidden_states = self.final_norm(hidden_states)
-            if output_hidden_states:
-                all_hidden_states[-1] = hidden_states
+        if output_hidden_states:
+            hidden_states = self._record(hidden_states, unpadding, all_hidden_states)
         return hidden_states, all_hidden_states, all_attentions
+
+    @staticmethod
+    def _record(hidden_states, unpadding, all_hidden_states):
+        # A returned hidden state must be on the autograd graph (attribution methods take gradients with respect
+        # to it), so an unpadded model continues from the (B, T, H) copy it returns rather than beside it.
+        if unpadding is None:
+            all_hidden_states.append(hidden_states)
+            return hidden_states
+        padded = unpadding.layout.pad(hidden_states)  # (N, H) -> (B, T, H)
+        all_hidden_states.append(padded)
+        return unpadding.layout.unpad(padded)  # (N, H)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -439,8 +456,6 @@ class FeedbackModel(FeedbackPreTrainedModel):
         )
         if unpadding is not None:
             hidden_states = unpadding.layout.pad(hidden_states)  # (B, T, H), zeros at padding
-            if output_hidden_states:
-                all_hidden_states = [unpadding.layout.pad(h) for h in all_hidden_states]
 
         if attention_mask is None:
             attention_mask = torch.ones((batch_size, seq_len), dtype=torch.bool, device=device)

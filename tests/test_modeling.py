@@ -479,6 +479,25 @@ def test_hidden_states_and_tuple_outputs(tiny_config, batch):
     torch.testing.assert_close(as_tuple[1], out.pooler_output)
 
 
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_returned_hidden_states_and_attentions_carry_gradients(attn, tiny_config, batch):
+    # Attribution methods differentiate the output with respect to the returned tensors; on a padded (unpadded
+    # inside) batch these must be the tensors the output is computed from, not copies beside the graph.
+    model = build(FeedbackModel, tiny_config(), attn=attn)
+    out = model(*batch, output_hidden_states=True, output_attentions=True)
+    embeddings, last, probs = out.hidden_states[0], out.hidden_states[-1], out.attentions[0]  # probs: (2, 4, 9, 9)
+    weights = torch.randn(out.last_hidden_state.shape, generator=torch.Generator().manual_seed(0))  # (2, 9, 32)
+    objective = (out.last_hidden_state * weights).sum()  # a plain sum would be constant across the final LayerNorm
+    grad_embeddings, grad_last, grad_probs = torch.autograd.grad(objective, [embeddings, last, probs])
+    real = batch[1].bool()
+    # last_hidden_state is hidden_states[-1] itself at real tokens and zeros at padding
+    torch.testing.assert_close(grad_last, weights * real[..., None])
+    assert grad_embeddings[real].abs().min() > 0 and grad_embeddings[~real].abs().max() == 0
+    # padded keys carry no value and padded queries are discarded: their probabilities get no gradient
+    assert grad_probs[1, :, :, 5:].abs().max() == 0 and grad_probs[1, :, 5:, :].abs().max() == 0
+    assert grad_probs[0].abs().min() > 0
+
+
 def test_resize_token_embeddings_keeps_old_rows_and_tying(tiny_config, batch):
     model = build(FeedbackForMaskedLM, tiny_config())
     before = model(*batch).logits
