@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
     MaskedLMOutput,
@@ -126,11 +127,36 @@ def sinusoidal_position_embeddings(position_ids, dim, theta):
     return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (B, T, dim), interleaved
 
 
-def rotary_cos_sin(position_ids, head_dim, theta, dtype):
-    """cos and sin of the RoPE rotation angles, (B, 1, T, hs) each, broadcast over heads."""
-    angles = position_ids.float()[..., None] * _inverse_frequencies(head_dim, theta, position_ids.device)
-    angles = torch.cat((angles, angles), dim=-1)[:, None]  # (B, 1, T, hs)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+class FeedbackRotaryEmbedding(nn.Module):
+    """cos and sin of the RoPE rotation angles, scaled as `config.rope_parameters["rope_type"]` says.
+
+    "default" is RoPE as published; the scaling types ("linear", "dynamic", "yarn") come from transformers'
+    ROPE_INIT_FUNCTIONS, so they behave as in its own models: the module has the shape of Llama's rotary embedding,
+    the attributes transformers' `dynamic_rope_update` and weight initialisation read included.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.rope_type = config.rope_parameters["rope_type"]
+        # "dynamic" stretches the frequencies once positions pass the length the model was trained on
+        self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
+        compute = ROPE_INIT_FUNCTIONS.get(self.rope_type, self.compute_default_rope_parameters)
+        inv_freq, self.attention_scaling = compute(config)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # (hs / 2,)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+
+    @staticmethod
+    def compute_default_rope_parameters(config, device=None, **kwargs):
+        head_size = config.hidden_size // config.num_attention_heads
+        return _inverse_frequencies(head_size, config.rope_parameters["rope_theta"], device), 1.0
+
+    @dynamic_rope_update
+    def forward(self, x, position_ids):
+        # position_ids: (B, T) -> cos, sin: (B, T, hs) each, in x's dtype
+        angles = position_ids.float()[..., None] * self.inv_freq.to(x.device)  # (B, T, hs / 2)
+        angles = torch.cat((angles, angles), dim=-1)  # (B, T, hs)
+        return (angles.cos() * self.attention_scaling).to(x.dtype), (angles.sin() * self.attention_scaling).to(x.dtype)
 
 
 def _apply_rotary(x, cos, sin):
@@ -165,7 +191,8 @@ class FeedbackEmbeddings(nn.Module):
         if self.position_embeddings is not None:
             embeddings = embeddings + self.position_embeddings(position_ids)
         elif self.config.position_embedding_type == "sinusoidal":
-            pe = sinusoidal_position_embeddings(position_ids, self.config.hidden_size, self.config.rope_theta)
+            theta = self.config.rope_parameters["rope_theta"]
+            pe = sinusoidal_position_embeddings(position_ids, self.config.hidden_size, theta)
             embeddings = embeddings + pe.to(embeddings.dtype)
         if self.token_type_embeddings is not None:
             embeddings = embeddings + self.token_type_embeddings(token_type_ids)
@@ -392,6 +419,7 @@ class FeedbackModel(FeedbackPreTrainedModel):
     def __init__(self, config, add_pooling_layer=True):
         super().__init__(config)
         self.embeddings = FeedbackEmbeddings(config)
+        self.rotary_emb = FeedbackRotaryEmbedding(config) if config.position_embedding_type == "rotary" else None
         self.encoder = FeedbackEncoder(config)
         self.pooler = FeedbackPooler(config) if add_pooling_layer else None
         self.post_init()
@@ -424,7 +452,8 @@ class FeedbackModel(FeedbackPreTrainedModel):
             # A pad id at either end and no mask: the padding would be attended to; transformers warns once.
             self.warn_if_padding_and_no_attention_mask(input_ids, attention_mask)
         batch_size, seq_len = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
-        if seq_len > config.max_position_embeddings:
+        if config.position_embedding_type == "absolute" and seq_len > config.max_position_embeddings:
+            # Only learned positions have a table to run past; rotary and sinusoidal ones are computed.
             raise ValueError(
                 f"Sequence length {seq_len} exceeds max_position_embeddings={config.max_position_embeddings}; "
                 "truncate the inputs (tokenizer(..., truncation=True, max_length=...))"
@@ -442,8 +471,8 @@ class FeedbackModel(FeedbackPreTrainedModel):
         hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, H)
         rotary = None
         if config.position_embedding_type == "rotary":
-            rotary = rotary_cos_sin(position_ids, config.hidden_size // config.num_attention_heads,
-                                    config.rope_theta, hidden_states.dtype)
+            cos, sin = self.rotary_emb(hidden_states, position_ids)  # (B, T, hs) each
+            rotary = cos[:, None], sin[:, None]  # (B, 1, T, hs), broadcast over heads
 
         unpadding = None
         if attention_mask is not None and not bool(attention_mask.all()):

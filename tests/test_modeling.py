@@ -1,6 +1,7 @@
 """hf_feedback/modeling_feedback.py and configuration_feedback.py: every switch and convention, checked with numbers."""
 
 import copy
+import json
 import math
 
 import pytest
@@ -25,7 +26,13 @@ from hf_feedback import (
     FeedbackModel,
 )
 from hf_feedback.configuration_feedback import HIDDEN_ACTS
-from hf_feedback.modeling_feedback import ACTIVATIONS, FeedbackFeedForward, FeedbackLayer, sinusoidal_position_embeddings
+from hf_feedback.modeling_feedback import (
+    ACTIVATIONS,
+    FeedbackFeedForward,
+    FeedbackLayer,
+    FeedbackRotaryEmbedding,
+    sinusoidal_position_embeddings,
+)
 
 HEADS = [FeedbackModel, FeedbackForSequenceClassification, FeedbackForMaskedLM, FeedbackForTokenClassification]
 
@@ -68,6 +75,10 @@ def test_defaults_follow_reference_design():
         (dict(eos_token_id=-1), "eos_token_id"),
         (dict(hidden_size=36, num_attention_heads=12, position_embedding_type="rotary"), "rotary"),
         (dict(problem_type="ranking"), "problem_type"),
+        (dict(rope_parameters={"rope_type": "llama3", "factor": 8.0}), r"rope_type is one of \['default', 'linear'"),
+        (dict(rope_parameters={"rope_type": "linear", "factor": 2.0}), "scales rotary positions only"),
+        (dict(rope_parameters={"rope_type": "linear"}, position_embedding_type="rotary"), "factor"),
+        (dict(rope_parameters={"rope_type": "default", "rope_theta": 0.5}), "rope_theta"),
     ],
 )
 def test_invalid_config_raises_naming_the_field(overrides, field):
@@ -201,6 +212,34 @@ def test_rotary_depends_only_on_relative_positions(kind, shift_invariant, tiny_c
     out = model(ids, position_ids=positions).last_hidden_state
     shifted = model(ids, position_ids=positions + 17).last_hidden_state
     assert torch.allclose(out, shifted, atol=1e-5) == shift_invariant
+
+
+def test_config_saved_with_a_top_level_rope_theta_loads_into_rope_parameters(tiny_config, batch, tmp_path):
+    rotary = dict(position_embedding_type="rotary", initializer_range=0.5)
+    config = tiny_config(**rotary, rope_parameters={"rope_type": "default", "rope_theta": 50.0})
+    legacy = {key: value for key, value in config.to_dict().items() if key != "rope_parameters"}
+    (tmp_path / "config.json").write_text(json.dumps({**legacy, "rope_theta": 50.0}))  # as saved before v5's form
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert loaded.rope_parameters == {"rope_type": "default", "rope_theta": 50.0}
+    loaded_out, config_out, default_out = (build(FeedbackModel, c)(*batch).last_hidden_state
+                                           for c in (loaded, config, tiny_config(**rotary)))
+    torch.testing.assert_close(loaded_out, config_out)
+    assert not torch.allclose(loaded_out, default_out, atol=1e-3)  # the default theta, 10000, differs: theta is read
+
+
+@pytest.mark.parametrize("kind", ["rotary", "sinusoidal"])
+def test_computed_positions_run_past_max_position_embeddings(kind, tiny_config):
+    out = build(FeedbackModel, tiny_config(position_embedding_type=kind))(torch.ones(1, 80, dtype=torch.long))
+    assert out.last_hidden_state.shape == (1, 80, 32)  # max_position_embeddings=64 bounds learned positions only
+
+
+def test_linear_rope_scaling_stretches_positions_by_its_factor(tiny_config):
+    x, positions = torch.zeros(1), torch.arange(16)[None]  # x gives only dtype and device
+    default = FeedbackRotaryEmbedding(tiny_config(position_embedding_type="rotary"))
+    linear = FeedbackRotaryEmbedding(tiny_config(position_embedding_type="rotary",
+                                                 rope_parameters={"rope_type": "linear", "factor": 4.0}))
+    for expected, actual in zip(default(x, positions), linear(x, 4 * positions)):  # (cos, sin), each (1, 16, hs=8)
+        torch.testing.assert_close(actual, expected)
 
 
 # --------------------------------------------------------------------------------------------------------------
