@@ -52,6 +52,8 @@ class _Layout:
     positions: torch.Tensor
     batch_size: int
     seq_len: int
+    real: torch.Tensor | None = None  # (B * T,) which positions are real, when padding is kept as tokens
+
 
     @classmethod
     def from_mask(cls, attention_mask):
@@ -66,6 +68,8 @@ class _Layout:
 
     def pad(self, x):
         # (N, ...) -> (B, T, ...), zeros at padding
+        if self.real is not None:  # padding kept as tokens: zero it (where, not a product: it may hold NaN)
+            x = torch.where(self.real.view(-1, *[1] * (x.dim() - 1)), x, 0)
         out = x.new_zeros((self.batch_size * self.seq_len, *x.shape[1:]))
         out.index_copy_(0, self.indices, x)
         return out.view(self.batch_size, self.seq_len, *x.shape[1:])
@@ -111,6 +115,18 @@ class _Unpadding:
             buckets.append(_Bucket(tokens, sequences, bucket_layout, None if mask.all() else mask[:, None, None, :]))
         restore = torch.cat([b.tokens for b in buckets]).argsort()
         return cls(layout, attention_mask[:, None, None, :], buckets, restore)
+
+    @classmethod
+    def keeping_padding(cls, attention_mask):
+        # torch.export and torch.compile cannot follow shapes that depend on the mask's values (N, the buckets'
+        # lengths). Traced, the model keeps every position as a token instead: one bucket of the whole (B, T) batch,
+        # padded keys masked in attention and padding zeroed whenever a tensor is padded, so outputs stay the same.
+        batch_size, seq_len = attention_mask.shape
+        every = torch.arange(batch_size * seq_len, device=attention_mask.device)  # (B * T,)
+        layout = _Layout(every, every // seq_len, every % seq_len, batch_size, seq_len, real=attention_mask.flatten())
+        mask = attention_mask[:, None, None, :]  # (B, 1, 1, T)
+        bucket = _Bucket(every, torch.arange(batch_size, device=attention_mask.device), layout, mask)
+        return cls(layout, mask, [bucket], every)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -405,8 +421,11 @@ class FeedbackPreTrainedModel(PreTrainedModel):
         return True
 
     def _validate_input_ids(self, input_ids):
-        # Fail with a clear message here rather than with an index error deep in an embedding kernel.
-        if input_ids is not None and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+        # Fail with a clear message here rather than with an index error deep in an embedding kernel. A check on
+        # values cannot be traced (torch.export, torch.compile), so a traced model goes without it.
+        if input_ids is None or not input_ids.numel() or torch.compiler.is_compiling():
+            return
+        if input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size:
             raise ValueError(
                 f"input_ids must lie in [0, vocab_size={self.config.vocab_size}); got values in "
                 f"[{int(input_ids.min())}, {int(input_ids.max())}]. Does the tokenizer match the model?"
@@ -475,10 +494,14 @@ class FeedbackModel(FeedbackPreTrainedModel):
             rotary = cos[:, None], sin[:, None]  # (B, 1, T, hs), broadcast over heads
 
         unpadding = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        if attention_mask is not None and torch.compiler.is_compiling():
+            attention_mask = attention_mask.bool()
+            unpadding = _Unpadding.keeping_padding(attention_mask)
+        elif attention_mask is not None and not bool(attention_mask.all()):
             attention_mask = attention_mask.bool()
             unpadding = _Unpadding.from_mask(attention_mask)
-            hidden_states = unpadding.layout.unpad(hidden_states)  # (N, H)
+        if unpadding is not None:
+            hidden_states = unpadding.layout.unpad(hidden_states)  # (N, H), N = B * T when padding is kept
 
         hidden_states, all_hidden_states, all_attentions = self.encoder(
             hidden_states, rotary, unpadding, output_attentions, output_hidden_states
@@ -507,6 +530,9 @@ def _classifier_dropout(config):
 
 def _check_class_labels(labels, num_labels):
     # Cross-entropy on an out-of-range label fails with an opaque device-side assert on GPU; say what is wrong.
+    # As for input_ids, a traced model (torch.export, torch.compile) goes without this check on values.
+    if torch.compiler.is_compiling():
+        return
     valid = labels[labels != -100]
     if valid.numel() and (valid.min() < 0 or valid.max() >= num_labels):
         raise ValueError(

@@ -589,6 +589,23 @@ def test_too_long_sequence_is_rejected(tiny_config):
         build(FeedbackModel, tiny_config())(torch.ones(1, 65, dtype=torch.long))
 
 
+@pytest.mark.parametrize("kind, pooling", [("absolute", "mean"), ("rotary", "cls")])
+def test_torch_export_matches_eager(kind, pooling, tiny_config, batch):
+    model = build(FeedbackModel, tiny_config(position_embedding_type=kind, pooling=pooling, initializer_range=0.5))
+    inputs = {"input_ids": batch[0], "attention_mask": batch[1]}  # (2, 9), the second row padded after 5 tokens
+    rows, length = torch.export.Dim("rows", min=1, max=16), torch.export.Dim("length", min=2, max=64)
+    left_padded = {"input_ids": torch.tensor([[0, 0, 7, 8], [5, 6, 7, 8], [0, 0, 0, 9]]),
+                   "attention_mask": torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1]])}
+    static = torch.export.export(model, (), inputs).module()
+    dynamic = torch.export.export(model, (), inputs, dynamic_shapes={name: {0: rows, 1: length} for name in inputs})
+    for exported, sample in ((static, inputs), (dynamic.module(), inputs), (dynamic.module(), left_padded)):
+        expected, actual = model(**sample), exported(**sample)
+        torch.testing.assert_close(actual.last_hidden_state, expected.last_hidden_state)  # zeros at padding included
+        torch.testing.assert_close(actual.pooler_output, expected.pooler_output)
+    with pytest.raises(ValueError, match="input_ids must lie in"):  # eager keeps the check that tracing drops
+        model(input_ids=torch.tensor([[1, 99]]), attention_mask=torch.tensor([[1, 1]]))
+
+
 @pytest.mark.parametrize("bad_id", [99, 1000, -1])
 def test_out_of_vocabulary_ids_are_rejected(bad_id, tiny_config):
     with pytest.raises(ValueError, match="vocab_size=99"):
