@@ -18,7 +18,7 @@ relatively (the configuration file).
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +43,22 @@ logger = logging.get_logger(__name__)
 # ----------------------------------------------------------------------------------------------------------------
 # Padding bookkeeping
 # ----------------------------------------------------------------------------------------------------------------
+class _Movable:
+    """Index tensors that move between devices as one, like a tensor. With device_map="auto" layers sit on several
+    devices, and accelerate's hooks move what a layer receives with `.to(device)`: the unpadding indices must follow
+    the hidden states there."""
+
+    def to(self, device, non_blocking=False):
+        def move(value):
+            if isinstance(value, (torch.Tensor, _Movable)):
+                return value.to(device, non_blocking=non_blocking)
+            return [move(v) for v in value] if isinstance(value, list) else value
+
+        return replace(self, **{field.name: move(getattr(self, field.name)) for field in fields(self)})
+
+
 @dataclass
-class _Layout:
+class _Layout(_Movable):
     """Where the real tokens of a padded (B, T) batch sit, to move tensors between (B, T, ...) and (N, ...)."""
 
     indices: torch.Tensor  # (N,) positions of real tokens in the flattened (B * T) batch
@@ -76,7 +90,7 @@ class _Layout:
 
 
 @dataclass
-class _Bucket:
+class _Bucket(_Movable):
     """Sequences of similar length that attend together, padded only to their own longest (Tb <= T)."""
 
     tokens: torch.Tensor  # (Nb,) their real tokens' rows in the unpadded (N, ...) batch, in `layout` order
@@ -91,7 +105,7 @@ _ATTENTION_BUCKETS = 4
 
 
 @dataclass
-class _Unpadding:
+class _Unpadding(_Movable):
     """A padded batch as its N real tokens, plus the length buckets its attention runs in."""
 
     layout: _Layout  # the whole (B, T) batch

@@ -1,6 +1,7 @@
 """hf_feedback/modeling_feedback.py and configuration_feedback.py: every switch and convention, checked with numbers."""
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -15,6 +16,7 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
+from accelerate.utils import send_to_device
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging as transformers_logging
 
@@ -31,6 +33,7 @@ from hf_feedback.modeling_feedback import (
     FeedbackFeedForward,
     FeedbackLayer,
     FeedbackRotaryEmbedding,
+    _Unpadding,
     sinusoidal_position_embeddings,
 )
 
@@ -355,6 +358,25 @@ def test_padding_leaks_nothing_even_when_pad_tokens_change(tiny_config, batch):
     other[1, 5:] = 42  # different tokens under the mask
     torch.testing.assert_close(model(input_ids, attention_mask).pooler_output,
                                model(other, attention_mask).pooler_output)
+
+
+def test_unpadding_indices_move_with_the_hidden_states(batch):
+    # device_map="auto" splits the layers over devices; accelerate's hooks move each layer's inputs with
+    # send_to_device. The meta device stands in for a second one.
+    def tensors(value):  # every tensor inside the nested dataclasses and lists
+        if isinstance(value, torch.Tensor):
+            return [value]
+        items = value if isinstance(value, list) else vars(value).values() if dataclasses.is_dataclass(value) else []
+        return [t for item in items for t in tensors(item)]
+
+    unpadding = _Unpadding.from_mask(batch[1].bool())  # 2 sequences: 2 buckets, no bucket needs a mask
+    hidden_states, moved = send_to_device((torch.zeros(14, 32), unpadding), "meta")
+    assert hidden_states.device.type == "meta"
+    # layout (3 index tensors) + mask + 2 buckets x (tokens, sequences, layout's 3) + restore
+    assert len(tensors(moved)) == len(tensors(unpadding)) == 15
+    assert {t.device.type for t in tensors(moved)} == {"meta"}
+    assert {t.device.type for t in tensors(unpadding)} == {"cpu"}  # moved copies, the original stays
+    assert [t.shape for t in tensors(moved)] == [t.shape for t in tensors(unpadding)]
 
 
 def test_padded_ids_without_attention_mask_warn(tiny_config, batch):
