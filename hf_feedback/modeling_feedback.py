@@ -11,7 +11,8 @@ Padding is removed once after the embeddings: every per-token operation (project
 runs on the N real tokens only, and attention, which needs a padded layout, runs in a few length buckets, each
 padded only to its own longest sequence and masked. This is the unpadding idea of MosaicBERT / ModernBERT; on
 batches of real text it skips a large share of the work, and it is why a sequence gives the same outputs alone
-or padded inside a batch.
+or padded inside a batch. Traced (torch.export, torch.compile), where shapes cannot depend on the mask's values, the
+padding is kept as masked tokens instead (`_Unpadding.keeping_padding`), with the same outputs.
 
 This file is copied next to every saved checkpoint ("remote code"), so it imports hf_feedback code only
 relatively (the configuration file).
