@@ -69,7 +69,6 @@ class _Layout(_Movable):
     seq_len: int
     real: torch.Tensor | None = None  # (B * T,) which positions are real, when padding is kept as tokens
 
-
     @classmethod
     def from_mask(cls, attention_mask):
         sequences, positions = attention_mask.nonzero(as_tuple=True)

@@ -3,10 +3,11 @@
 The test files come from the source distribution of the installed transformers version, fetched from PyPI with pip
 the first time and cached under ~/.cache/hf_feedback (or $HF_FEEDBACK_CACHE); nothing of them is copied into this
 repository. Without network on the first run these tests fail with a message saying so: they never skip silently.
+The transformers test files import `parameterized` (installed by .ci/run).
 
 `FeedbackModelTester` is modelled on BERT's tester (tests/models/bert/test_modeling_bert.py in transformers' git
-repository; the sdist does not ship it). All four heads run on the default configuration; each architectural switch
-(rotary, sinusoidal, pre-norm, swiglu, cls pooling) runs on the base model, which is where the switch acts.
+repository; the sdist does not ship it). All four heads run on the default configuration; the architectural
+switches run on the base model, where they act: rotary, pre-norm, swiglu and cls pooling together, sinusoidal alone.
 
 Run alone: `python -m pytest -q tests/test_common_transformers.py`.
 """
@@ -48,13 +49,13 @@ def _fetch_test_files(cache=_CACHE):
     package = cache / _PACKAGE
     if (package / "test_modeling_common.py").exists():
         return
-    download = subprocess.run(
+    sdist = cache / f"transformers-{_VERSION}.tar.gz"
+    download = None if sdist.exists() else subprocess.run(
         [sys.executable, "-m", "pip", "download", f"transformers=={_VERSION}", "--no-binary", ":all:", "--no-deps",
          "--quiet", "-d", str(cache)],
         capture_output=True, text=True,
     )
-    sdist = cache / f"transformers-{_VERSION}.tar.gz"
-    if download.returncode or not sdist.exists():
+    if not sdist.exists():
         raise RuntimeError(
             f"Could not fetch the transformers {_VERSION} source distribution from PyPI, which holds the common tests "
             f"these tests run (pip download exited {download.returncode}):\n{download.stderr[-2000:]}\n"
