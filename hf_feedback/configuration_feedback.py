@@ -7,12 +7,16 @@ the standard library, torch/transformers and, relatively, its sibling files.
 from numbers import Real
 
 from transformers import PretrainedConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 HIDDEN_ACTS = ("relu", "gelu", "tanh", "sigmoid", "silu", "geglu", "swiglu")
 NORM_POSITIONS = ("post", "pre")
 POSITION_EMBEDDING_TYPES = ("absolute", "sinusoidal", "rotary")
 POOLINGS = ("cls", "mean", "max")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+# RoPE as published, and the scaling types transformers' common tests exercise (computed by its ROPE_INIT_FUNCTIONS).
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn")
+assert set(ROPE_TYPES[1:]) <= set(ROPE_INIT_FUNCTIONS)
 
 # Every Auto class a checkpoint can be opened with, whichever head saved it. transformers itself only records
 # the class that was saved, so a classifier folder could not be opened with AutoModel on a machine without
@@ -44,7 +48,9 @@ class FeedbackConfig(PretrainedConfig):
             silu, or the gated variants geglu / swiglu (act(x W_gate) * (x W_up), as in Shazeer 2020).
         hidden_dropout_prob (`float`, defaults to 0.1): dropout on embeddings and on each residual branch.
         attention_probs_dropout_prob (`float`, defaults to 0.1): dropout on the attention probabilities.
-        max_position_embeddings (`int`, defaults to 512): longest sequence the model accepts.
+        max_position_embeddings (`int`, defaults to 512): longest sequence of absolute (learned) positions, the
+            size of their table; rotary and sinusoidal positions have no table and accept longer sequences (RoPE
+            scaling reads this as the length the model was trained on).
         type_vocab_size (`int`, defaults to 2): number of segment (token type) ids; 0 disables them.
         layer_norm_eps (`float`, defaults to 1e-12): LayerNorm epsilon.
         initializer_range (`float`, defaults to 0.02): std of the normal initialisation of weights.
@@ -61,7 +67,11 @@ class FeedbackConfig(PretrainedConfig):
             (BERT), `"sinusoidal"` fixed sin/cos added to the embeddings (Vaswani et al.), or `"rotary"`
             (RoPE, rotates queries and keys inside attention). Without `position_ids`, positions count from
             each sequence's first real token, so left padding does not shift them.
-        rope_theta (`float`, defaults to 10000.0): base of the rotary / sinusoidal frequencies.
+        rope_parameters (`dict`, defaults to `{"rope_type": "default", "rope_theta": 10000.0}`): transformers'
+            v5 RoPE parameters. `rope_theta` is the base of the rotary / sinusoidal frequencies; `rope_type` is
+            `"default"` or, for rotary positions only, one of transformers' scaling types `"linear"`, `"dynamic"`
+            or `"yarn"` with their keys (`factor`, ...). A config saved with a top-level `rope_theta` (before
+            rope_parameters) loads into `{"rope_type": "default", "rope_theta": <its value>}`.
         pooling (`str`, defaults to `"mean"`): sentence vector for the pooler: the mean over real tokens
             (`"mean"`, padding excluded), their element-wise maximum (`"max"`, padding excluded: max-over-time
             pooling, which keeps the strongest evidence of a long text instead of averaging it away) or the first
@@ -101,14 +111,15 @@ class FeedbackConfig(PretrainedConfig):
     classifier_dropout: float | None = None
     norm_position: str = "post"
     position_embedding_type: str = "absolute"
-    rope_theta: float = 10000.0
+    rope_parameters: dict | None = None
     pooling: str = "mean"
     tie_word_embeddings: bool = True
     sparse_prediction: bool = False
 
     def __post_init__(self, **kwargs):
         self._validate()
-        super().__post_init__(**kwargs)
+        super().__post_init__(**kwargs)  # also fills rope_parameters, from a legacy rope_theta if there is one
+        self._validate_rope()
         if getattr(self, "auto_map", None) is None:
             self.auto_map = dict(FEEDBACK_AUTO_MAP)
 
@@ -124,6 +135,7 @@ class FeedbackConfig(PretrainedConfig):
         super().__setattr__(name, value)
         try:
             self._validate()
+            self._validate_rope()
         except ValueError:
             super().__setattr__(name, previous)
             raise
@@ -154,7 +166,6 @@ class FeedbackConfig(PretrainedConfig):
         if self.classifier_dropout is not None:
             number("classifier_dropout", 0.0, 1.0)
         number("initializer_range", 0.0)
-        number("rope_theta", 1.0)
         if not isinstance(self.layer_norm_eps, Real) or self.layer_norm_eps <= 0:
             raise ValueError(f"FeedbackConfig.layer_norm_eps must be a number > 0, got {self.layer_norm_eps!r}")
         choice("hidden_act", HIDDEN_ACTS)
@@ -178,6 +189,25 @@ class FeedbackConfig(PretrainedConfig):
                 raise ValueError(
                     f"FeedbackConfig.{name} must be None or in [0, vocab_size={self.vocab_size}), got {value!r}"
                 )
+
+    def _validate_rope(self):
+        rope = self.rope_parameters
+        if not isinstance(rope, dict) or rope.get("rope_type") not in ROPE_TYPES:
+            raise ValueError(f"FeedbackConfig.rope_parameters must be a dict whose rope_type is one of "
+                             f"{list(ROPE_TYPES)}, got {rope!r}")
+        theta = rope.get("rope_theta")
+        if isinstance(theta, bool) or not isinstance(theta, Real) or theta < 1:
+            raise ValueError(f"FeedbackConfig.rope_parameters['rope_theta'] must be a number >= 1, got {theta!r}")
+        if rope["rope_type"] != "default" and self.position_embedding_type != "rotary":
+            raise ValueError(f"FeedbackConfig.rope_parameters: rope_type {rope['rope_type']!r} scales rotary "
+                             f"positions only; position_embedding_type is {self.position_embedding_type!r}")
+        if rope.get("partial_rotary_factor", 1.0) != 1.0:
+            raise ValueError("FeedbackConfig.rope_parameters: partial_rotary_factor must be 1.0 (every head "
+                             "dimension rotates)")
+        try:
+            self.validate_rope()  # transformers' checks of each scaling type's keys
+        except KeyError as error:
+            raise ValueError(f"FeedbackConfig.rope_parameters: {error.args[0]}") from None
 
 
 __all__ = ["FeedbackConfig"]

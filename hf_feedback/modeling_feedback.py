@@ -11,14 +11,15 @@ Padding is removed once after the embeddings: every per-token operation (project
 runs on the N real tokens only, and attention, which needs a padded layout, runs in a few length buckets, each
 padded only to its own longest sequence and masked. This is the unpadding idea of MosaicBERT / ModernBERT; on
 batches of real text it skips a large share of the work, and it is why a sequence gives the same outputs alone
-or padded inside a batch.
+or padded inside a batch. Traced (torch.export, torch.compile), where shapes cannot depend on the mask's values, the
+padding is kept as masked tokens instead (`_Unpadding.keeping_padding`), with the same outputs.
 
 This file is copied next to every saved checkpoint ("remote code"), so it imports hf_feedback code only
 relatively (the configuration file).
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
     MaskedLMOutput,
@@ -42,8 +44,22 @@ logger = logging.get_logger(__name__)
 # ----------------------------------------------------------------------------------------------------------------
 # Padding bookkeeping
 # ----------------------------------------------------------------------------------------------------------------
+class _Movable:
+    """Index tensors that move between devices as one, like a tensor. With device_map="auto" layers sit on several
+    devices, and accelerate's hooks move what a layer receives with `.to(device)`: the unpadding indices must follow
+    the hidden states there."""
+
+    def to(self, device, non_blocking=False):
+        def move(value):
+            if isinstance(value, (torch.Tensor, _Movable)):
+                return value.to(device, non_blocking=non_blocking)
+            return [move(v) for v in value] if isinstance(value, list) else value
+
+        return replace(self, **{field.name: move(getattr(self, field.name)) for field in fields(self)})
+
+
 @dataclass
-class _Layout:
+class _Layout(_Movable):
     """Where the real tokens of a padded (B, T) batch sit, to move tensors between (B, T, ...) and (N, ...)."""
 
     indices: torch.Tensor  # (N,) positions of real tokens in the flattened (B * T) batch
@@ -51,6 +67,7 @@ class _Layout:
     positions: torch.Tensor
     batch_size: int
     seq_len: int
+    real: torch.Tensor | None = None  # (B * T,) which positions are real, when padding is kept as tokens
 
     @classmethod
     def from_mask(cls, attention_mask):
@@ -65,13 +82,15 @@ class _Layout:
 
     def pad(self, x):
         # (N, ...) -> (B, T, ...), zeros at padding
+        if self.real is not None:  # padding kept as tokens: zero it (where, not a product: it may hold NaN)
+            x = torch.where(self.real.view(-1, *[1] * (x.dim() - 1)), x, 0)
         out = x.new_zeros((self.batch_size * self.seq_len, *x.shape[1:]))
         out.index_copy_(0, self.indices, x)
         return out.view(self.batch_size, self.seq_len, *x.shape[1:])
 
 
 @dataclass
-class _Bucket:
+class _Bucket(_Movable):
     """Sequences of similar length that attend together, padded only to their own longest (Tb <= T)."""
 
     tokens: torch.Tensor  # (Nb,) their real tokens' rows in the unpadded (N, ...) batch, in `layout` order
@@ -86,10 +105,11 @@ _ATTENTION_BUCKETS = 4
 
 
 @dataclass
-class _Unpadding:
+class _Unpadding(_Movable):
     """A padded batch as its N real tokens, plus the length buckets its attention runs in."""
 
     layout: _Layout  # the whole (B, T) batch
+    mask: torch.Tensor  # (B, 1, 1, T) the whole batch's key mask, for attention that returns its probabilities
     buckets: list[_Bucket]
     restore: torch.Tensor  # (N,) puts the buckets' concatenated tokens back in the batch's token order
 
@@ -108,7 +128,19 @@ class _Unpadding:
             tokens = token_rows[sequences][bucket_layout.sequences, bucket_layout.positions]
             buckets.append(_Bucket(tokens, sequences, bucket_layout, None if mask.all() else mask[:, None, None, :]))
         restore = torch.cat([b.tokens for b in buckets]).argsort()
-        return cls(layout, buckets, restore)
+        return cls(layout, attention_mask[:, None, None, :], buckets, restore)
+
+    @classmethod
+    def keeping_padding(cls, attention_mask):
+        # torch.export and torch.compile cannot follow shapes that depend on the mask's values (N, the buckets'
+        # lengths). Traced, the model keeps every position as a token instead: one bucket of the whole (B, T) batch,
+        # padded keys masked in attention and padding zeroed whenever a tensor is padded, so outputs stay the same.
+        batch_size, seq_len = attention_mask.shape
+        every = torch.arange(batch_size * seq_len, device=attention_mask.device)  # (B * T,)
+        layout = _Layout(every, every // seq_len, every % seq_len, batch_size, seq_len, real=attention_mask.flatten())
+        mask = attention_mask[:, None, None, :]  # (B, 1, 1, T)
+        bucket = _Bucket(every, torch.arange(batch_size, device=attention_mask.device), layout, mask)
+        return cls(layout, mask, [bucket], every)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -125,11 +157,36 @@ def sinusoidal_position_embeddings(position_ids, dim, theta):
     return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (B, T, dim), interleaved
 
 
-def rotary_cos_sin(position_ids, head_dim, theta, dtype):
-    """cos and sin of the RoPE rotation angles, (B, 1, T, hs) each, broadcast over heads."""
-    angles = position_ids.float()[..., None] * _inverse_frequencies(head_dim, theta, position_ids.device)
-    angles = torch.cat((angles, angles), dim=-1)[:, None]  # (B, 1, T, hs)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+class FeedbackRotaryEmbedding(nn.Module):
+    """cos and sin of the RoPE rotation angles, scaled as `config.rope_parameters["rope_type"]` says.
+
+    "default" is RoPE as published; the scaling types ("linear", "dynamic", "yarn") come from transformers'
+    ROPE_INIT_FUNCTIONS, so they behave as in its own models: the module has the shape of Llama's rotary embedding,
+    the attributes transformers' `dynamic_rope_update` and weight initialisation read included.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.rope_type = config.rope_parameters["rope_type"]
+        # "dynamic" stretches the frequencies once positions pass the length the model was trained on
+        self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
+        compute = ROPE_INIT_FUNCTIONS.get(self.rope_type, self.compute_default_rope_parameters)
+        inv_freq, self.attention_scaling = compute(config)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # (hs / 2,)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+
+    @staticmethod
+    def compute_default_rope_parameters(config, device=None, **kwargs):
+        head_size = config.hidden_size // config.num_attention_heads
+        return _inverse_frequencies(head_size, config.rope_parameters["rope_theta"], device), 1.0
+
+    @dynamic_rope_update
+    def forward(self, x, position_ids):
+        # position_ids: (B, T) -> cos, sin: (B, T, hs) each, in x's dtype
+        angles = position_ids.float()[..., None] * self.inv_freq.to(x.device)  # (B, T, hs / 2)
+        angles = torch.cat((angles, angles), dim=-1)  # (B, T, hs)
+        return (angles.cos() * self.attention_scaling).to(x.dtype), (angles.sin() * self.attention_scaling).to(x.dtype)
 
 
 def _apply_rotary(x, cos, sin):
@@ -164,7 +221,8 @@ class FeedbackEmbeddings(nn.Module):
         if self.position_embeddings is not None:
             embeddings = embeddings + self.position_embeddings(position_ids)
         elif self.config.position_embedding_type == "sinusoidal":
-            pe = sinusoidal_position_embeddings(position_ids, self.config.hidden_size, self.config.rope_theta)
+            theta = self.config.rope_parameters["rope_theta"]
+            pe = sinusoidal_position_embeddings(position_ids, self.config.hidden_size, theta)
             embeddings = embeddings + pe.to(embeddings.dtype)
         if self.token_type_embeddings is not None:
             embeddings = embeddings + self.token_type_embeddings(token_type_ids)
@@ -199,20 +257,21 @@ class FeedbackSelfAttention(nn.Module):
             context, probs = self._attend(qkv, None, rotary, output_attentions)
             return self.out_proj(context.flatten(-2)), probs  # (B, T, H)
 
-        contexts, all_probs = [], None
+        layout = unpadding.layout
         if output_attentions:
-            batch, seq_len = unpadding.layout.batch_size, unpadding.layout.seq_len
-            all_probs = qkv.new_zeros(batch, self.num_heads, seq_len, seq_len)
+            # One (B, T) layout instead of the buckets: the (B, nh, T, T) probabilities returned are then the very
+            # tensor the output is computed from, so gradients reach them (attribution methods need that).
+            context, probs = self._attend(layout.pad(qkv), unpadding.mask, rotary, output_attentions)
+            return self.out_proj(layout.unpad(context).flatten(-2)), probs  # (N, H)
+
+        contexts = []
         for bucket in unpadding.buckets:
             length = bucket.layout.seq_len
             bucket_rotary = None if rotary is None else tuple(r[bucket.sequences, :, :length] for r in rotary)
-            context, probs = self._attend(bucket.layout.pad(qkv[bucket.tokens]), bucket.mask, bucket_rotary,
-                                          output_attentions)
+            context, _ = self._attend(bucket.layout.pad(qkv[bucket.tokens]), bucket.mask, bucket_rotary, False)
             contexts.append(bucket.layout.unpad(context))  # (Nb, nh, hs)
-            if output_attentions:
-                all_probs[bucket.sequences, :, :length, :length] = probs
         context = torch.cat(contexts)[unpadding.restore]  # (N, nh, hs), in the batch's token order
-        return self.out_proj(context.flatten(-2)), all_probs  # (N, H)
+        return self.out_proj(context.flatten(-2)), None  # (N, H)
 
     def _attend(self, qkv, attention_mask, rotary, output_attentions):
         # qkv: (B, T, 3H) padded; attention_mask: (B, 1, 1, T) bool or None. Returns (B, T, nh, hs) and, from
@@ -229,6 +288,8 @@ class FeedbackSelfAttention(nn.Module):
             if attention_mask is not None:
                 scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
             probs = scores.softmax(dim=-1)
+            if attention_mask is not None:  # padded queries attend nowhere: all-zero rows, as the returned map shows
+                probs = probs.masked_fill(~attention_mask.transpose(-1, -2), 0.0)
             context = F.dropout(probs, p=dropout_p, training=self.training) @ v  # (B, nh, T, hs)
         else:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout_p)
@@ -306,19 +367,32 @@ class FeedbackEncoder(nn.Module):
         )
 
     def forward(self, hidden_states, rotary, unpadding, output_attentions, output_hidden_states):
-        all_hidden_states = [hidden_states] if output_hidden_states else None
+        # hidden_states: (N, H) when unpadded, else (B, T, H). Returns hidden states of every layer's input and of
+        # the output, each (B, T, H), when asked.
+        all_hidden_states = [] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
         for layer in self.layers:
-            hidden_states, probs = layer(hidden_states, rotary, unpadding, output_attentions)
             if output_hidden_states:
-                all_hidden_states.append(hidden_states)
+                hidden_states = self._record(hidden_states, unpadding, all_hidden_states)
+            hidden_states, probs = layer(hidden_states, rotary, unpadding, output_attentions)
             if output_attentions:
                 all_attentions.append(probs)
         if self.final_norm is not None:
             hidden_states = self.final_norm(hidden_states)
-            if output_hidden_states:
-                all_hidden_states[-1] = hidden_states
+        if output_hidden_states:
+            hidden_states = self._record(hidden_states, unpadding, all_hidden_states)
         return hidden_states, all_hidden_states, all_attentions
+
+    @staticmethod
+    def _record(hidden_states, unpadding, all_hidden_states):
+        # A returned hidden state must be on the autograd graph (attribution methods take gradients with respect
+        # to it), so an unpadded model continues from the (B, T, H) copy it returns rather than beside it.
+        if unpadding is None:
+            all_hidden_states.append(hidden_states)
+            return hidden_states
+        padded = unpadding.layout.pad(hidden_states)  # (N, H) -> (B, T, H)
+        all_hidden_states.append(padded)
+        return unpadding.layout.unpad(padded)  # (N, H)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -365,8 +439,11 @@ class FeedbackPreTrainedModel(PreTrainedModel):
         return True
 
     def _validate_input_ids(self, input_ids):
-        # Fail with a clear message here rather than with an index error deep in an embedding kernel.
-        if input_ids is not None and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+        # Fail with a clear message here rather than with an index error deep in an embedding kernel. A check on
+        # values cannot be traced (torch.export, torch.compile), so a traced model goes without it.
+        if input_ids is None or not input_ids.numel() or torch.compiler.is_compiling():
+            return
+        if input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size:
             raise ValueError(
                 f"input_ids must lie in [0, vocab_size={self.config.vocab_size}); got values in "
                 f"[{int(input_ids.min())}, {int(input_ids.max())}]. Does the tokenizer match the model?"
@@ -379,6 +456,7 @@ class FeedbackModel(FeedbackPreTrainedModel):
     def __init__(self, config, add_pooling_layer=True):
         super().__init__(config)
         self.embeddings = FeedbackEmbeddings(config)
+        self.rotary_emb = FeedbackRotaryEmbedding(config) if config.position_embedding_type == "rotary" else None
         self.encoder = FeedbackEncoder(config)
         self.pooler = FeedbackPooler(config) if add_pooling_layer else None
         self.post_init()
@@ -411,7 +489,8 @@ class FeedbackModel(FeedbackPreTrainedModel):
             # A pad id at either end and no mask: the padding would be attended to; transformers warns once.
             self.warn_if_padding_and_no_attention_mask(input_ids, attention_mask)
         batch_size, seq_len = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
-        if seq_len > config.max_position_embeddings:
+        if config.position_embedding_type == "absolute" and seq_len > config.max_position_embeddings:
+            # Only learned positions have a table to run past; rotary and sinusoidal ones are computed.
             raise ValueError(
                 f"Sequence length {seq_len} exceeds max_position_embeddings={config.max_position_embeddings}; "
                 "truncate the inputs (tokenizer(..., truncation=True, max_length=...))"
@@ -429,22 +508,24 @@ class FeedbackModel(FeedbackPreTrainedModel):
         hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, H)
         rotary = None
         if config.position_embedding_type == "rotary":
-            rotary = rotary_cos_sin(position_ids, config.hidden_size // config.num_attention_heads,
-                                    config.rope_theta, hidden_states.dtype)
+            cos, sin = self.rotary_emb(hidden_states, position_ids)  # (B, T, hs) each
+            rotary = cos[:, None], sin[:, None]  # (B, 1, T, hs), broadcast over heads
 
         unpadding = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        if attention_mask is not None and torch.compiler.is_compiling():
+            attention_mask = attention_mask.bool()
+            unpadding = _Unpadding.keeping_padding(attention_mask)
+        elif attention_mask is not None and not bool(attention_mask.all()):
             attention_mask = attention_mask.bool()
             unpadding = _Unpadding.from_mask(attention_mask)
-            hidden_states = unpadding.layout.unpad(hidden_states)  # (N, H)
+        if unpadding is not None:
+            hidden_states = unpadding.layout.unpad(hidden_states)  # (N, H), N = B * T when padding is kept
 
         hidden_states, all_hidden_states, all_attentions = self.encoder(
             hidden_states, rotary, unpadding, output_attentions, output_hidden_states
         )
         if unpadding is not None:
             hidden_states = unpadding.layout.pad(hidden_states)  # (B, T, H), zeros at padding
-            if output_hidden_states:
-                all_hidden_states = [unpadding.layout.pad(h) for h in all_hidden_states]
 
         if attention_mask is None:
             attention_mask = torch.ones((batch_size, seq_len), dtype=torch.bool, device=device)
@@ -467,6 +548,9 @@ def _classifier_dropout(config):
 
 def _check_class_labels(labels, num_labels):
     # Cross-entropy on an out-of-range label fails with an opaque device-side assert on GPU; say what is wrong.
+    # As for input_ids, a traced model (torch.export, torch.compile) goes without this check on values.
+    if torch.compiler.is_compiling():
+        return
     valid = labels[labels != -100]
     if valid.numel() and (valid.min() < 0 or valid.max() >= num_labels):
         raise ValueError(

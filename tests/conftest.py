@@ -43,3 +43,11 @@ def batch():
     attention_mask[1, 5:] = 0
     input_ids[1, 5:] = 0
     return input_ids, attention_mask
+
+
+def pytest_configure(config):
+    # Marks of transformers' own common tests (tests/test_common_transformers.py), registered as its conftest does.
+    marks = ("slow", "accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test",
+             "torch_compile_test")
+    for mark in marks:
+        config.addinivalue_line("markers", f"{mark}: used by transformers' common model tests")

@@ -1,6 +1,8 @@
 """hf_feedback/modeling_feedback.py and configuration_feedback.py: every switch and convention, checked with numbers."""
 
 import copy
+import dataclasses
+import json
 import math
 
 import pytest
@@ -14,6 +16,7 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
+from accelerate.utils import send_to_device
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging as transformers_logging
 
@@ -25,7 +28,14 @@ from hf_feedback import (
     FeedbackModel,
 )
 from hf_feedback.configuration_feedback import HIDDEN_ACTS
-from hf_feedback.modeling_feedback import ACTIVATIONS, FeedbackFeedForward, FeedbackLayer, sinusoidal_position_embeddings
+from hf_feedback.modeling_feedback import (
+    ACTIVATIONS,
+    FeedbackFeedForward,
+    FeedbackLayer,
+    FeedbackRotaryEmbedding,
+    _Unpadding,
+    sinusoidal_position_embeddings,
+)
 
 HEADS = [FeedbackModel, FeedbackForSequenceClassification, FeedbackForMaskedLM, FeedbackForTokenClassification]
 
@@ -68,6 +78,10 @@ def test_defaults_follow_reference_design():
         (dict(eos_token_id=-1), "eos_token_id"),
         (dict(hidden_size=36, num_attention_heads=12, position_embedding_type="rotary"), "rotary"),
         (dict(problem_type="ranking"), "problem_type"),
+        (dict(rope_parameters={"rope_type": "llama3", "factor": 8.0}), r"rope_type is one of \['default', 'linear'"),
+        (dict(rope_parameters={"rope_type": "linear", "factor": 2.0}), "scales rotary positions only"),
+        (dict(rope_parameters={"rope_type": "linear"}, position_embedding_type="rotary"), "factor"),
+        (dict(rope_parameters={"rope_type": "default", "rope_theta": 0.5}), "rope_theta"),
     ],
 )
 def test_invalid_config_raises_naming_the_field(overrides, field):
@@ -203,6 +217,34 @@ def test_rotary_depends_only_on_relative_positions(kind, shift_invariant, tiny_c
     assert torch.allclose(out, shifted, atol=1e-5) == shift_invariant
 
 
+def test_config_saved_with_a_top_level_rope_theta_loads_into_rope_parameters(tiny_config, batch, tmp_path):
+    rotary = dict(position_embedding_type="rotary", initializer_range=0.5)
+    config = tiny_config(**rotary, rope_parameters={"rope_type": "default", "rope_theta": 50.0})
+    legacy = {key: value for key, value in config.to_dict().items() if key != "rope_parameters"}
+    (tmp_path / "config.json").write_text(json.dumps({**legacy, "rope_theta": 50.0}))  # as saved before v5's form
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert loaded.rope_parameters == {"rope_type": "default", "rope_theta": 50.0}
+    loaded_out, config_out, default_out = (build(FeedbackModel, c)(*batch).last_hidden_state
+                                           for c in (loaded, config, tiny_config(**rotary)))
+    torch.testing.assert_close(loaded_out, config_out)
+    assert not torch.allclose(loaded_out, default_out, atol=1e-3)  # the default theta, 10000, differs: theta is read
+
+
+@pytest.mark.parametrize("kind", ["rotary", "sinusoidal"])
+def test_computed_positions_run_past_max_position_embeddings(kind, tiny_config):
+    out = build(FeedbackModel, tiny_config(position_embedding_type=kind))(torch.ones(1, 80, dtype=torch.long))
+    assert out.last_hidden_state.shape == (1, 80, 32)  # max_position_embeddings=64 bounds learned positions only
+
+
+def test_linear_rope_scaling_stretches_positions_by_its_factor(tiny_config):
+    x, positions = torch.zeros(1), torch.arange(16)[None]  # x gives only dtype and device
+    default = FeedbackRotaryEmbedding(tiny_config(position_embedding_type="rotary"))
+    linear = FeedbackRotaryEmbedding(tiny_config(position_embedding_type="rotary",
+                                                 rope_parameters={"rope_type": "linear", "factor": 4.0}))
+    for expected, actual in zip(default(x, positions), linear(x, 4 * positions)):  # (cos, sin), each (1, 16, hs=8)
+        torch.testing.assert_close(actual, expected)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Attention paths, padding and pooling
 # --------------------------------------------------------------------------------------------------------------
@@ -316,6 +358,25 @@ def test_padding_leaks_nothing_even_when_pad_tokens_change(tiny_config, batch):
     other[1, 5:] = 42  # different tokens under the mask
     torch.testing.assert_close(model(input_ids, attention_mask).pooler_output,
                                model(other, attention_mask).pooler_output)
+
+
+def test_unpadding_indices_move_with_the_hidden_states(batch):
+    # device_map="auto" splits the layers over devices; accelerate's hooks move each layer's inputs with
+    # send_to_device. The meta device stands in for a second one.
+    def tensors(value):  # every tensor inside the nested dataclasses and lists
+        if isinstance(value, torch.Tensor):
+            return [value]
+        items = value if isinstance(value, list) else vars(value).values() if dataclasses.is_dataclass(value) else []
+        return [t for item in items for t in tensors(item)]
+
+    unpadding = _Unpadding.from_mask(batch[1].bool())  # 2 sequences: 2 buckets, no bucket needs a mask
+    hidden_states, moved = send_to_device((torch.zeros(14, 32), unpadding), "meta")
+    assert hidden_states.device.type == "meta"
+    # layout (3 index tensors) + mask + 2 buckets x (tokens, sequences, layout's 3) + restore
+    assert len(tensors(moved)) == len(tensors(unpadding)) == 15
+    assert {t.device.type for t in tensors(moved)} == {"meta"}
+    assert {t.device.type for t in tensors(unpadding)} == {"cpu"}  # moved copies, the original stays
+    assert [t.shape for t in tensors(moved)] == [t.shape for t in tensors(unpadding)]
 
 
 def test_padded_ids_without_attention_mask_warn(tiny_config, batch):
@@ -489,6 +550,25 @@ def test_hidden_states_and_tuple_outputs(tiny_config, batch):
     torch.testing.assert_close(as_tuple[1], out.pooler_output)
 
 
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_returned_hidden_states_and_attentions_carry_gradients(attn, tiny_config, batch):
+    # Attribution methods differentiate the output with respect to the returned tensors; on a padded (unpadded
+    # inside) batch these must be the tensors the output is computed from, not copies beside the graph.
+    model = build(FeedbackModel, tiny_config(), attn=attn)
+    out = model(*batch, output_hidden_states=True, output_attentions=True)
+    embeddings, last, probs = out.hidden_states[0], out.hidden_states[-1], out.attentions[0]  # probs: (2, 4, 9, 9)
+    weights = torch.randn(out.last_hidden_state.shape, generator=torch.Generator().manual_seed(0))  # (2, 9, 32)
+    objective = (out.last_hidden_state * weights).sum()  # a plain sum would be constant across the final LayerNorm
+    grad_embeddings, grad_last, grad_probs = torch.autograd.grad(objective, [embeddings, last, probs])
+    real = batch[1].bool()
+    # last_hidden_state is hidden_states[-1] itself at real tokens and zeros at padding
+    torch.testing.assert_close(grad_last, weights * real[..., None])
+    assert grad_embeddings[real].abs().min() > 0 and grad_embeddings[~real].abs().max() == 0
+    # padded keys carry no value and padded queries are discarded: their probabilities get no gradient
+    assert grad_probs[1, :, :, 5:].abs().max() == 0 and grad_probs[1, :, 5:, :].abs().max() == 0
+    assert grad_probs[0].abs().min() > 0
+
+
 def test_resize_token_embeddings_keeps_old_rows_and_tying(tiny_config, batch):
     model = build(FeedbackForMaskedLM, tiny_config())
     before = model(*batch).logits
@@ -539,6 +619,23 @@ def test_auto_classes_are_registered(auto_class, expected, tiny_config):
 def test_too_long_sequence_is_rejected(tiny_config):
     with pytest.raises(ValueError, match="max_position_embeddings=64"):
         build(FeedbackModel, tiny_config())(torch.ones(1, 65, dtype=torch.long))
+
+
+@pytest.mark.parametrize("kind, pooling", [("absolute", "mean"), ("rotary", "cls")])
+def test_torch_export_matches_eager(kind, pooling, tiny_config, batch):
+    model = build(FeedbackModel, tiny_config(position_embedding_type=kind, pooling=pooling, initializer_range=0.5))
+    inputs = {"input_ids": batch[0], "attention_mask": batch[1]}  # (2, 9), the second row padded after 5 tokens
+    rows, length = torch.export.Dim("rows", min=1, max=16), torch.export.Dim("length", min=2, max=64)
+    left_padded = {"input_ids": torch.tensor([[0, 0, 7, 8], [5, 6, 7, 8], [0, 0, 0, 9]]),
+                   "attention_mask": torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1]])}
+    static = torch.export.export(model, (), inputs).module()
+    dynamic = torch.export.export(model, (), inputs, dynamic_shapes={name: {0: rows, 1: length} for name in inputs})
+    for exported, sample in ((static, inputs), (dynamic.module(), inputs), (dynamic.module(), left_padded)):
+        expected, actual = model(**sample), exported(**sample)
+        torch.testing.assert_close(actual.last_hidden_state, expected.last_hidden_state)  # zeros at padding included
+        torch.testing.assert_close(actual.pooler_output, expected.pooler_output)
+    with pytest.raises(ValueError, match="input_ids must lie in"):  # eager keeps the check that tracing drops
+        model(input_ids=torch.tensor([[1, 99]]), attention_mask=torch.tensor([[1, 1]]))
 
 
 @pytest.mark.parametrize("bad_id", [99, 1000, -1])
