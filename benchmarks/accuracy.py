@@ -28,7 +28,8 @@ from .common import ROOT, RUNS, count, percent, table, verdict
 # The arguments of every run. Tune here; each list is passed to its script as written (later flags win).
 # ----------------------------------------------------------------------------------------------------------------
 TFIDF_ARGS = ["--C", "4.0"]  # C picked on the validation split from {1, 4, 10}
-# From-scratch fine-tuning at finetune.py's defaults: default FeedbackConfig, 1 epoch, batch 32, lr 5e-4, 128 tokens.
+# From-scratch fine-tuning at finetune.py's defaults (unigram 16k tokenizer, pre-norm, lr 1e-3, up to 3 epochs with
+# the best checkpoint by validation macro F1 and early stopping, batch 32, 128 tokens; see RECIPE_SEARCH.md).
 SCRATCH_ARGS = []
 # Rotary positions (a --config_overrides value): the architecture pretrained below, so the pretrained rows have a
 # from-scratch twin.
@@ -41,7 +42,7 @@ ROTARY = "position_embedding_type=rotary"
 # predicting a masked character starts from its neighbours, which rotary attention finds without first learning
 # position embeddings.
 PRETRAIN_ARGS = ["--include_review_texts", "--max_steps", "1200"]
-PRETRAINED_FULL_ARGS = []  # finetune.py defaults, from the pretrained checkpoint
+PRETRAINED_FULL_ARGS = ["--learning_rate", "5e-4"]  # finetune.py defaults, at the rate README advises for checkpoints
 PRETRAINED_LORA_ARGS = ["--use_lora", "--learning_rate", "2e-3"]  # LoRA learns slower per step: 4x the full lr
 # all-MiniLM-L6-v2 (hidden 384, 22.7M parameters) costs ~3.4x our model per token: 200 steps = 6,400 reviews.
 MINILM_FULL_ARGS = ["--learning_rate", "1e-4", "--max_steps", "200", "--eval_steps", "100"]

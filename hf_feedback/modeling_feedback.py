@@ -660,7 +660,14 @@ class FeedbackForMaskedLM(FeedbackPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
+        **loss_kwargs,
     ):
+        # loss_kwargs: `num_items_in_batch`, the masked-token count of the whole accumulated batch (over every
+        # gradient-accumulation step and process), which Trainer passes to models that take **kwargs. Normalising by
+        # it instead of by each micro-batch's own count makes accumulation and DDP give the update of one big batch.
+        unknown = set(loss_kwargs) - {"num_items_in_batch"}
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.forward() got unexpected keyword arguments {sorted(unknown)}")
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.feedback(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
@@ -677,7 +684,12 @@ class FeedbackForMaskedLM(FeedbackPreTrainedModel):
         logits = self.lm_head(hidden_states)  # (B, T, V), or (num_masked, V) when sparse in training
         loss = None
         if labels is not None:
-            loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.view(-1))
+            num_items = loss_kwargs.get("num_items_in_batch")
+            loss = CrossEntropyLoss(reduction="mean" if num_items is None else "sum")(
+                logits.view(-1, self.config.vocab_size).float(), labels.view(-1)
+            )
+            if num_items is not None:
+                loss = loss / num_items
         output = MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )

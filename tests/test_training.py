@@ -6,7 +6,7 @@ from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
 from transformers import TrainingArguments
 
-from hf_feedback import FeedbackForSequenceClassification
+from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification
 from hf_feedback.training import (
     FeedbackTrainer,
     WeightedCrossEntropy,
@@ -294,3 +294,34 @@ def test_weighted_loss_under_gradient_accumulation_matches_one_large_batch(tmp_p
         trained.append(model.classifier.weight.detach().clone())
     assert torch.allclose(trained[0], trained[1], atol=1e-6)
     assert not torch.allclose(trained[0], tiny_classifier().classifier.weight)
+
+
+class _MaskedTokens(torch.utils.data.Dataset):
+    """Rows with 1, 1, 4 and 2 labelled tokens: micro-batches of 2 hold 2 and 6, so a mean of their means is not
+    the mean over all 8 tokens."""
+
+    def __init__(self, length=8, vocab_size=99):
+        generator = torch.Generator().manual_seed(0)
+        self.input_ids = torch.randint(5, vocab_size, (4, length), generator=generator)
+        self.labels = torch.full((4, length), -100)
+        for row, count in enumerate((1, 1, 4, 2)):
+            self.labels[row, :count] = self.input_ids[row, :count]
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return {"input_ids": self.input_ids[index], "labels": self.labels[index]}
+
+
+def test_masked_lm_loss_under_gradient_accumulation_matches_one_large_batch(tmp_path, tiny_config):
+    trained = []
+    for batch, accumulation in ((4, 1), (2, 2)):
+        torch.manual_seed(0)
+        model = FeedbackForMaskedLM(tiny_config())
+        args = _args(tmp_path / f"b{batch}", per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                     max_steps=1, optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", max_grad_norm=0.0,
+                     weight_decay=0.0, train_sampling_strategy="sequential")
+        FeedbackTrainer(model=model, args=args, train_dataset=_MaskedTokens()).train()
+        trained.append(model.feedback.embeddings.word_embeddings.weight.detach().clone())
+    torch.testing.assert_close(trained[0], trained[1], atol=1e-6, rtol=1e-5)
