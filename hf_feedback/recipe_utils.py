@@ -44,6 +44,8 @@ class ModelArguments:
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Write into a non-empty output_dir."})
 
     def __post_init__(self):
+        if self.noam_warmup_steps is not None and self.noam_warmup_steps < 1:
+            raise RecipeError(f"--noam_warmup_steps must be a positive number of steps, got {self.noam_warmup_steps}")
         if self.tokenizer_kind not in TOKENIZER_KINDS:
             raise RecipeError(f"--tokenizer_kind must be one of {list(TOKENIZER_KINDS)}, got {self.tokenizer_kind!r}")
 
@@ -91,16 +93,62 @@ def parse_args(dataclass_types, defaults, argv=None):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
+# What a checkpoint folder must hold to resume from: the training state, the optimizer and its schedule, and weights.
+_CHECKPOINT_STATE = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+_CHECKPOINT_WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin")
+
+
+def _missing_from_checkpoint(folder: Path) -> list[str]:
+    missing = [name for name in _CHECKPOINT_STATE if not (folder / name).is_file()]
+    if not any((folder / name).is_file() for name in _CHECKPOINT_WEIGHTS):
+        missing.append("model weights")
+    return missing
+
+
 def resolve_resume(training_args: TrainingArguments):
-    """`--resume_from_checkpoint last` (or true) resumes from the newest checkpoint in output_dir."""
+    """The checkpoint folder `--resume_from_checkpoint` names, checked before any work.
+
+    `last` (or `true`) takes the newest complete `checkpoint-N` in output_dir: a run killed while saving leaves a
+    folder without its optimizer, schedule or weights, which is skipped with a warning naming it (resuming from it
+    would crash, or silently restart the optimizer and the learning-rate schedule). A named folder must be complete.
+    """
     value = training_args.resume_from_checkpoint
     if value is None:
         return None
     if value.lower() in ("last", "true"):
-        return True
+        output_dir = Path(training_args.output_dir)
+        folders = sorted((p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
+                         key=lambda p: int(p.name[11:]), reverse=True)
+        for folder in folders:
+            missing = _missing_from_checkpoint(folder)
+            if not missing:
+                return str(folder)
+            logger.warning(f"--resume_from_checkpoint last: skipping incomplete {folder} (no {', '.join(missing)}; "
+                           "a run killed while saving?)")
+        raise RecipeError(
+            f"--resume_from_checkpoint {value}: {output_dir} has no complete checkpoint-N folder"
+            + (f" ({len(folders)} incomplete)" if folders else "") + "; start a new run without it"
+        )
     if not Path(value).is_dir():
         raise RecipeError(f"--resume_from_checkpoint {value}: no such checkpoint folder")
+    missing = _missing_from_checkpoint(Path(value))
+    if missing:
+        raise RecipeError(f"--resume_from_checkpoint {value} is incomplete: no {', '.join(missing)}")
     return value
+
+
+def check_training_arguments(training_args: TrainingArguments):
+    """Values the Trainer would only trip over mid-run (or accept and do nothing useful with), refused up front."""
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(training_args, name) < 1:
+            raise RecipeError(f"--{name} must be at least 1, got {getattr(training_args, name)}")
+    if not training_args.learning_rate > 0:
+        raise RecipeError(f"--learning_rate must be positive, got {training_args.learning_rate}")
+    if training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
+        raise RecipeError(
+            f"nothing to train: --max_steps {training_args.max_steps} and --num_train_epochs "
+            f"{training_args.num_train_epochs}; give a positive --num_train_epochs or --max_steps"
+        )
 
 
 LOCK_FILE = ".hf_feedback.lock"

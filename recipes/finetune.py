@@ -41,6 +41,7 @@ from hf_feedback.recipe_utils import (
     claim_output_dir,
     check_cpu_threads,
     check_precision,
+    check_training_arguments,
     load_or_train_tokenizer,
     parse_args,
     parse_config_overrides,
@@ -90,6 +91,9 @@ class DataArguments:
                 f"--class_weighting must be one of {list(CLASS_WEIGHTINGS)}, got {self.class_weighting!r}")
         if self.early_stopping_patience < 0:
             raise RecipeError(f"--early_stopping_patience must be 0 (off) or more, got {self.early_stopping_patience}")
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise RecipeError(f"--{name} must be at least 1 (or left out for all rows), got {getattr(self, name)}")
         if self.max_seq_length < 4:
             raise RecipeError(f"--max_seq_length must be at least 4 tokens, got {self.max_seq_length}")
 
@@ -216,6 +220,7 @@ def main(argv=None):
         claim_output_dir(training_args)
         check_output_dir(training_args, model_args.overwrite_output_dir)
         check_precision(training_args)
+        check_training_arguments(training_args)
         check_cpu_threads(training_args)
         if lora_args.merge_lora and not lora_args.use_lora:
             raise RecipeError("--merge_lora needs --use_lora")

@@ -33,6 +33,7 @@ from hf_feedback.recipe_utils import (
     claim_output_dir,
     check_cpu_threads,
     check_precision,
+    check_training_arguments,
     load_or_train_tokenizer,
     parse_args,
     parse_config_overrides,
@@ -56,6 +57,13 @@ class DataArguments:
     max_seq_length: int = 128
     max_train_samples: int | None = None
     mlm_probability: float = 0.15
+
+    def __post_init__(self):
+        if not 0 < self.validation_split_percentage < 100:
+            raise RecipeError(
+                f"--validation_split_percentage must be in (0, 100), got {self.validation_split_percentage}")
+        if self.max_train_samples is not None and self.max_train_samples < 2:
+            raise RecipeError(f"--max_train_samples must be at least 2 (train and validation), got {self.max_train_samples}")
 
 
 DEFAULTS = dict(
@@ -92,6 +100,7 @@ def main(argv=None):
         claim_output_dir(training_args)
         check_output_dir(training_args, model_args.overwrite_output_dir)
         check_precision(training_args)
+        check_training_arguments(training_args)
         check_cpu_threads(training_args)
         if not 0 < data_args.mlm_probability < 1:
             raise RecipeError(f"--mlm_probability must be in (0, 1), got {data_args.mlm_probability}")

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -162,6 +163,14 @@ def test_interrupted_run_resumes_and_loses_nothing(tmp_path):
                          if (p / "trainer_state.json").exists())
     assert checkpoints and checkpoints[-1] < 40
 
+    # A kill while saving leaves a checkpoint without its optimizer state: "last" skips it, naming it.
+    newest = max(checkpoints)
+    partial = interrupted / f"checkpoint-{newest + 10}"
+    partial.mkdir()
+    (partial / "trainer_state.json").write_text((interrupted / f"checkpoint-{newest}" / "trainer_state.json").read_text())
+    assert finetune.resolve_resume(finetune.TrainingArguments(str(interrupted), resume_from_checkpoint="last")) == str(
+        interrupted / f"checkpoint-{newest}")
+    shutil.rmtree(partial)
     finetune.main(["--output_dir", str(interrupted), "--resume_from_checkpoint", "last", *common])
     resumed_losses, straight_losses = losses(interrupted), losses(straight)
     assert len(resumed_losses) == len(straight_losses) == 9  # step 1, then every 5 steps
@@ -346,6 +355,13 @@ def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
     expect_exit(capsys, [*out, "--truncation", "middle"], "--truncation must be one of", "'head_tail'", "'middle'")
     expect_exit(capsys, [*out, "--class_weighting", "inverse"], "--class_weighting must be one of", "'balanced'")
     expect_exit(capsys, [*out, "--max_seq_length", "2"], "--max_seq_length must be at least 4")
+    # What the Trainer would trip over only after the tokenizer was written, or accept and do nothing with.
+    expect_exit(capsys, [*out, "--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be at least 1")
+    expect_exit(capsys, [*out, "--learning_rate", "-1"], "--learning_rate must be positive, got -1.0")
+    expect_exit(capsys, [*out, "--noam_warmup_steps", "0"], "--noam_warmup_steps must be a positive number")
+    expect_exit(capsys, [*out, "--max_train_samples", "0"], "--max_train_samples must be at least 1")
+    expect_exit(capsys, [*out, "--max_steps", "-5", "--num_train_epochs", "0"], "nothing to train")
+    expect_exit(capsys, [*out, "--resume_from_checkpoint", "last"], "has no complete checkpoint-N folder")
 
     # A three-label classifier cannot be fine-tuned on two-label data.
     three = tmp_path / "three"
