@@ -130,7 +130,7 @@ def write_model_card(
         head=head,
         head_path=_head_path(config, head, pipeline_tag),
         auto_class=auto_class,
-        architecture=_architecture(model),
+        architecture=_architecture(model) | {"vocabulary": _vocabulary(trainer.processing_class)},
         labels=[config.id2label[i] for i in sorted(config.id2label)] if pipeline_tag == "text-classification" else [],
         corpora=corpora,
         other_corpora=[_describe_corpus(c) for c in corpora if c not in _BUNDLED_TITLES],
@@ -215,6 +215,23 @@ def _summary(config, pipeline_tag, base_model, lora, adapter_only):
     return what + "."
 
 
+# What a token is, by the kind of the tokenizer's model (tokenizers' class name).
+_TOKEN_KINDS = {
+    "WordPiece": "WordPiece tokens (BERT pre-tokenisation: one token per Chinese character)",
+    "Unigram": "unigram pieces (multi-character words learned from the corpus; SentencePiece's unigram model)",
+}
+
+
+def _tokenizer_kind(tokenizer):
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return type(backend.model).__name__ if backend is not None else None
+
+
+def _vocabulary(tokenizer):
+    kind = _tokenizer_kind(tokenizer)
+    return _TOKEN_KINDS.get(kind, f"{kind} tokens" if kind else "tokens")
+
+
 def _local_or_hub(name):
     # A local folder is named by its last component only: the card never shows paths of this machine.
     return Path(name).name if Path(name).exists() else name
@@ -226,10 +243,22 @@ def _procedure(trainer, model, pipeline_tag, base_model, lora, adapter_only):
         masked = f"{probability:.0%} of the tokens" if probability is not None else "tokens"
         text = (f"Masked-language-model pretraining (`recipes/pretrain.py`): {masked} of each batch are selected "
                 "(80% replaced by [MASK], 10% by a random token, 10% kept) and predicted with cross-entropy; the "
-                "output projection is tied to the input embeddings. A WordPiece tokenizer was trained on the corpus.")
+                f"output projection is tied to the input embeddings. The tokenizer ({_vocabulary(trainer.processing_class)}) "
+                "was trained on the corpus.")
     else:
-        text = ("Supervised fine-tuning (`recipes/finetune.py`) with cross-entropy on the labels, dynamic padding "
-                "and length-grouped batches, evaluated on the validation split during training.")
+        args = trainer.args
+        weights = getattr(trainer.compute_loss_func, "weights", None)
+        loss = "cross-entropy" if weights is None else (
+            "class-weighted cross-entropy (weights " + ", ".join(f"{w:.2f}" for w in weights.tolist()) + ")")
+        batches = "length-grouped" if args.train_sampling_strategy == "group_by_length" else "random"
+        if args.eval_strategy == "no":
+            evaluated = "without evaluation during training"
+        else:
+            evaluated = "evaluated on the validation split during training"
+            if args.load_best_model_at_end:
+                evaluated += f", keeping the checkpoint with the best `{args.metric_for_best_model}`"
+        text = (f"Supervised fine-tuning (`recipes/finetune.py`) with {loss} on the labels, dynamic padding "
+                f"and {batches} batches, {evaluated}.")
     if base_model:
         text += f" Starting point: `{_local_or_hub(base_model)}`."
     elif pipeline_tag != "fill-mask":

@@ -89,6 +89,8 @@ def test_finetune_card_has_the_runs_numbers_and_hub_metadata(finetuned):
     assert "13,832 / 1,788 /" in text and "md5" in text  # provenance of the bundled split
     # A new model is pre-norm (finetune.NEW_MODEL): the diagram says where each LayerNorm sits.
     assert "1 × [ LayerNorm ─► self-attention ─► residual ─► LayerNorm ─► feed-forward ─► residual ] ─► LayerNorm" in text
+    assert " unigram pieces (multi-character words learned from the corpus" in text  # the recipe's default tokenizer
+    assert "with cross-entropy on the labels, dynamic padding and random batches, evaluated on the validation" in text
     assert "| learning-rate schedule | linear, peak 0.003, warmup 10% of the steps |" in text
     assert "| optimizer steps | 4 (" in text and "| batch size | 16 (16 per device × 1 process" in text
     assert re.search(r"Hardware: 1 process on CPU \(.+, \d+ cores\); training took \d+\.\d s\.", text), text
