@@ -67,6 +67,8 @@ VARIANTS = {
     "default": (UNIGRAM16K, []),
     # The defaults before that: up to 3 epochs, stopping after 3 evaluations without improvement.
     "3ep-patience3": (UNIGRAM16K, ["--num_train_epochs", "3", "--early_stopping_patience", "3"]),
+    "3ep-patience3-sqrt": (UNIGRAM16K, ["--num_train_epochs", "3", "--early_stopping_patience", "3",
+                                        "--class_weighting", "sqrt"]),
     "sqrt": (UNIGRAM16K, ["--class_weighting", "sqrt"]),
     "balanced": (UNIGRAM16K, ["--class_weighting", "balanced"]),
     "head_tail256": (UNIGRAM16K, ["--max_seq_length", "256", "--truncation", "head_tail"]),
