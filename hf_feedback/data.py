@@ -4,6 +4,7 @@ Every loader returns `datasets` objects with the columns the recipes expect: `te
 masked-LM pretraining, and `text` + `label` (a `ClassLabel`) for sequence classification.
 """
 
+import codecs
 import hashlib
 import re
 from importlib.util import find_spec
@@ -197,24 +198,38 @@ def load_text_corpus(path: str | Path, text_column: str = "text") -> datasets.Da
     return corpus.filter(lambda row: bool(row["text"].strip()))
 
 
+def _first_undecodable_byte(path: Path, encoding: str) -> int | None:
+    """Offset of the first byte of `path` that `encoding` cannot read, or None; streamed, so a large file is never
+    held in memory."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                return offset + max(error.start, 0)
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return offset
+    return None
+
+
 def _check_utf8(split: str, path: Path) -> None:
     """Text files must be UTF-8; Chinese data often comes in GBK (GB18030), which `datasets` reports as a page of
     escaped bytes. Say which encoding it looks like instead."""
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        looks_like = ""
-        try:
-            data.decode("gb18030")
-            looks_like = " (it decodes as GBK/GB18030, common for Chinese text)"
-        except UnicodeDecodeError:
-            pass
-        raise ValueError(
-            f"{split} file {path} is not UTF-8{looks_like}: byte {error.start} cannot be read. Convert it, e.g. "
-            f"`iconv -f GB18030 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}`."
-        ) from None
+    bad_byte = _first_undecodable_byte(path, "utf-8")
+    if bad_byte is None:
+        return
+    looks_like = ""
+    if _first_undecodable_byte(path, "gb18030") is None:
+        looks_like = " (it decodes as GBK/GB18030, common for Chinese text)"
+    raise ValueError(
+        f"{split} file {path} is not UTF-8{looks_like}: byte {bad_byte} cannot be read. Convert it, e.g. "
+        f"`iconv -f GB18030 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}`."
+    )
 
 
 def _load_file(split: str, path: Path, name: str) -> datasets.Dataset:
