@@ -193,6 +193,9 @@ def settle_evaluation(training_args, data_args, has_validation):
                 training_args.metric_for_best_model = "f1"
             if training_args.greater_is_better is None:
                 training_args.greater_is_better = not training_args.metric_for_best_model.endswith("loss")
+    if data_args.early_stopping_patience and not training_args.load_best_model_at_end:
+        said.append(f"--early_stopping_patience {data_args.early_stopping_patience} is off: it needs the best "
+                    "checkpoint selected by evaluation")
     if said and training_args.process_index == 0:
         print("; ".join(said), flush=True)
 

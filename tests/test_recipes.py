@@ -315,9 +315,10 @@ def test_a_train_file_alone_trains_without_evaluation(tmp_path, capsys):
     reviews.to_csv(tmp_path / "train.csv", index=False)
     finetune.main(["--output_dir", str(tmp_path / "out"), "--train_file", str(tmp_path / "train.csv"),
                    "--config_overrides", TINY_MODEL, "--tokenizer_vocab_size", "2000", "--max_steps", "4",
-                   "--disable_tqdm", "true"])
+                   "--early_stopping_patience", "2", "--disable_tqdm", "true"])
     assert ("no validation split (--validation_file): evaluation during training is off; the model of the last step "
-            "is kept") in capsys.readouterr().out
+            "is kept (no evaluation to select a checkpoint by); --early_stopping_patience 2 is off: it needs the best checkpoint selected by evaluation") \
+        in capsys.readouterr().out
     assert (tmp_path / "out" / "model.safetensors").is_file()
     assert not (tmp_path / "out" / "eval_results.json").exists()
 
