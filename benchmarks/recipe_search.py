@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from .common import ROOT, RUNS, _git_commit
 
@@ -76,6 +75,20 @@ VARIANTS = {
                                        "--class_weighting", "sqrt"]),
     "head_tail256-balanced": (UNIGRAM16K, ["--max_seq_length", "256", "--truncation", "head_tail",
                                            "--class_weighting", "balanced"]),
+    # The same architecture as the pretrained rows below, from scratch: what pretraining is worth.
+    "rotary": (UNIGRAM16K, ["--config_overrides", "norm_position=pre,position_embedding_type=rotary"]),
+    # Fine-tuning a checkpoint of PRETRAINS (third element): full, and LoRA.
+    "tapt-mlm30-rotary-lr5e-4": (UNIGRAM16K, ["--learning_rate", "5e-4"], "tapt-mlm30-rotary"),
+    # LoRA (r 8 on every linear layer of every block, heads trained fully) learns slower per step: 4x the full lr.
+    "tapt-mlm30-rotary-lora-lr2e-3": (UNIGRAM16K, ["--use_lora", "--learning_rate", "2e-3"], "tapt-mlm30-rotary"),
+}
+
+# Task-adaptive pretraining (recipes/pretrain.py on the task's own training texts, labels unused), run once per task
+# with seed 42 and the variant's tokenizer; the fine-tuning variants that name it start from its output.
+PRETRAINS = {
+    "tapt-mlm30-rotary": ["--config_overrides", "norm_position=pre,position_embedding_type=rotary",
+                          "--mlm_probability", "0.3", "--max_steps", "2400", "--eval_steps", "400",
+                          "--save_steps", "400", "--logging_steps", "50"],
 }
 RECIPE_ARGS = ["--disable_tqdm", "true", "--overwrite_output_dir", "--save_total_limit", "1"]
 
@@ -93,26 +106,59 @@ def tokenizer_folder(task, kind, vocab_size):
     return folder
 
 
+def _timed(command, output, log_name):
+    """Run one recipe subprocess with its log beside `output`; its wall time in seconds."""
+    output.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(output.parent / log_name, "w") as log:
+        subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+    return time.perf_counter() - start
+
+
+def pretrained_folder(name, task, kind, vocab_size):
+    """Pretrain (once per task) the checkpoint PRETRAINS names, on the task's training texts; its folder and the
+    pretraining's record (wall time, validation MLM loss)."""
+    from .tasks import load_task
+
+    output = SCRATCH / task / f"pretrain-{name}"
+    record = output / "pretrain_record.json"
+    if not record.is_file():
+        corpus = SCRATCH / task / "train-texts.jsonl"
+        with open(corpus, "w") as f:
+            for text in load_task(task)["train"]["text"]:
+                f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+        command = [sys.executable, "recipes/pretrain.py", "--train_file", str(corpus), "--text_column", "text",
+                   "--tokenizer_name", str(tokenizer_folder(task, kind, vocab_size)), "--output_dir", str(output),
+                   "--seed", "42", *RECIPE_ARGS, *PRETRAINS[name]]
+        wall = _timed(command, output, f"pretrain-{name}.log")
+        loss = json.loads((output / "eval_results.json").read_text())["eval_loss"]
+        record.write_text(json.dumps({"wall_s": round(wall, 1), "eval_mlm_loss": loss, "commit": _git_commit()}))
+    return output, json.loads(record.read_text())
+
+
 def run(variant, task, seed):
     from .tasks import task_arguments
 
-    (kind, vocab_size), arguments = VARIANTS[variant]
+    (kind, vocab_size), arguments, *base = VARIANTS[variant]
     output = SCRATCH / task / variant / f"seed{seed}"
+    pretraining = {}
     if kind == "tfidf":
         command = [sys.executable, "benchmarks/tfidf_baseline.py", *task_arguments(task), "--output_dir", str(output),
                    *arguments]
     else:
-        command = [sys.executable, "recipes/finetune.py", *task_arguments(task),
-                   "--tokenizer_name", str(tokenizer_folder(task, kind, vocab_size)), "--output_dir", str(output),
+        if base:
+            folder, record = pretrained_folder(base[0], task, kind, vocab_size)
+            start = ["--model_name_or_path", str(folder)]
+            pretraining = {"pretrained": base[0], "pretrain_arguments": PRETRAINS[base[0]],
+                           "pretrain_wall_s": record["wall_s"], "pretrain_eval_mlm_loss": record["eval_mlm_loss"]}
+        else:
+            start = ["--tokenizer_name", str(tokenizer_folder(task, kind, vocab_size))]
+        command = [sys.executable, "recipes/finetune.py", *task_arguments(task), *start, "--output_dir", str(output),
                    "--seed", str(seed), *RECIPE_ARGS, *arguments]
-    output.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with open(output.parent / f"seed{seed}.log", "w") as log:
-        subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
-    wall = time.perf_counter() - start
+    wall = _timed(command, output, f"seed{seed}.log")
     results = json.loads((output / ("test_results.json" if kind == "tfidf" else "all_results.json")).read_text())
     row = {"variant": variant, "task": task, "seed": seed, "commit": _git_commit(), "arguments": arguments,
-           "tokenizer": [kind, vocab_size], "wall_s": round(wall, 1),
+           "tokenizer": [kind, vocab_size], "wall_s": round(wall, 1), **pretraining,
            **{key: results[key] for key in ("test_accuracy", "test_f1", "eval_accuracy", "eval_f1") if key in results}}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "a") as f:

@@ -10,6 +10,7 @@ are not run. A folder that is not a saved model (missing, no config.json, no tok
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from transformers import (
     AutoTokenizer,
     pipeline,
 )
+from .failures import DEBUG_VARIABLE, BadInput, bad_input_exits, load_pretrained
 from .visualize import attention_heatmaps
 
 _AUTO_CLASSES = {  # saved head (class-name suffix) -> Auto class that reopens it
@@ -31,7 +33,7 @@ _AUTO_CLASSES = {  # saved head (class-name suffix) -> Auto class that reopens i
 }
 
 
-class CommandError(ValueError):
+class CommandError(BadInput):
     """Bad input to a command: reported as one line and exit status 2."""
 
 
@@ -45,7 +47,7 @@ def _load_config(folder):
     try:
         return AutoConfig.from_pretrained(folder)
     except (OSError, ValueError, KeyError) as error:
-        raise CommandError(f"{folder}/config.json is not a model configuration transformers knows ({error})")
+        raise CommandError(f"{folder}/config.json is not a model configuration transformers knows ({error})") from error
 
 
 def _load_tokenizer(folder):
@@ -67,20 +69,48 @@ def predict(folder, texts, batch_size=32):
     if not texts:
         raise CommandError("no texts: give them as arguments or one per line on stdin")
     tokenizer = _load_tokenizer(folder)
-    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    model = load_pretrained(AutoModelForSequenceClassification.from_pretrained, folder)
     classify = pipeline("text-classification", model=model, tokenizer=tokenizer)
     max_length = min(tokenizer.model_max_length, getattr(config, "max_position_embeddings", tokenizer.model_max_length))
     for text, result in zip(texts, classify(texts, batch_size=batch_size, truncation=True, max_length=max_length)):
         print(f"{result['label']}\t{result['score']:.4f}\t{text}")
 
 
-def attention(folder, text, output, layers=None):
-    """Save the attention heat maps of `text` under the model saved in `folder` to `output`; return the path."""
+def attention(folder, text, output, layers=None, max_tokens=48):
+    """Save the attention heat maps of `text` under the model saved in `folder` to `output`; return the path.
+
+    Only the first `max_tokens` tokens are drawn (a note says so when the text is longer): a map grows with the
+    square of the length, and one of hundreds of tokens is too large to read or to open.
+    """
+    if not text.strip():
+        raise CommandError("the text is empty: give the sentence whose attention to draw")
+    if max_tokens < 2:
+        raise CommandError(f"--max_tokens must be at least 2 (the special tokens), got {max_tokens}")
     config, tokenizer = _load_config(folder), _load_tokenizer(folder)
     architecture = (config.architectures or [""])[0]
     auto_class = next((cls for suffix, cls in _AUTO_CLASSES.items() if architecture.endswith(suffix)), AutoModel)
-    model = auto_class.from_pretrained(folder, attn_implementation="eager")
-    return attention_heatmaps(model, tokenizer, text, output, layers)
+    model = load_pretrained(auto_class.from_pretrained, folder, attn_implementation="eager")
+    length = len(tokenizer(text)["input_ids"])
+    if length > max_tokens:
+        print(f"the text has {length} tokens; drawing the first {max_tokens} (--max_tokens)", file=sys.stderr)
+    return attention_heatmaps(model, tokenizer, text, output, layers, max_tokens=max_tokens)
+
+
+def _stdin_texts():
+    """One text per non-empty line of stdin, which must be UTF-8 (read as bytes, so the message can say so)."""
+    data = sys.stdin.buffer.read()
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        looks_like = ""
+        try:
+            data.decode("gb18030")
+            looks_like = " (it decodes as GBK/GB18030, common for Chinese text)"
+        except UnicodeDecodeError:
+            pass
+        raise CommandError(f"stdin is not UTF-8{looks_like}: byte {error.start} cannot be read; convert it, e.g. "
+                           "`iconv -f GB18030 -t UTF-8 texts.txt | python -m hf_feedback predict ...`") from None
+    return [line for line in lines if line.strip()]
 
 
 def _parser():
@@ -97,20 +127,24 @@ def _parser():
     attention_parser.add_argument("text")
     attention_parser.add_argument("--output", default="attention.png", help="PNG file to write")
     attention_parser.add_argument("--layers", type=int, nargs="+", help="layer indices (default: all)")
+    attention_parser.add_argument("--max_tokens", type=int, default=48,
+                                  help="draw at most this many tokens (the start of a longer text)")
+    for command in (predict_parser, attention_parser):
+        command.add_argument("--debug", action="store_true",
+                             help=f"show the traceback of an error (also: {DEBUG_VARIABLE}=1)")
     return parser
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
-    try:
+    if args.debug:
+        os.environ[DEBUG_VARIABLE] = "1"
+    # Bad input, ours or found by the libraries (a layer index, a damaged file), is one line and exit status 2.
+    with bad_input_exits():
         if args.command == "predict":
-            texts = args.texts or [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
-            predict(args.folder, texts, args.batch_size)
+            predict(args.folder, args.texts or _stdin_texts(), args.batch_size)
         else:
-            print(attention(args.folder, args.text, args.output, args.layers))
-    except ValueError as error:  # CommandError, or bad input found by the library (e.g. a layer index)
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+            print(attention(args.folder, args.text, args.output, args.layers, args.max_tokens))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ becomes a FeedbackModel. The tokenizer is copied alongside when the source folde
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import transformers
 from transformers import AutoTokenizer, BertConfig
 
 from .configuration_feedback import FeedbackConfig
+from .failures import DEBUG_VARIABLE, bad_input_exits, load_pretrained
 from .modeling_feedback import (
     FeedbackForMaskedLM,
     FeedbackForSequenceClassification,
@@ -129,12 +131,12 @@ def convert_bert(source: str | Path, destination: str | Path, overwrite: bool = 
         raise FileNotFoundError(f"{source} is not a model folder: it has no config.json")
     if destination.exists() and any(destination.iterdir()) and not overwrite:
         raise FileExistsError(f"{destination} exists and is not empty; choose another folder or pass --overwrite")
-    bert_config = BertConfig.from_pretrained(source)
+    bert_config = load_pretrained(BertConfig.from_pretrained, source)
     if bert_config.model_type != "bert":
         raise ValueError(f"{source} holds a {bert_config.model_type!r} model, not a BERT checkpoint")
 
     architecture = (bert_config.architectures or ["BertModel"])[0]
-    bert = getattr(transformers, architecture, transformers.BertModel).from_pretrained(source)
+    bert = load_pretrained(getattr(transformers, architecture, transformers.BertModel).from_pretrained, source)
     model_class = HEADS.get(architecture, FeedbackModel)
     model = model_class(feedback_config_from_bert(bert_config))
     prefix = "" if model_class is FeedbackModel else "feedback."
@@ -171,12 +173,13 @@ def main(argv=None):
     parser.add_argument("source", help="folder of a BERT checkpoint (config.json + weights)")
     parser.add_argument("destination", help="folder to write the hf_feedback checkpoint to")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty destination")
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback of an error (also: {DEBUG_VARIABLE}=1)")
     args = parser.parse_args(argv)
-    try:
+    if args.debug:
+        os.environ[DEBUG_VARIABLE] = "1"
+    with bad_input_exits("convert_bert: error") as set_up:
+        set_up.will_create(args.destination)
         model = convert_bert(args.source, args.destination, overwrite=args.overwrite)
-    except (OSError, ValueError) as error:
-        print(f"convert_bert: error: {error}", file=sys.stderr)
-        return 2
     print(f"Saved {type(model).__name__} ({model.num_parameters():,} parameters) to {args.destination}")
     return 0
 

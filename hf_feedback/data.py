@@ -5,6 +5,7 @@ masked-LM pretraining, and `text` + `label` (a `ClassLabel`) for sequence classi
 """
 
 import codecs
+import csv
 import hashlib
 import re
 from importlib.util import find_spec
@@ -232,6 +233,16 @@ def _check_utf8(split: str, path: Path) -> None:
     )
 
 
+def _warn_duplicate_columns(split: str, path: Path) -> None:
+    # pandas (under datasets' CSV builder) renames a repeated header to NAME.1, NAME.2, ...: say which one is read.
+    with open(path, encoding="utf-8", newline="") as f:
+        header = next(csv.reader(f), [])
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        logger.warning("%s file %s repeats the column name(s) %s; the first column of each name is read (the others "
+                       "become NAME.1, ...): rename them if that is not the one you mean.", split, path, repeated)
+
+
 def _load_file(split: str, path: Path, name: str) -> datasets.Dataset:
     # load_dataset() in its three steps, so that an empty file is reported as such rather
     # than as a split instruction that "corresponds to no data".
@@ -239,6 +250,8 @@ def _load_file(split: str, path: Path, name: str) -> datasets.Dataset:
         raise ValueError(f"The {split!r} split ({split} file {path}) is empty.")
     if name in ("csv", "json", "text"):
         _check_utf8(split, path)
+    if name == "csv":
+        _warn_duplicate_columns(split, path)
     try:
         builder = datasets.load_dataset_builder(name, data_files=str(path))
         builder.download_and_prepare()
@@ -269,6 +282,10 @@ def _normalise(
         text_feature = dataset.features[text_column]
         if getattr(text_feature, "dtype", None) not in ("string", "large_string"):
             raise ValueError(f"Column {text_column!r} of {sources[split]} must hold strings, got {text_feature}.")
+        blank = sum(not text.strip() for text in dataset[text_column])
+        if blank:
+            logger.warning("%d of the %d texts in column %r of %s are empty or only whitespace: the model sees "
+                           "nothing but special tokens for them.", blank, len(dataset), text_column, sources[split])
 
     raw = datasets.DatasetDict(
         {

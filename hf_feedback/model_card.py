@@ -293,7 +293,10 @@ def _hyperparameters(trainer, config, lora):
                        f"{_plural(args.world_size, 'process')} × "
                        f"{_plural(args.gradient_accumulation_steps, 'accumulation step')})"),
         ("optimizer steps", f"{trainer.state.global_step} ({trainer.state.epoch or 0:.2f} epochs)"),
-        ("dropout (hidden, attention)", f"{config.hidden_dropout_prob:g}, {config.attention_probs_dropout_prob:g}"),
+        # Named as in BERT; a foreign architecture (GPT-2's resid_pdrop, ...) may name them otherwise.
+        ("dropout (hidden, attention)", ", ".join(
+            f"{getattr(config, name):g}" if isinstance(getattr(config, name, None), (int, float)) else "n/a"
+            for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"))),
         ("precision", precision),
         ("seed", str(args.seed)),
     ]

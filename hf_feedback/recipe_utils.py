@@ -4,11 +4,9 @@ import atexit
 import dataclasses
 import json
 import os
-import shutil
 import socket
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments
 from transformers.utils import logging
 
 from .configuration_feedback import FeedbackConfig
+from .failures import BadInput, bad_input_exits  # noqa: F401 (the recipes import it from here)
 from .tokenization import TOKENIZER_KINDS, train_tokenizer
 
 logger = logging.get_logger(__name__)
@@ -50,7 +49,7 @@ class ModelArguments:
             raise RecipeError(f"--tokenizer_kind must be one of {list(TOKENIZER_KINDS)}, got {self.tokenizer_kind!r}")
 
 
-class RecipeError(ValueError):
+class RecipeError(BadInput):
     """Bad input found by a recipe's own checks, before any work started."""
 
 
@@ -135,6 +134,31 @@ def resolve_resume(training_args: TrainingArguments):
     if missing:
         raise RecipeError(f"--resume_from_checkpoint {value} is incomplete: no {', '.join(missing)}")
     return value
+
+
+def check_text_classifier(config, folder):
+    """Refuse, before any work, a checkpoint that AutoModelForSequenceClassification cannot fine-tune on text."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    if getattr(config, "vocab_size", None) is None:
+        raise RecipeError(
+            f"--model_name_or_path {folder} holds a {config.model_type!r} model, which does not read text (it has no "
+            "vocabulary); fine-tune a text encoder: an hf_feedback checkpoint, a converted BERT, or another "
+            "AutoModelForSequenceClassification text model")
+    remote = "AutoModelForSequenceClassification" in (getattr(config, "auto_map", None) or {})
+    if type(config) not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING and not remote:
+        raise RecipeError(
+            f"--model_name_or_path {folder} holds a {config.model_type!r} model, which has no sequence-classification "
+            "head in transformers (AutoModelForSequenceClassification); choose a checkpoint whose model type has one")
+
+
+def check_masked_lm(config, folder):
+    """pretrain.py continues masked-LM pretraining of hf_feedback encoders only."""
+    if config.model_type != FeedbackConfig.model_type:
+        raise RecipeError(
+            f"--model_name_or_path {folder} holds a {config.model_type!r} model ({', '.join(config.architectures or [])}"
+            "); pretrain.py continues hf_feedback encoders (FeedbackForMaskedLM, or another hf_feedback head whose "
+            "encoder it reuses); convert a BERT first with `python -m hf_feedback.convert_bert`")
 
 
 def check_training_arguments(training_args: TrainingArguments):
@@ -273,13 +297,25 @@ def load_or_train_tokenizer(source, texts, vocab_size, training_args, trust_remo
         try:
             return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as error:
-            raise RecipeError(f"no tokenizer could be loaded from {source}; pass --tokenizer_name ({error})")
+            if not Path(source).exists():
+                raise RecipeError(f"{source}: no such folder (--model_name_or_path / --tokenizer_name), nor a Hub "
+                                  "repository that could be fetched") from None
+            raise RecipeError(f"no tokenizer could be loaded from {source}; pass --tokenizer_name ({error})") from error
     folder = Path(training_args.output_dir)
     resuming = training_args.resume_from_checkpoint is not None and (folder / "tokenizer.json").is_file()
     with training_args.main_process_first(desc="training the tokenizer"):
         if training_args.process_index == 0 and not resuming:
             train_tokenizer(texts, vocab_size=vocab_size, kind=kind).save_pretrained(folder)
         return AutoTokenizer.from_pretrained(folder)
+
+
+def _number(raw: str):
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
 
 
 def parse_config_overrides(overrides: str | None) -> dict:
@@ -300,43 +336,20 @@ def parse_config_overrides(overrides: str | None) -> dict:
         current = getattr(defaults, key)
         raw = raw.strip()
         if isinstance(current, bool):
+            if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise RecipeError(f"--config_overrides {key}={raw}: {key} is true or false")
             value = raw.lower() in ("1", "true", "yes")
-        elif isinstance(current, int):
-            value = int(raw)
-        elif isinstance(current, float):
-            value = float(raw)
+        elif isinstance(current, (int, float)):
+            try:
+                value = type(current)(raw)
+            except ValueError:
+                raise RecipeError(f"--config_overrides {key}={raw}: {key} is a number ({type(current).__name__}), "
+                                  f"e.g. {key}={current}") from None
         elif raw.lower() == "none":
             value = None
+        elif current is None:  # an optional number (classifier_dropout, eos_token_id, ...)
+            value = _number(raw)
         else:
             value = raw
         result[key] = value
     return result
-
-
-class _SetUp:
-    def __init__(self):
-        self.new_folders = []
-
-    def will_create(self, folder):
-        """`folder` may be written during set-up; if it does not exist yet, a failed set-up removes it again."""
-        folder = Path(folder)
-        if not folder.exists():
-            self.new_folders.append(folder)
-
-
-@contextmanager
-def bad_input_exits():
-    """Around a recipe's set-up (before training): bad input becomes a one-line message and exit status 2.
-
-    A folder registered with `will_create` that the failed set-up created (e.g. a freshly trained tokenizer in a
-    new output_dir) is removed, so that the corrected command can run with the same arguments. Training itself
-    runs outside, so a genuine failure there keeps its full traceback.
-    """
-    set_up = _SetUp()
-    try:
-        yield set_up
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
-        for folder in set_up.new_folders:
-            shutil.rmtree(folder, ignore_errors=True)
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)

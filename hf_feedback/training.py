@@ -10,9 +10,13 @@ rate multiplies it (the paper's factor is 1), so with `FeedbackTrainer` the `lea
 training argument is the schedule's factor, not the peak learning rate.
 """
 
+import json
+from pathlib import Path
+
 import torch
-from transformers import Trainer
-from transformers.trainer_utils import SchedulerType
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import SchedulerType, TrainOutput, get_last_checkpoint
 from transformers.utils import logging
 
 from .hub import push_folder
@@ -58,6 +62,19 @@ def get_noam_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda, last_epoch=last_epoch)
 
 
+class RunLoss(TrainerCallback, ExportableState):
+    """The training loss summed over the run's optimizer steps up to the last checkpoint, saved inside it
+    (trainer_state.json, `stateful_callbacks`). Trainer alone averages `train_loss` over the steps since a resume
+    only (0.0 after a kill during the final save); with this sum a resumed run reports the same `train_loss` as an
+    uninterrupted one."""
+
+    def __init__(self, loss_sum: float = 0.0, steps: int = 0):
+        self.loss_sum, self.steps = loss_sum, steps
+
+    def state(self) -> dict:
+        return {"args": {"loss_sum": self.loss_sum, "steps": self.steps}, "attributes": {}}
+
+
 class FeedbackTrainer(Trainer):
     """`transformers.Trainer` that can train with the Noam schedule; every Trainer argument still works.
 
@@ -90,6 +107,34 @@ class FeedbackTrainer(Trainer):
                     "leave them at their defaults or drop noam_warmup_steps."
                 )
         self.noam_warmup_steps = noam_warmup_steps
+        self.add_callback(RunLoss())
+        self._resumed_loss = RunLoss()  # the sum the checkpoint resumed from held (none: a fresh run)
+
+    def _run_loss(self) -> RunLoss:
+        # Looked up each time: a resume with restore_callback_states_from_checkpoint replaces the instance.
+        return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, RunLoss))
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        self._resumed_loss = RunLoss()
+        if checkpoint:
+            saved = json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("stateful_callbacks", {})
+            self._resumed_loss = RunLoss(**saved.get(RunLoss.__name__, {}).get("args", {}))
+        output = super().train(resume_from_checkpoint, *args, **kwargs)
+        resumed = self._resumed_loss
+        if checkpoint and resumed.steps:  # Trainer's train_loss covered only the steps after `resumed.steps`
+            train_loss = (resumed.loss_sum + self._total_loss_scalar) / max(self.state.global_step, 1)
+            output = TrainOutput(output.global_step, train_loss, {**output.metrics, "train_loss": train_loss})
+        return output
+
+    def _save_checkpoint(self, model, trial):
+        # Trainer drains the per-step losses into _total_loss_scalar at each log; _tr_loss holds the rest.
+        run_loss = self._run_loss()
+        run_loss.loss_sum = self._resumed_loss.loss_sum + self._total_loss_scalar + self._tr_loss.item()
+        run_loss.steps = self.state.global_step
+        super()._save_checkpoint(model, trial)
 
     def create_scheduler(
         self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None

@@ -46,18 +46,20 @@ def _eager_attention(model):
         model.train(was_training)
 
 
-def attention_probabilities(model, tokenizer, text: str, layers: list[int] | None = None) -> AttentionMaps:
+def attention_probabilities(model, tokenizer, text: str, layers: list[int] | None = None,
+                            max_tokens: int | None = None) -> AttentionMaps:
     """The attention probabilities `model` computes for `text`, for `layers` (indices, all by default).
 
     Works with any head of hf_feedback (and any transformers encoder that returns `attentions`). The text is
-    truncated to what the model accepts. Raises `ValueError` for a layer index outside the model.
+    truncated to `max_tokens` tokens, special tokens included (default: what the model accepts). Raises
+    `ValueError` for a layer index outside the model.
     """
     num_layers = model.config.num_hidden_layers
     layers = list(range(num_layers)) if layers is None else [int(layer) for layer in layers]
     bad = [layer for layer in layers if not 0 <= layer < num_layers]
     if bad or not layers:
         raise ValueError(f"layers must be indices in [0, num_hidden_layers={num_layers}), got {layers}")
-    max_length = min(tokenizer.model_max_length, model.config.max_position_embeddings)
+    max_length = min(tokenizer.model_max_length, model.config.max_position_embeddings, max_tokens or float("inf"))
     inputs = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length).to(model.device)
     with _eager_attention(model), torch.no_grad():
         attentions = model(**inputs, output_attentions=True).attentions  # num_layers x (1, nh, T, T)
@@ -95,9 +97,10 @@ def attention_figure(maps: AttentionMaps) -> Figure:
     return figure
 
 
-def attention_heatmaps(model, tokenizer, text: str, path, layers: list[int] | None = None) -> Path:
+def attention_heatmaps(model, tokenizer, text: str, path, layers: list[int] | None = None,
+                       max_tokens: int | None = None) -> Path:
     """Draw the attention probabilities of `text` (`attention_probabilities`) as a PNG grid at `path`; return it."""
-    figure = attention_figure(attention_probabilities(model, tokenizer, text, layers))
+    figure = attention_figure(attention_probabilities(model, tokenizer, text, layers, max_tokens))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():

@@ -28,6 +28,7 @@ from transformers import (
 
 from hf_feedback import FeedbackConfig, FeedbackForSequenceClassification
 from hf_feedback.data import TRUNCATIONS, load_text_classification_data, tokenize_dataset
+from hf_feedback.failures import load_pretrained
 from hf_feedback.lora import apply_lora
 from hf_feedback.metrics import build_compute_metrics
 from hf_feedback.model_card import write_model_card
@@ -37,6 +38,7 @@ from hf_feedback.recipe_utils import (
     ModelArguments,
     RecipeError,
     bad_input_exits,
+    check_text_classifier,
     check_output_dir,
     claim_output_dir,
     check_cpu_threads,
@@ -151,7 +153,9 @@ def load_model(model_args, tokenizer, label_names, max_seq_length):
 
     if model_args.config_overrides:
         raise RecipeError("--config_overrides only applies to a new model, not to --model_name_or_path")
-    config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    config = load_pretrained(AutoConfig.from_pretrained, model_args.model_name_or_path,
+                             trust_remote_code=model_args.trust_remote_code)
+    check_text_classifier(config, model_args.model_name_or_path)
     is_classifier = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
     if is_classifier and config.num_labels != num_labels:
         raise RecipeError(
@@ -162,8 +166,8 @@ def load_model(model_args, tokenizer, label_names, max_seq_length):
         raise RecipeError(f"the tokenizer has {len(tokenizer)} tokens but the model only {config.vocab_size}")
     # float32 master weights whatever the checkpoint's dtype (transformers 5 loads a checkpoint in its own dtype):
     # --fp16 / --bf16 come from autocast, and fp16 gradients of half-precision weights cannot be unscaled.
-    return AutoModelForSequenceClassification.from_pretrained(
-        model_args.model_name_or_path, num_labels=num_labels, **labels, dtype=torch.float32,
+    return load_pretrained(
+        AutoModelForSequenceClassification.from_pretrained, model_args.model_name_or_path, num_labels=num_labels, **labels, dtype=torch.float32,
         attn_implementation=model_args.attn_implementation, trust_remote_code=model_args.trust_remote_code,
     )
 

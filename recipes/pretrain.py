@@ -19,16 +19,18 @@ from pathlib import Path
 
 import datasets
 import torch
-from transformers import DataCollatorForLanguageModeling, TrainingArguments, set_seed
+from transformers import AutoConfig, DataCollatorForLanguageModeling, TrainingArguments, set_seed
 
 from hf_feedback import FeedbackConfig, FeedbackForMaskedLM
 from hf_feedback.data import load_peoples_daily, load_sentiment_reviews, load_text_corpus, tokenize_dataset
+from hf_feedback.failures import load_pretrained
 from hf_feedback.model_card import BUNDLED_PEOPLES_DAILY, BUNDLED_REVIEWS, write_model_card
 from hf_feedback.plots import plot_training_curves
 from hf_feedback.recipe_utils import (
     ModelArguments,
     RecipeError,
     bad_input_exits,
+    check_masked_lm,
     check_output_dir,
     claim_output_dir,
     check_cpu_threads,
@@ -116,8 +118,11 @@ def main(argv=None):
                                             splits["train"]["text"], model_args.tokenizer_vocab_size, training_args,
                                             kind=model_args.tokenizer_kind)
         if model_args.model_name_or_path:
+            check_masked_lm(load_pretrained(AutoConfig.from_pretrained, model_args.model_name_or_path),
+                            model_args.model_name_or_path)
             # float32 master weights whatever the checkpoint's dtype; mixed precision comes from autocast.
-            model = FeedbackForMaskedLM.from_pretrained(model_args.model_name_or_path, dtype=torch.float32)
+            model = load_pretrained(FeedbackForMaskedLM.from_pretrained, model_args.model_name_or_path,
+                                    dtype=torch.float32)
         else:
             config = FeedbackConfig(**{"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
                                        "max_position_embeddings": max(512, data_args.max_seq_length),

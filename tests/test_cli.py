@@ -90,3 +90,49 @@ def test_a_folder_that_is_not_a_classifier_exits_with_status_2(classifier, tiny_
     with pytest.raises(SystemExit) as exit_info:
         main(["attention", str(classifier), "text", "--layers", "5", "--output", str(tmp_path / "a.png")])
     assert exit_info.value.code == 2 and "num_hidden_layers=2" in capsys.readouterr().err
+
+
+def run_cli(args, **kwargs):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("HF_FEEDBACK_DEBUG", None)
+    env.update(kwargs.pop("env", {}))
+    return subprocess.run([sys.executable, "-m", "hf_feedback", *args], cwd=ROOT, env=env, capture_output=True,
+                          timeout=300, **kwargs)
+
+
+def test_gbk_on_stdin_is_named_in_one_line(classifier):
+    result = run_cli(["predict", str(classifier)], input="质量很好\n太差了\n".encode("gbk"))
+    error = result.stderr.decode()
+    assert result.returncode == 2 and result.stdout == b""
+    assert error.startswith("error: stdin is not UTF-8 (it decodes as GBK") and error.count("\n") == 1, error
+
+
+def test_a_damaged_checkpoint_is_named_without_a_traceback_unless_debugging(classifier):
+    weights = classifier / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
+    result = run_cli(["predict", str(classifier), "好"], text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {classifier}: the weights (model.safetensors) are damaged or incomplete"), line
+    for debug in (["--debug"], []):
+        result = run_cli(["predict", str(classifier), "好", *debug], text=True,
+                         env={} if debug else {"HF_FEEDBACK_DEBUG": "1"})
+        assert result.returncode == 1 and "Traceback" in result.stderr and "damaged or incomplete" in result.stderr
+
+
+def test_attention_refuses_an_empty_text_and_draws_the_start_of_a_long_one(classifier, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["attention", str(classifier), "  ", "--output", str(tmp_path / "empty.png")])
+    assert exit_info.value.code == 2 and "the text is empty" in capsys.readouterr().err
+    assert not (tmp_path / "empty.png").exists()
+
+    long_text = TEXTS[0] * 200
+    short, long = tmp_path / "short.png", tmp_path / "long.png"
+    main(["attention", str(classifier), long_text, "--output", str(long), "--layers", "0", "--max_tokens", "16"])
+    assert "drawing the first 16 (--max_tokens)" in capsys.readouterr().err
+    # The same picture as the text's first 14 tokens (16 with [CLS] and [SEP]) drawn whole.
+    tokenizer = AutoTokenizer.from_pretrained(classifier)
+    start = tokenizer.decode(tokenizer(long_text, add_special_tokens=False)["input_ids"][:14]).replace(" ", "")
+    assert len(tokenizer(start)["input_ids"]) == 16
+    main(["attention", str(classifier), start, "--output", str(short), "--layers", "0"])
+    assert imread(long).shape == imread(short).shape

@@ -1,5 +1,6 @@
 """hf_feedback/convert_bert.py: BERT weights in our architecture give BERT's numbers."""
 
+import shutil
 import subprocess
 import sys
 
@@ -111,6 +112,15 @@ def test_command_line_refuses_to_overwrite_and_rejects_non_bert(tmp_path, tiny_c
     FeedbackModel(tiny_config()).save_pretrained(tmp_path / "feedback")
     result = run(tmp_path / "feedback", tmp_path / "out")
     assert result.returncode == 2 and "not a BERT checkpoint" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+    # A BERT copied short: the weights are named, no traceback, and nothing is left at the destination.
+    shutil.copytree(MINILM, tmp_path / "cut", ignore=shutil.ignore_patterns("*.bin", "*.h5", "*.onnx", "*.ot"))
+    weights = tmp_path / "cut" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:4096])
+    result = run(tmp_path / "cut", tmp_path / "out")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"{tmp_path / 'cut'}: the weights (model.safetensors) are damaged or incomplete" in result.stderr
     assert not (tmp_path / "out").exists()
 
 

