@@ -152,6 +152,13 @@ def check_text_classifier(config, folder):
             "head in transformers (AutoModelForSequenceClassification); choose a checkpoint whose model type has one")
 
 
+def check_vocabulary(config, tokenizer):
+    """Every token id the tokenizer makes must have an embedding row."""
+    if config.vocab_size < len(tokenizer):
+        raise RecipeError(f"the tokenizer has {len(tokenizer)} tokens but the model only vocab_size="
+                          f"{config.vocab_size}: drop a vocab_size override, or pass a tokenizer that matches the model")
+
+
 def check_masked_lm(config, folder):
     """pretrain.py continues masked-LM pretraining of hf_feedback encoders only."""
     if config.model_type != FeedbackConfig.model_type:

@@ -39,6 +39,7 @@ from hf_feedback.recipe_utils import (
     RecipeError,
     bad_input_exits,
     check_text_classifier,
+    check_vocabulary,
     check_output_dir,
     claim_output_dir,
     check_cpu_threads,
@@ -149,6 +150,7 @@ def load_model(model_args, tokenizer, label_names, max_seq_length):
                "max_position_embeddings": max(512, max_seq_length), "num_labels": num_labels, **labels,
                **NEW_MODEL, **parse_config_overrides(model_args.config_overrides)}
         )
+        check_vocabulary(config, tokenizer)
         return FeedbackForSequenceClassification._from_config(config, attn_implementation=model_args.attn_implementation)
 
     if model_args.config_overrides:
@@ -162,8 +164,7 @@ def load_model(model_args, tokenizer, label_names, max_seq_length):
             f"{model_args.model_name_or_path} is a classifier with num_labels={config.num_labels}, but the data has "
             f"{num_labels} labels {label_names}"
         )
-    if config.vocab_size < len(tokenizer):
-        raise RecipeError(f"the tokenizer has {len(tokenizer)} tokens but the model only {config.vocab_size}")
+    check_vocabulary(config, tokenizer)
     # float32 master weights whatever the checkpoint's dtype (transformers 5 loads a checkpoint in its own dtype):
     # --fp16 / --bf16 come from autocast, and fp16 gradients of half-precision weights cannot be unscaled.
     return load_pretrained(

@@ -5,9 +5,11 @@
     accelerate launch recipes/pretrain.py --config_overrides position_embedding_type=rotary
 
 Rotary positions leave the masked-LM loss's unigram plateau far sooner than the default learned ones (see
-benchmarks/accuracy.py). On a CPU, add `--config_file recipes/configs/cpu.yaml` after `launch` to use every core.
+benchmarks/recipe_search.py, PRETRAINS). On a CPU, add `--config_file recipes/configs/cpu.yaml` after `launch` to
+use every core.
 
-Trains a WordPiece tokenizer on the corpus unless --tokenizer_name is given, then a FeedbackForMaskedLM with
+Trains a tokenizer on the corpus (--tokenizer_kind, unigram by default) unless --tokenizer_name is given, then a
+FeedbackForMaskedLM with
 `DataCollatorForLanguageModeling` (15% of tokens masked). The output folder (model + tokenizer) is what
 `recipes/finetune.py --model_name_or_path` expects. Every `TrainingArguments` flag works.
 """
@@ -31,6 +33,7 @@ from hf_feedback.recipe_utils import (
     RecipeError,
     bad_input_exits,
     check_masked_lm,
+    check_vocabulary,
     check_output_dir,
     claim_output_dir,
     check_cpu_threads,
@@ -129,8 +132,7 @@ def main(argv=None):
                                        "sparse_prediction": True,  # the loss needs only the masked tokens
                                        **parse_config_overrides(model_args.config_overrides)})
             model = FeedbackForMaskedLM(config)
-        if model.config.vocab_size < len(tokenizer):
-            raise RecipeError(f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}")
+        check_vocabulary(model.config, tokenizer)
         with training_args.main_process_first(desc="tokenizing"):
             tokenized = tokenize_dataset(datasets.DatasetDict(train=splits["train"], validation=splits["test"]),
                                          tokenizer, min(data_args.max_seq_length, model.config.max_position_embeddings))

