@@ -7,11 +7,13 @@ import os
 import socket
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments
 from transformers.utils import logging
 
@@ -104,6 +106,33 @@ def _missing_from_checkpoint(folder: Path) -> list[str]:
     return missing
 
 
+def _damaged_in_checkpoint(folder: Path) -> list[str]:
+    """The files of a checkpoint that cannot be read, each with why; cheap checks that catch a copy or a save cut
+    short: JSON parses, a safetensors header covers its file, a torch.save zip archive has its central directory."""
+    damaged = []
+    for path in sorted(folder.iterdir()):
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text())
+            elif path.suffix == ".safetensors":
+                with safe_open(path, "pt"):
+                    pass
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                zipfile.ZipFile(path).close()
+        except (ValueError, SafetensorError, zipfile.BadZipFile) as error:
+            damaged.append(f"{path.name} ({error})")
+    return damaged
+
+
+def _unusable(folder: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from, or None."""
+    missing = _missing_from_checkpoint(folder)
+    if missing:
+        return f"no {', '.join(missing)}"
+    damaged = _damaged_in_checkpoint(folder)
+    return f"damaged: {', '.join(damaged)}" if damaged else None
+
+
 def resolve_resume(training_args: TrainingArguments):
     """The checkpoint folder `--resume_from_checkpoint` names, checked before any work.
 
@@ -119,20 +148,20 @@ def resolve_resume(training_args: TrainingArguments):
         folders = sorted((p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
                          key=lambda p: int(p.name[11:]), reverse=True)
         for folder in folders:
-            missing = _missing_from_checkpoint(folder)
-            if not missing:
+            problem = _unusable(folder)
+            if problem is None:
                 return str(folder)
-            logger.warning(f"--resume_from_checkpoint last: skipping incomplete {folder} (no {', '.join(missing)}; "
-                           "a run killed while saving?)")
+            logger.warning(f"--resume_from_checkpoint last: skipping {folder} ({problem}; a run killed while "
+                           "saving?)")
         raise RecipeError(
             f"--resume_from_checkpoint {value}: {output_dir} has no complete checkpoint-N folder"
-            + (f" ({len(folders)} incomplete)" if folders else "") + "; start a new run without it"
+            + (f" ({len(folders)} incomplete or damaged)" if folders else "") + "; start a new run without it"
         )
     if not Path(value).is_dir():
         raise RecipeError(f"--resume_from_checkpoint {value}: no such checkpoint folder")
-    missing = _missing_from_checkpoint(Path(value))
-    if missing:
-        raise RecipeError(f"--resume_from_checkpoint {value} is incomplete: no {', '.join(missing)}")
+    problem = _unusable(Path(value))
+    if problem:
+        raise RecipeError(f"--resume_from_checkpoint {value} cannot be resumed from: {problem}")
     return value
 
 

@@ -1,23 +1,27 @@
 """The recipes' shared set-up checks in hf_feedback/recipe_utils.py."""
 
+import json
 import os
+import re
 import subprocess
 import sys
 
 import psutil
+import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import TrainingArguments
 
 from helpers import ROOT
 
 from hf_feedback import recipe_utils
-from hf_feedback.recipe_utils import check_cpu_threads
+from hf_feedback.recipe_utils import RecipeError, check_cpu_threads, resolve_resume
 
 CHECK_THREADS = """
 import sys
 import torch
 from transformers import TrainingArguments
-from hf_feedback.recipe_utils import check_cpu_threads
+from hf_feedback.recipe_utils import RecipeError, check_cpu_threads, resolve_resume
 check_cpu_threads(TrainingArguments(output_dir=sys.argv[1], use_cpu=True, report_to="none"))
 print("threads", torch.get_num_threads())
 """
@@ -53,3 +57,25 @@ def test_accelerate_launch_needs_the_cpu_config_to_use_every_core(tmp_path):
     assert ("leaves" in runs[False].stderr) == (cores > 1)
     assert f"threads {cores}" in runs[True].stdout
     assert "leaves" not in runs[True].stderr
+
+
+def _checkpoint(folder, step):
+    """The files Trainer saves in checkpoint-N (real formats, small contents)."""
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    save_file({"w": torch.ones(64, 64)}, path / "model.safetensors")
+    torch.save({"state": {0: {"exp_avg": torch.zeros(64, 64)}}}, path / "optimizer.pt")
+    torch.save({"last_epoch": step}, path / "scheduler.pt")
+    return path
+
+
+@pytest.mark.parametrize("damage", ["optimizer.pt", "model.safetensors", "trainer_state.json"])
+def test_a_checkpoint_cut_short_is_named_and_last_skips_it(tmp_path, caplog, damage):
+    older, newer = _checkpoint(tmp_path, 10), _checkpoint(tmp_path, 20)
+    path = newer / damage
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.raises(RecipeError, match=rf"checkpoint-20 cannot be resumed from: damaged: {re.escape(damage)} \("):
+        resolve_resume(TrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint=str(newer)))
+    assert resolve_resume(TrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint="last")) == str(older)
+    assert f"skipping {newer} (damaged: {damage}" in caplog.text
