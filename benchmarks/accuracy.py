@@ -46,18 +46,20 @@ def _seeds(variant):
 
 
 def recorded(variant):
-    """The recipe-search rows of `variant` on the task for SEEDS, by seed (the latest line of each seed wins)."""
-    rows = {}
-    if recipe_search.RESULTS.is_file():
-        for line in recipe_search.RESULTS.read_text().splitlines():
-            row = json.loads(line) if line.strip() else {}
-            if row.get("task") == TASK and row.get("variant") == variant and row.get("seed") in _seeds(variant):
-                rows[row["seed"]] = row
+    """The recipe-search rows of `variant` on the task for SEEDS, by seed (the latest line of each seed wins; runs
+    made with other arguments than the variant now has do not count)."""
+    arguments = recipe_search.VARIANTS[variant][1]
+    rows = {row["seed"]: row for row in recipe_search.latest_rows(
+        lambda row: row["task"] == TASK and row["variant"] == variant and row["seed"] in _seeds(variant)
+        and row["arguments"] == arguments)}  # runs of the variant as it is defined now
     for seed, row in rows.items():
         if "trainable_parameters" not in row:  # recorded before rows counted them: count from the run's output
             output = recipe_search.SCRATCH / TASK / variant / f"seed{seed}"
-            results = json.loads((output / ("test_results.json" if variant == TFIDF else "all_results.json")).read_text())
-            row.update(recipe_search._parameters(output, results, (output.parent / f"seed{seed}.log").read_text()))
+            try:
+                results = json.loads((output / ("test_results.json" if variant == TFIDF else "all_results.json")).read_text())
+                row.update(recipe_search._parameters(output, results, (output.parent / f"seed{seed}.log").read_text()))
+            except OSError:  # the run's folder is not on this machine (benchmarks/runs is not committed)
+                row.update(trainable_parameters=None, all_parameters=None)
     return rows
 
 

@@ -19,8 +19,9 @@ from safetensors import SafetensorError
 DEBUG_VARIABLE = "HF_FEEDBACK_DEBUG"
 
 # What bad input raises while a run is set up: ValueError (ours, datasets', transformers', json's, a failed
-# decode), missing / misplaced files and folders, and a damaged safetensors file.
-BAD_INPUT = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, SafetensorError)
+# decode), missing, misplaced or unwritable files and folders, and a damaged safetensors file.
+BAD_INPUT = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
+             SafetensorError)
 
 
 class BadInput(ValueError):

@@ -3,6 +3,7 @@
 import atexit
 import dataclasses
 import json
+import math
 import os
 import socket
 import sys
@@ -117,11 +118,17 @@ def _damaged_in_checkpoint(folder: Path) -> list[str]:
             elif path.suffix == ".safetensors":
                 with safe_open(path, "pt"):
                     pass
-            elif path.suffix in (".pt", ".pth", ".bin"):
+            elif path.suffix in (".pt", ".pth", ".bin") and _is_torch_zip(path):
                 zipfile.ZipFile(path).close()
-        except (ValueError, SafetensorError, zipfile.BadZipFile) as error:
+        except (OSError, ValueError, SafetensorError, zipfile.BadZipFile) as error:
             damaged.append(f"{path.name} ({error})")
     return damaged
+
+
+def _is_torch_zip(path: Path) -> bool:
+    # torch.save writes a zip archive (since torch 1.6); a legacy pickle file has no central directory to check.
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
 
 def _unusable(folder: Path) -> str | None:
@@ -169,7 +176,7 @@ def check_text_classifier(config, folder):
     """Refuse, before any work, a checkpoint that AutoModelForSequenceClassification cannot fine-tune on text."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
-    if getattr(config, "vocab_size", None) is None:
+    if getattr(config.get_text_config(), "vocab_size", None) is None:
         raise RecipeError(
             f"--model_name_or_path {folder} holds a {config.model_type!r} model, which does not read text (it has no "
             "vocabulary); fine-tune a text encoder: an hf_feedback checkpoint, a converted BERT, or another "
@@ -183,9 +190,10 @@ def check_text_classifier(config, folder):
 
 def check_vocabulary(config, tokenizer):
     """Every token id the tokenizer makes must have an embedding row."""
-    if config.vocab_size < len(tokenizer):
+    vocab_size = config.get_text_config().vocab_size
+    if vocab_size < len(tokenizer):
         raise RecipeError(f"the tokenizer has {len(tokenizer)} tokens but the model only vocab_size="
-                          f"{config.vocab_size}: drop a vocab_size override, or pass a tokenizer that matches the model")
+                          f"{vocab_size}: drop a vocab_size override, or pass a tokenizer that matches the model")
 
 
 def check_masked_lm(config, folder):
@@ -348,9 +356,11 @@ def load_or_train_tokenizer(source, texts, vocab_size, training_args, trust_remo
 def _number(raw: str):
     for kind in (int, float):
         try:
-            return kind(raw)
+            value = kind(raw)
         except ValueError:
-            pass
+            continue
+        if math.isfinite(value):
+            return value
     return raw
 
 
@@ -371,6 +381,9 @@ def parse_config_overrides(overrides: str | None) -> dict:
             )
         current = getattr(defaults, key)
         raw = raw.strip()
+        if raw.lower() == "none":
+            result[key] = None
+            continue
         if isinstance(current, bool):
             if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
                 raise RecipeError(f"--config_overrides {key}={raw}: {key} is true or false")
@@ -378,11 +391,11 @@ def parse_config_overrides(overrides: str | None) -> dict:
         elif isinstance(current, (int, float)):
             try:
                 value = type(current)(raw)
+                if not math.isfinite(value):
+                    raise ValueError(raw)
             except ValueError:
-                raise RecipeError(f"--config_overrides {key}={raw}: {key} is a number ({type(current).__name__}), "
+                raise RecipeError(f"--config_overrides {key}={raw}: {key} is a finite number ({type(current).__name__}), "
                                   f"e.g. {key}={current}") from None
-        elif raw.lower() == "none":
-            value = None
         elif current is None:  # an optional number (classifier_dropout, eos_token_id, ...)
             value = _number(raw)
         else:

@@ -63,10 +63,11 @@ def get_noam_schedule(
 
 
 class RunLoss(TrainerCallback, ExportableState):
-    """The training loss summed over the run's optimizer steps up to the last checkpoint, saved inside it
+    """The training loss summed over the first `steps` optimizer steps of the run, saved in each checkpoint
     (trainer_state.json, `stateful_callbacks`). Trainer alone averages `train_loss` over the steps since a resume
     only (0.0 after a kill during the final save); with this sum a resumed run reports the same `train_loss` as an
-    uninterrupted one."""
+    uninterrupted one. A checkpoint without it (plain Trainer's, or one whose sum does not reach back to step 0)
+    leaves Trainer's number as it is."""
 
     def __init__(self, loss_sum: float = 0.0, steps: int = 0):
         self.loss_sum, self.steps = loss_sum, steps
@@ -114,26 +115,43 @@ class FeedbackTrainer(Trainer):
         # Looked up each time: a resume with restore_callback_states_from_checkpoint replaces the instance.
         return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, RunLoss))
 
+    def _loss_so_far(self, pending=True) -> tuple[float, int]:
+        """(sum of the training losses, steps it covers): from step 0 when the checkpoint resumed from carried the
+        sum of every step before it, else from the resume only. Trainer drains the per-step losses into
+        _total_loss_scalar at each log; `pending` adds what _tr_loss holds since."""
+        this_run = self._total_loss_scalar + (self._tr_loss.item() if pending else 0.0)
+        steps = self.state.global_step - self._initial_global_step
+        if self._resumed_loss.steps == self._initial_global_step:
+            return self._resumed_loss.loss_sum + this_run, self._resumed_loss.steps + steps
+        return this_run, steps
+
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        checkpoint = resume_from_checkpoint
-        if checkpoint is True:
-            checkpoint = get_last_checkpoint(self.args.output_dir)
+        checkpoint = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
         self._resumed_loss = RunLoss()
-        if checkpoint:
+        if checkpoint and (Path(checkpoint) / "trainer_state.json").is_file():
             saved = json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("stateful_callbacks", {})
             self._resumed_loss = RunLoss(**saved.get(RunLoss.__name__, {}).get("args", {}))
         output = super().train(resume_from_checkpoint, *args, **kwargs)
-        resumed = self._resumed_loss
-        if checkpoint and resumed.steps:  # Trainer's train_loss covered only the steps after `resumed.steps`
-            train_loss = (resumed.loss_sum + self._total_loss_scalar) / max(self.state.global_step, 1)
-            output = TrainOutput(output.global_step, train_loss, {**output.metrics, "train_loss": train_loss})
+        if "train_loss" in output.metrics and output.metrics["train_loss"] != output.training_loss:
+            output = TrainOutput(output.global_step, output.metrics["train_loss"], output.metrics)
         return output
 
+    def log(self, logs, *args, **kwargs):
+        # The end of training logs Trainer's train_loss (the mean over the steps since the resume) in the metrics it
+        # then returns: make it the whole run's, in place. _tr_loss was already added to _total_loss_scalar there.
+        if "train_loss" in logs and self._initial_global_step and self._resumed_loss.steps == self._initial_global_step:
+            loss_sum, steps = self._loss_so_far(pending=False)
+            logs["train_loss"] = loss_sum / max(steps, 1)
+        super().log(logs, *args, **kwargs)
+
     def _save_checkpoint(self, model, trial):
-        # Trainer drains the per-step losses into _total_loss_scalar at each log; _tr_loss holds the rest.
         run_loss = self._run_loss()
-        run_loss.loss_sum = self._resumed_loss.loss_sum + self._total_loss_scalar + self._tr_loss.item()
-        run_loss.steps = self.state.global_step
+        run_loss.loss_sum, run_loss.steps = self._loss_so_far()
+        # A run resumed from a checkpoint saved without a callback's state (plain Trainer's, or saved before the
+        # callback existed) has no entry for it, and Trainer's save would fail looking it up.
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, ExportableState):
+                self.state.stateful_callbacks.setdefault(type(callback).__name__, {})
         super()._save_checkpoint(model, trial)
 
     def create_scheduler(

@@ -49,11 +49,13 @@ def test_accuracy_section_reads_the_recipe_search_runs_and_judges_the_targets(tm
 
     def row(variant, seed, accuracy_, **extra):
         return {"variant": variant, "task": "reviews", "seed": seed, "test_accuracy": accuracy_, "test_f1": accuracy_,
-                "wall_s": 300.0, "trainable_parameters": 100, "all_parameters": 1000, **extra}
+                "arguments": recipe_search.VARIANTS[variant][1], "wall_s": 300.0, "trainable_parameters": 100,
+                "all_parameters": 1000, **extra}
 
     pretrained = {"pretrain_wall_s": 1800.0}
     lines = [row("tfidf", 42, 0.84), row("default", 42, 0.50), row("default", 42, 0.85),  # a rerun replaces seed 42
-             row("default", 43, 0.83), row("default", 44, 0.87), {**row("default", 45, 0.10)},
+             row("default", 43, 0.83), row("default", 44, 0.87), row("default", 45, 0.10),
+             {**row("default", 44, 0.10), "arguments": ["--num_train_epochs", "9"]},  # another recipe: not counted
              {**row("default", 43, 0.10), "task": "longmix3"},
              *(row("rotary", seed, 0.82) for seed in (42, 43, 44)),
              *(row("tapt-mlm30-rotary-lr5e-4", seed, 0.87, **pretrained) for seed in (42, 43, 44)),

@@ -386,7 +386,7 @@ def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
     expect_exit(capsys, [*out, "--config_overrides", "vocab_size=100", "--tokenizer_vocab_size", "500",
                          "--max_train_samples", "50"], "but the model only vocab_size=100")
     expect_exit(capsys, [*out, "--config_overrides", "hidden_size=abc"],
-                "--config_overrides hidden_size=abc: hidden_size is a number (int)")
+                "--config_overrides hidden_size=abc: hidden_size is a finite number (int)")
     expect_exit(capsys, [*out, "--model_name_or_path", str(tmp_path / "nowhere")],
                 f"{tmp_path / 'nowhere'}: no such folder (--model_name_or_path / --tokenizer_name)")
     # A checkpoint copied short: the file is named, not a bare SafetensorError.

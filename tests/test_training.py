@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -173,6 +174,33 @@ def test_trainer_resumes_noam_schedule_from_checkpoint(tmp_path, tiny_classifier
     assert [step for step, _ in logged] == list(range(1, 9))
     for step, learning_rate in logged:
         assert learning_rate == pytest.approx(2.0 * paper_lrate(step, d_model)), step
+
+
+def test_resumed_runs_report_the_whole_runs_train_loss(tmp_path, tiny_classifier):
+    # Logging every 3 steps and saving every 4, so a checkpoint holds losses not yet drained into a log.
+    args = _args(tmp_path, learning_rate=1e-3, logging_steps=3, save_strategy="steps", save_steps=4, max_steps=10)
+
+    def trainer():
+        return FeedbackTrainer(model=tiny_classifier(), args=args, train_dataset=_RandomClassificationData())
+
+    straight = trainer().train()
+    for checkpoint in ("checkpoint-4", "checkpoint-8"):
+        resumed = trainer()
+        output = resumed.train(resume_from_checkpoint=str(tmp_path / checkpoint))
+        assert output.training_loss == pytest.approx(straight.training_loss, rel=1e-6), checkpoint
+        assert output.metrics["train_loss"] == output.training_loss
+        assert resumed.state.log_history[-1]["train_loss"] == pytest.approx(straight.training_loss, rel=1e-6)
+
+    # A checkpoint saved without the sum (plain Trainer's): the resumed run trains and saves on, with Trainer's mean
+    # over the steps after the resume.
+    state_file = tmp_path / "checkpoint-4" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["stateful_callbacks"]["RunLoss"]
+    state_file.write_text(json.dumps(state))
+    resumed = trainer()
+    output = resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-4"))
+    assert output.global_step == 10 and (tmp_path / "checkpoint-8" / "trainer_state.json").is_file()
+    assert output.training_loss != pytest.approx(straight.training_loss, rel=1e-6)
 
 
 def test_trainer_without_noam_keeps_trainer_schedule(tmp_path, tiny_classifier):
