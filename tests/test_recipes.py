@@ -385,6 +385,11 @@ def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
 
     expect_exit(capsys, [*out, "--config_overrides", "vocab_size=100", "--tokenizer_vocab_size", "500",
                          "--max_train_samples", "50"], "but the model only vocab_size=100")
+    (tmp_path / "a_file").write_text("mine")
+    expect_exit(capsys, ["--output_dir", str(tmp_path / "a_file")], "is a file, not a folder")
+    assert (tmp_path / "a_file").read_text() == "mine"
+    expect_exit(capsys, [*out, "--validation_split_percentage", "0"], "--validation_split_percentage must be in (0, 100)",
+                recipe=pretrain)
     expect_exit(capsys, [*out, "--config_overrides", "hidden_size=abc"],
                 "--config_overrides hidden_size=abc: hidden_size is a finite number (int)")
     expect_exit(capsys, [*out, "--model_name_or_path", str(tmp_path / "nowhere")],
