@@ -52,8 +52,11 @@ from hf_feedback.training import FeedbackTrainer
 @dataclass
 class DataArguments:
     train_file: str | None = field(default=None, metadata={
-        "help": "Plain-text file (one text per line), or csv / json / jsonl / parquet with --text_column. "
-                "Default: People's Daily sentences."})
+        "help": "Plain-text file (one text per line), or csv / json / jsonl / parquet with --text_column (a labelled "
+                "fine-tuning file works: its labels are not read). Default: the bundled --corpus."})
+    corpus: str = field(default="peoples_daily", metadata={
+        "help": "Bundled corpus without --train_file: 'peoples_daily' (37k news sentences) or 'reviews' (the texts, "
+                "not labels, of the bundled reviews' train split: task-adaptive pretraining for the main job)."})
     text_column: str = "text"
     include_review_texts: bool = field(default=False, metadata={
         "help": "Add the texts (not labels) of the bundled reviews' train split to the corpus: in-domain text "
@@ -64,6 +67,12 @@ class DataArguments:
     mlm_probability: float = 0.15
 
     def __post_init__(self):
+        if self.corpus not in CORPORA:
+            raise RecipeError(f"--corpus must be one of {list(CORPORA)}, got {self.corpus!r}")
+        if self.corpus != "peoples_daily" and self.train_file:
+            raise RecipeError(f"--corpus {self.corpus} and --train_file both name the corpus; give one")
+        if self.corpus == "reviews" and self.include_review_texts:
+            raise RecipeError("--include_review_texts adds the reviews to another corpus; --corpus reviews is them")
         if not 0 < self.validation_split_percentage < 100:
             raise RecipeError(
                 f"--validation_split_percentage must be in (0, 100), got {self.validation_split_percentage}")
@@ -83,14 +92,20 @@ DEFAULTS = dict(
 )
 
 
+def _review_texts():
+    return load_sentiment_reviews()["train"].select_columns(["text"])
+
+
+CORPORA = {"peoples_daily": load_peoples_daily, "reviews": _review_texts}
+
+
 def load_corpus(data_args) -> datasets.Dataset:
     if data_args.train_file is None:
-        corpus = load_peoples_daily()
+        corpus = CORPORA[data_args.corpus]()
     else:
         corpus = load_text_corpus(data_args.train_file, data_args.text_column)
     if data_args.include_review_texts:
-        reviews = load_sentiment_reviews()["train"].select_columns(["text"])
-        corpus = datasets.concatenate_datasets([corpus, reviews])
+        corpus = datasets.concatenate_datasets([corpus, _review_texts()])
     if len(corpus) < 2:
         raise RecipeError("the pretraining corpus is empty")
     return corpus
@@ -158,7 +173,8 @@ def main(argv=None):
         plot_training_curves(trainer.state.log_history, output_dir)
         write_model_card(trainer, json.loads((output_dir / "all_results.json").read_text()),
                          {split: len(data) for split, data in tokenized.items()}, base_model=model_args.model_name_or_path,
-                         corpora=[data_args.train_file or BUNDLED_PEOPLES_DAILY,
+                         corpora=[data_args.train_file or {"peoples_daily": BUNDLED_PEOPLES_DAILY,
+                                                           "reviews": BUNDLED_REVIEWS}[data_args.corpus],
                                   BUNDLED_REVIEWS if data_args.include_review_texts else None])
         print(f"validation perplexity: {metrics['perplexity']:.2f}  ({len(tokenized['validation'])} texts)")
         print(f"saved to {output_dir}")

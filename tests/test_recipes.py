@@ -432,3 +432,15 @@ def test_a_non_empty_output_dir_is_never_overwritten_silently(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("keep me")
     expect_exit(capsys, ["--output_dir", str(tmp_path)], "not empty", "--overwrite_output_dir")
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_pretraining_corpus_choices(capsys, tmp_path):
+    reviews = pretrain.load_corpus(pretrain.DataArguments(corpus="reviews"))
+    assert reviews["text"] == load_sentiment_reviews()["train"]["text"]  # texts only, train split only
+    assert reviews.column_names == ["text"]
+    out = ["--output_dir", str(tmp_path / "out")]
+    expect_exit(capsys, [*out, "--corpus", "wiki"], "--corpus must be one of ['peoples_daily', 'reviews'], got 'wiki'",
+                recipe=pretrain)
+    expect_exit(capsys, [*out, "--corpus", "reviews", "--train_file", "x.txt"], "give one", recipe=pretrain)
+    expect_exit(capsys, [*out, "--corpus", "reviews", "--include_review_texts"], "--corpus reviews is them",
+                recipe=pretrain)
