@@ -5,8 +5,8 @@ Every row is a variant of the recipe search (benchmarks/recipe_search.py: `pytho
 the tokenizer saved once, task-adaptive pretraining run once) on the task `reviews`, over SEEDS; each finished
 (variant, seed) is one line of benchmarks/results/recipe_search.jsonl, and runs already there are not repeated.
 So this section and RECIPE_SEARCH.md (the table of every lever tried) read the same runs. TF-IDF is deterministic:
-one seed. A full run takes hours on a small CPU machine: `python benchmarks/run.py --only accuracy`; --quick runs
-nothing and renders what is recorded.
+one seed. A full run takes hours on a small CPU machine: `python benchmarks/run.py --only accuracy`; with --quick
+or --recorded it runs nothing and reports what is recorded (rows not run yet say so).
 
 Targets (issue "Models worth using"): the main job from scratch (finetune.py's defaults) at least TF-IDF's accuracy
 in <= 10 minutes; pretraining + fine-tuning >= TF-IDF + 2 points within 60 minutes, pretraining included, and
@@ -65,9 +65,9 @@ def recorded(variant):
     return rows
 
 
-def run(quick):
-    """Run every (variant, seed) of ROWS not yet recorded (none with --quick), then collect the rows."""
-    if not quick:
+def run(recorded_only):
+    """Run every (variant, seed) of ROWS not yet recorded (none with --quick or --recorded), then collect the rows."""
+    if not recorded_only:
         for _, variant in ROWS:
             for seed in _seeds(variant):
                 if seed not in recorded(variant):

@@ -86,6 +86,11 @@ VARIANTS = {
     "tapt-mlm30-rotary-lr5e-4": (UNIGRAM16K, ["--learning_rate", "5e-4"], "tapt-mlm30-rotary"),
     # LoRA (r 8 on every linear layer of every block, heads trained fully) learns slower per step: 4x the full lr.
     "tapt-mlm30-rotary-lora-lr2e-3": (UNIGRAM16K, ["--use_lora", "--learning_rate", "2e-3"], "tapt-mlm30-rotary"),
+    # The same, with LoRA on the word embeddings too (r 8: 130k parameters more): the pretrained embeddings are over
+    # half the model, and plain LoRA freezes them.
+    "tapt-mlm30-rotary-lora-emb-lr2e-3": (UNIGRAM16K, ["--use_lora", "--learning_rate", "2e-3", "--lora_target_modules",
+                                                       "qkv_proj,out_proj,up_proj,down_proj,word_embeddings"],
+                                          "tapt-mlm30-rotary"),
     # A real pretrained BERT (all-MiniLM-L6-v2, converted; its own English WordPiece tokenizer): 200 steps, as it
     # costs ~3.4x our model per token.
     "minilm-full": (CHECKPOINT, ["--learning_rate", "1e-4", "--max_steps", "200", "--eval_steps", "100"], "minilm"),

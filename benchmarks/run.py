@@ -1,6 +1,6 @@
 """Run the hf_feedback benchmarks and write the report.
 
-    python benchmarks/run.py [--quick] [--only speed,mfu,memory,accuracy] [--json benchmarks/results.json]
+    python benchmarks/run.py [--quick] [--only speed,mfu,memory,accuracy] [--recorded] [--json benchmarks/results.json]
                              [--markdown benchmarks/RESULTS.md] [--compile] [--threads N] [--device cpu]
 
 Runs the chosen sections (all four by default; accuracy alone takes hours on a small CPU machine), then prints
@@ -53,6 +53,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu", help="device of the speed and MFU sections (memory is CPU RSS)")
     parser.add_argument("--repetitions", type=int, help="timed turns of the speed and MFU sections (default 5; "
                                                         "fewer makes a harness check, flagged in the report)")
+    parser.add_argument("--recorded", action="store_true",
+                        help="accuracy: report the recipe-search runs recorded so far, start none")
     parser.add_argument("--warmup", type=int, help="untimed turns before them (default 2)")
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -75,7 +77,7 @@ def run_section(name, args):
         return efficiency.run(sizes, device)
     if name == "memory":
         return memory.run(sizes, args.quick)
-    return accuracy.run(args.quick)
+    return accuracy.run(args.quick or args.recorded)
 
 
 @contextmanager
