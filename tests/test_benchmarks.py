@@ -64,7 +64,7 @@ def test_accuracy_section_reads_the_recipe_search_runs_and_judges_the_targets(tm
     results.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     monkeypatch.setattr(recipe_search, "RESULTS", results)
 
-    collected = accuracy.run(quick=True)["rows"]
+    collected = accuracy.run(recorded_only=True)["rows"]
     assert sorted(r["test_accuracy"] for r in collected["default"]) == [0.83, 0.85, 0.87]
     assert collected["minilm-full"] == []
     report = "\n".join(accuracy.render({"rows": collected}))
