@@ -98,19 +98,14 @@ def attention(folder, text, output, layers=None, max_tokens=48):
 
 def _stdin_texts():
     """One text per non-empty line of stdin, which must be UTF-8 (read as bytes, so the message can say so)."""
+    from .data import not_utf8  # here: hf_feedback.data imports `datasets`, which predict does not otherwise need
+
     data = sys.stdin.buffer.read()
-    try:
-        lines = data.decode("utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        looks_like = ""
-        try:
-            data.decode("gb18030")
-            looks_like = " (it decodes as GBK/GB18030, common for Chinese text)"
-        except UnicodeDecodeError:
-            pass
-        raise CommandError(f"stdin is not UTF-8{looks_like}: byte {error.start} cannot be read; convert it, e.g. "
-                           "`iconv -f GB18030 -t UTF-8 texts.txt | python -m hf_feedback predict ...`") from None
-    return [line for line in lines if line.strip()]
+    problem = not_utf8(data)
+    if problem:
+        raise CommandError(f"stdin {problem}; convert it, e.g. "
+                           "`iconv -f GB18030 -t UTF-8 texts.txt | python -m hf_feedback predict ...`")
+    return [line for line in data.decode("utf-8").splitlines() if line.strip()]
 
 
 def _parser():

@@ -7,6 +7,7 @@ masked-LM pretraining, and `text` + `label` (a `ClassLabel`) for sequence classi
 import codecs
 import csv
 import hashlib
+import io
 import re
 from importlib.util import find_spec
 from pathlib import Path
@@ -199,12 +200,12 @@ def load_text_corpus(path: str | Path, text_column: str = "text") -> datasets.Da
     return corpus.filter(lambda row: bool(row["text"].strip()))
 
 
-def _first_undecodable_byte(path: Path, encoding: str) -> int | None:
-    """Offset of the first byte of `path` that `encoding` cannot read, or None; streamed, so a large file is never
-    held in memory."""
+def _first_undecodable_byte(source: Path | bytes, encoding: str) -> int | None:
+    """Offset of the first byte of `source` (a file, or bytes already read) that `encoding` cannot read, or None;
+    a file is streamed, so a large one is never held in memory."""
     decoder = codecs.getincrementaldecoder(encoding)()
     offset = 0
-    with open(path, "rb") as f:
+    with open(source, "rb") if isinstance(source, Path) else io.BytesIO(source) as f:
         while chunk := f.read(1 << 20):
             try:
                 decoder.decode(chunk)
@@ -218,19 +219,24 @@ def _first_undecodable_byte(path: Path, encoding: str) -> int | None:
     return None
 
 
-def _check_utf8(split: str, path: Path) -> None:
-    """Text files must be UTF-8; Chinese data often comes in GBK (GB18030), which `datasets` reports as a page of
-    escaped bytes. Say which encoding it looks like instead."""
-    bad_byte = _first_undecodable_byte(path, "utf-8")
+def not_utf8(source: Path | bytes) -> str | None:
+    """None when `source` (a file, or bytes such as stdin's) is UTF-8; else why not, for a message: "is not UTF-8
+    (it decodes as GBK/GB18030, ...): byte N cannot be read". Chinese data often comes in GBK, which `datasets`
+    and tokenizers report as a page of escaped bytes or a type error."""
+    bad_byte = _first_undecodable_byte(source, "utf-8")
     if bad_byte is None:
-        return
+        return None
     looks_like = ""
-    if _first_undecodable_byte(path, "gb18030") is None:
+    if _first_undecodable_byte(source, "gb18030") is None:
         looks_like = " (it decodes as GBK/GB18030, common for Chinese text)"
-    raise ValueError(
-        f"{split} file {path} is not UTF-8{looks_like}: byte {bad_byte} cannot be read. Convert it, e.g. "
-        f"`iconv -f GB18030 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}`."
-    )
+    return f"is not UTF-8{looks_like}: byte {bad_byte} cannot be read"
+
+
+def _check_utf8(split: str, path: Path) -> None:
+    problem = not_utf8(path)
+    if problem:
+        raise ValueError(f"{split} file {path} {problem}. Convert it, e.g. "
+                         f"`iconv -f GB18030 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}`.")
 
 
 def _warn_duplicate_columns(split: str, path: Path) -> None:

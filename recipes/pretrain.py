@@ -96,12 +96,13 @@ def _review_texts():
     return load_sentiment_reviews()["train"].select_columns(["text"])
 
 
-CORPORA = {"peoples_daily": load_peoples_daily, "reviews": _review_texts}
+# --corpus: its loader, and its name in the model card.
+CORPORA = {"peoples_daily": (load_peoples_daily, BUNDLED_PEOPLES_DAILY), "reviews": (_review_texts, BUNDLED_REVIEWS)}
 
 
 def load_corpus(data_args) -> datasets.Dataset:
     if data_args.train_file is None:
-        corpus = CORPORA[data_args.corpus]()
+        corpus = CORPORA[data_args.corpus][0]()
     else:
         corpus = load_text_corpus(data_args.train_file, data_args.text_column)
     if data_args.include_review_texts:
@@ -173,8 +174,7 @@ def main(argv=None):
         plot_training_curves(trainer.state.log_history, output_dir)
         write_model_card(trainer, json.loads((output_dir / "all_results.json").read_text()),
                          {split: len(data) for split, data in tokenized.items()}, base_model=model_args.model_name_or_path,
-                         corpora=[data_args.train_file or {"peoples_daily": BUNDLED_PEOPLES_DAILY,
-                                                           "reviews": BUNDLED_REVIEWS}[data_args.corpus],
+                         corpora=[data_args.train_file or CORPORA[data_args.corpus][1],
                                   BUNDLED_REVIEWS if data_args.include_review_texts else None])
         print(f"validation perplexity: {metrics['perplexity']:.2f}  ({len(tokenized['validation'])} texts)")
         print(f"saved to {output_dir}")
