@@ -148,6 +148,7 @@ def pretrained_folder(name, task, kind, vocab_size):
                          "(or name the new pretraining differently) and run again")
     if not record.is_file():
         corpus = SCRATCH / task / "train-texts.jsonl"
+        corpus.parent.mkdir(parents=True, exist_ok=True)
         with open(corpus, "w") as f:
             for text in load_task(task)["train"]["text"]:
                 f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")

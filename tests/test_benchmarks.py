@@ -74,3 +74,33 @@ def test_accuracy_section_reads_the_recipe_search_runs_and_judges_the_targets(tm
     assert "35.0 min of wall clock" in report  # 5 min fine-tuning + 30 min pretraining
     assert "- **Missed**: ours, pretrained: LoRA 85.0% vs full 87.0% (-2.0 points" in report
     assert "- **Missed**: MiniLM: LoRA vs full fine-tuning not measured yet" in report
+
+
+def test_gpu_run_is_read_from_its_files_and_the_rate_is_chosen_on_validation(tmp_path, monkeypatch):
+    """The GPU part of section 4 reads the script's record, the second call's printed results and the logs: per
+    size the learning rate with the best mean validation F1 is reported (even where another tests better), and
+    the time target adds the end of pretraining to the fine-tuning's training time."""
+    from benchmarks import accuracy
+
+    record = {"machine": "GPU X", "tfidf": {"test_accuracy": 0.80, "test_f1": 0.80},
+              "runs": [{"size": "small", "learning_rate": "5e-4", "seed": seed, "test_accuracy": 0.82,
+                        "test_f1": 0.82, "eval_f1": 0.8} for seed in (42, 43)]}
+    (tmp_path / "gpu_tapt.json").write_text(json.dumps(record))
+    (tmp_path / "stdout.log").write_text("100.0 s: small pretrained, validation MLM loss 5\n"
+                                         "300.0 s: medium pretrained, validation MLM loss 5\n")
+    for size in ("small", "medium"):
+        (tmp_path / f"pretrain-{size}.log").write_text("{'train_runtime': '9', 'train_steps_per_second': '9.5'}\n")
+    printed = [("2e-4", 42, 0.85, 0.90, 100.0), ("2e-4", 43, 0.87, 0.90, 120.0),  # chosen: better validation
+               ("5e-4", 42, 0.95, 0.80, 100.0), ("5e-4", 43, 0.95, 0.80, 100.0)]
+    (tmp_path / "medium_finetune_call2.txt").write_text("".join(
+        f"runs/med/lr{rate}-s{seed}/all_results.json\n{{'test_accuracy': {test}, 'test_f1': {test}, 'eval_accuracy': "
+        f"{valid}, 'eval_f1': {valid}, 'train_runtime': {runtime}}}\n" for rate, seed, test, valid, runtime in printed))
+    monkeypatch.setattr(accuracy, "GPU_RUN", tmp_path)
+
+    gpu = accuracy.gpu_recorded()
+    assert [(r["size"], r["learning_rate"], r["seed"]) for r in gpu["rows"]] == [
+        ("small", "5e-4", 42), ("small", "5e-4", 43), ("medium", "2e-4", 42), ("medium", "2e-4", 43),
+        ("medium", "5e-4", 42), ("medium", "5e-4", 43)]
+    report = "\n".join(accuracy.render({"rows": {}, "gpu": gpu}))
+    assert "| ours, medium, pretrained + full fine-tuning | 2e-4 | 5e-4: 95.0 ± 0.0 | 86.0 ± 1.4 |" in report
+    assert "- **Met**: one GPU: medium 86.0%, +6.0 points over TF-IDF (target ≥ +4), in at least 7.0 min" in report
