@@ -109,7 +109,9 @@ def test_pretrain_card_reports_perplexity_for_fill_mask(pretrained):
     assert indexed(card) == {("validation", "perplexity"): pytest.approx(results["perplexity"], abs=5e-3)}
     assert f"{results['perplexity']:.2f}" in text and f"{results['eval_loss']:.4f}" in text
     assert "37,354 sentences" in text and "AutoModelForMaskedLM" in text and 'pipeline("fill-mask"' in text
-    assert "2 × [ self-attention" in text
+    # pretrain.py's new model: pre-norm, rotary positions applied in attention rather than added to the embeddings.
+    assert "input_ids ─► token (+ segment) embeddings" in text
+    assert "2 × [ LayerNorm ─► self-attention (rotary positions) ─► residual" in text
 
 
 def test_base_model_is_named_only_when_it_is_a_hub_id(tiny_config, tmp_path):

@@ -71,6 +71,8 @@ def test_pretrain_lowers_the_masked_lm_loss_and_saves_a_checkpoint(pretrained):
     assert eval_results["perplexity"] == pytest.approx(torch.tensor(eval_results["eval_loss"]).exp().item(), rel=1e-4)
     config = json.loads((pretrained / "config.json").read_text())
     assert config["architectures"] == ["FeedbackForMaskedLM"]
+    # A new masked LM is pre-norm with rotary positions (pretrain.NEW_MODEL); the size came from --config_overrides.
+    assert (config["norm_position"], config["position_embedding_type"], config["hidden_size"]) == ("pre", "rotary", 32)
     assert AutoTokenizer.from_pretrained(pretrained)("中国")["input_ids"][1:-1] != [1, 1]  # real characters, not [UNK]
 
 
