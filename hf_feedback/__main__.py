@@ -3,6 +3,7 @@
     python -m hf_feedback predict outputs/finetune "质量很好，物流也快" "太差了"   # label<TAB>score<TAB>text
     cat reviews.txt | python -m hf_feedback predict outputs/finetune            # one text per line on stdin
     python -m hf_feedback attention outputs/finetune "质量很好" --output attention.png
+    python -m hf_feedback export bert outputs/finetune outputs/finetune-bert      # a plain BERT folder (BERT's case)
 
 Models load through hf_feedback's own classes (registered with the Auto classes), so the code files inside the folder
 are not run. A folder that is not a saved model (missing, no config.json, no tokenizer, or not a classifier for
@@ -124,7 +125,13 @@ def _parser():
     attention_parser.add_argument("--layers", type=int, nargs="+", help="layer indices (default: all)")
     attention_parser.add_argument("--max_tokens", type=int, default=48,
                                   help="draw at most this many tokens (the start of a longer text)")
-    for command in (predict_parser, attention_parser):
+    export_parser = commands.add_parser("export", help="write the model in another format")
+    export_parser.add_argument("format", choices=["bert"],
+                               help="bert: a transformers BertModel / BertFor* folder (BERT's special case only)")
+    export_parser.add_argument("folder", help="a saved hf_feedback model")
+    export_parser.add_argument("destination", help="folder to write")
+    export_parser.add_argument("--overwrite", action="store_true", help="write into a non-empty destination")
+    for command in (predict_parser, attention_parser, export_parser):
         command.add_argument("--debug", action="store_true",
                              help=f"show the traceback of an error (also: {DEBUG_VARIABLE}=1)")
     return parser
@@ -135,11 +142,17 @@ def main(argv=None):
     if args.debug:
         os.environ[DEBUG_VARIABLE] = "1"
     # Bad input, ours or found by the libraries (a layer index, a damaged file), is one line and exit status 2.
-    with bad_input_exits():
+    with bad_input_exits() as set_up:
         if args.command == "predict":
             predict(args.folder, args.texts or _stdin_texts(), args.batch_size)
-        else:
+        elif args.command == "attention":
             print(attention(args.folder, args.text, args.output, args.layers, args.max_tokens))
+        else:
+            from .export_bert import export_bert  # the exporters load only when asked for
+
+            set_up.will_create(args.destination)
+            model = export_bert(args.folder, args.destination, overwrite=args.overwrite)
+            print(f"Saved {type(model).__name__} ({model.num_parameters():,} parameters) to {args.destination}")
 
 
 if __name__ == "__main__":

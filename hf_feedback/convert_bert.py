@@ -102,35 +102,37 @@ def feedback_config_from_bert(bert_config: BertConfig) -> FeedbackConfig:
     )
 
 
+def tensor_pairs(num_layers: int, prefix: str, bert_prefix: str = ""):
+    """(BERT name, our name) of every tensor the two share, read from the key maps above; in both directions
+    (here and in export_bert). `prefix` / `bert_prefix`: each encoder's prefix ("" for the bare encoder). Yields the
+    fused attention projection as (BERT's query, key and value names, our qkv name): Q, K, V stacked in that order."""
+    for theirs, mine in (*EMBEDDING_KEYS.items(), *HEAD_KEYS.items()):
+        head = theirs in HEAD_KEYS
+        yield (theirs if head else bert_prefix + theirs), (mine if head else prefix + mine)
+    for i in range(num_layers):
+        theirs, mine = f"{bert_prefix}encoder.layer.{i}.", f"{prefix}encoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            yield tuple(f"{theirs}attention.self.{name}.{kind}" for name in ("query", "key", "value")), \
+                f"{mine}attention.qkv_proj.{kind}"
+            for src, dst in LAYER_KEYS.items():
+                yield f"{theirs}{src}.{kind}", f"{mine}{dst}.{kind}"
+
+
 def convert_state_dict(bert_state: dict, num_layers: int, prefix: str) -> dict:
     """Map BERT tensor names onto ours. `prefix` is our encoder's prefix: "" for FeedbackModel, "feedback." else."""
     bert_state = {k.removeprefix("bert."): v for k, v in bert_state.items()}
     ours = {}
-    for src, dst in EMBEDDING_KEYS.items():
-        if src in bert_state:
-            ours[prefix + dst] = bert_state[src]
-    for i in range(num_layers):
-        theirs, mine = f"encoder.layer.{i}.", f"{prefix}encoder.layers.{i}."
-        for kind in ("weight", "bias"):
-            # (3H, H) and (3H,): rows of Q, then K, then V, as our attention splits them.
-            ours[f"{mine}attention.qkv_proj.{kind}"] = torch.cat(
-                [bert_state[f"{theirs}attention.self.{name}.{kind}"] for name in ("query", "key", "value")]
-            )
-            for src, dst in LAYER_KEYS.items():
-                ours[f"{mine}{dst}.{kind}"] = bert_state[f"{theirs}{src}.{kind}"]
-    for src, dst in HEAD_KEYS.items():
-        if src in bert_state:
-            ours[dst] = bert_state[src]
+    for theirs, mine in tensor_pairs(num_layers, prefix):
+        if isinstance(theirs, tuple):  # (3H, H) and (3H,): rows of Q, then K, then V, as our attention splits them
+            ours[mine] = torch.cat([bert_state[name] for name in theirs])
+        elif theirs in bert_state:  # the heads' and the pooler's tensors exist only in some checkpoints
+            ours[mine] = bert_state[theirs]
     return ours
 
 
 def convert_bert(source: str | Path, destination: str | Path, overwrite: bool = False):
     """Convert the BERT checkpoint folder `source` and save the result to `destination`; returns the model."""
-    source, destination = Path(source), Path(destination)
-    if not (source / "config.json").is_file():
-        raise FileNotFoundError(f"{source} is not a model folder: it has no config.json")
-    if destination.exists() and any(destination.iterdir()) and not overwrite:
-        raise FileExistsError(f"{destination} exists and is not empty; choose another folder or pass --overwrite")
+    source, destination = check_folders(source, destination, overwrite)
     bert_config = load_pretrained(BertConfig.from_pretrained, source)
     if bert_config.model_type != "bert":
         raise ValueError(f"{source} holds a {bert_config.model_type!r} model, not a BERT checkpoint")
@@ -157,15 +159,30 @@ def convert_bert(source: str | Path, destination: str | Path, overwrite: bool = 
     model.load_state_dict(state, strict=False)
     model.tie_weights()
 
+    save_with_tokenizer(model, source, destination)
+    return model
+
+
+def check_folders(source, destination, overwrite):
+    """Before any work (here and in export_bert): `source` must be a model folder, and `destination` empty unless
+    `overwrite`. Returns both as Paths."""
+    source, destination = Path(source), Path(destination)
+    if not (source / "config.json").is_file():
+        raise FileNotFoundError(f"{source} is not a model folder: it has no config.json")
+    if destination.exists() and any(destination.iterdir()) and not overwrite:
+        raise FileExistsError(f"{destination} exists and is not empty; choose another folder or pass --overwrite")
+    return source, destination
+
+
+def save_with_tokenizer(model, source, destination):
+    """Save `model` to `destination` with the tokenizer of `source`, where it has one."""
     destination.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(destination)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError):
-        tokenizer = None
-    if tokenizer is not None:
-        tokenizer.save_pretrained(destination)
-    return model
+        return  # a model folder without a tokenizer converts without one
+    tokenizer.save_pretrained(destination)
 
 
 def main(argv=None):

@@ -1,0 +1,97 @@
+"""Export an hf_feedback checkpoint as a plain BERT one: the inverse of `convert_bert`.
+
+    python -m hf_feedback export bert FOLDER OUT
+
+A model that is BERT's special case of our encoder (post-norm, learned absolute positions, exact GELU; a
+classifier or bare encoder that pools the first token) computes BERT's function, so its weights map one to one
+onto `transformers`' BertModel / BertFor* classes, read by every runtime that knows BERT and by `AutoModel` without
+`trust_remote_code`. The only reshaping is splitting our fused `qkv_proj` into BERT's query, key and value; the key
+map is convert_bert's, read backwards. Any other setting changes the function, so the export refuses it and names
+the fields. The tokenizer is copied alongside (AutoTokenizer reads its tokenizer.json whatever its kind).
+"""
+
+from pathlib import Path
+
+import transformers
+from transformers import AutoConfig, BertConfig
+
+from . import modeling_feedback
+from .convert_bert import SHARED_CONFIG_FIELDS, check_folders, save_with_tokenizer, tensor_pairs
+from .failures import BadInput, load_pretrained
+
+# Our saved architecture -> BERT's; a head not listed here has no BERT counterpart.
+HEADS = {
+    "FeedbackModel": "BertModel",
+    "FeedbackForMaskedLM": "BertForMaskedLM",
+    "FeedbackForSequenceClassification": "BertForSequenceClassification",
+    "FeedbackForTokenClassification": "BertForTokenClassification",
+}
+# What a FeedbackConfig must say to be BERT. Pooling matters only where the pooled vector is an output.
+BERT_FIELDS = {"norm_position": "post", "position_embedding_type": "absolute", "hidden_act": "gelu"}
+POOLED_HEADS = ("FeedbackModel", "FeedbackForSequenceClassification")
+
+
+class NotBert(BadInput, ValueError):
+    """The checkpoint is not BERT's special case (or has no BERT head); the message names what differs."""
+
+
+def bert_config_from_feedback(config, architecture: str) -> BertConfig:
+    """The BertConfig that computes the same function as `config` with head `architecture`, or NotBert naming each
+    field that differs from BERT's fixed choices."""
+    required = dict(BERT_FIELDS, **({"pooling": "cls"} if architecture in POOLED_HEADS else {}))
+    different = [f"{name}={getattr(config, name)!r} (BERT: {value!r})" for name, value in required.items()
+                 if getattr(config, name) != value]
+    if different:
+        raise NotBert(f"this {architecture} is not BERT's special case: {', '.join(different)}; only a model with "
+                      "BERT's choices exports to BERT (the others change what it computes)")
+    return BertConfig(
+        **{name: getattr(config, name) for name in SHARED_CONFIG_FIELDS},
+        hidden_act="gelu",
+        initializer_range=config.initializer_range,
+        pad_token_id=config.pad_token_id,
+        classifier_dropout=config.classifier_dropout,
+        id2label=config.id2label,
+        label2id=config.label2id,
+        problem_type=config.problem_type,
+        architectures=[HEADS[architecture]],
+    )
+
+
+def export_state_dict(state: dict, num_layers: int, prefix: str) -> dict:
+    """Map our tensor names onto BERT's. `prefix` is our encoder's ("" for FeedbackModel, "feedback." else), and
+    BERT's ("" for BertModel, "bert." else) follows from it."""
+    bert = {}
+    for theirs, mine in tensor_pairs(num_layers, prefix, bert_prefix="bert." if prefix else ""):
+        if isinstance(theirs, tuple):  # our fused projection: rows of Q, then K, then V
+            for name, tensor in zip(theirs, state[mine].chunk(3)):
+                bert[name] = tensor.clone()
+        elif mine in state:
+            bert[theirs] = state[mine]
+    return bert
+
+
+def export_bert(source: str | Path, destination: str | Path, overwrite: bool = False):
+    """Export the hf_feedback checkpoint folder `source` as a BERT checkpoint in `destination`; returns the model."""
+    source, destination = check_folders(source, destination, overwrite)
+    config = load_pretrained(AutoConfig.from_pretrained, source)
+    if config.model_type != "feedback":
+        raise NotBert(f"{source} holds a {config.model_type!r} model, not an hf_feedback one")
+    architecture = (config.architectures or ["FeedbackModel"])[0]
+    if architecture not in HEADS:
+        raise NotBert(f"{source} holds a {architecture}, which has no BERT counterpart; exportable: {list(HEADS)}")
+    bert_config = bert_config_from_feedback(config, architecture)
+
+    ours = load_pretrained(getattr(modeling_feedback, architecture).from_pretrained, source)
+    prefix = "" if architecture == "FeedbackModel" else "feedback."
+    state = export_state_dict(ours.state_dict(), config.num_hidden_layers, prefix)
+    bert = getattr(transformers, HEADS[architecture])(bert_config)
+    unset = set(bert.state_dict()) - set(state) - set(bert._tied_weights_keys or {})
+    if unset:  # every tensor of a head in HEADS has a counterpart: a gap here is a bug, not bad input
+        raise RuntimeError(f"export_bert left BERT tensors unset: {sorted(unset)}")
+    bert.load_state_dict(state, strict=False)
+    bert.tie_weights()
+    save_with_tokenizer(bert, source, destination)
+    return bert
+
+
+__all__ = ["NotBert", "bert_config_from_feedback", "export_bert", "export_state_dict"]
