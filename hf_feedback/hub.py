@@ -18,6 +18,7 @@ from pathlib import Path
 from huggingface_hub import CommitInfo, HfApi
 from huggingface_hub.utils import filter_repo_objects
 
+from .sentence_embeddings import POOLING_CONFIG  # the one file a repository gets below its top level
 # Top-level files a model repository gets (glob patterns, as `HfApi.upload_folder(allow_patterns=...)`).
 SHARED_FILES = [
     "README.md",  # the model card (hf_feedback.model_card)
@@ -32,8 +33,11 @@ SHARED_FILES = [
     "vocab.txt",
     "*_results.json",  # all/train/eval/test results: numbers only
     "*.png",  # the pictures the card shows
+    "modules.json",  # sentence-transformers' files (hf_feedback.sentence_embeddings)
+    "sentence_bert_config.json",
+    POOLING_CONFIG,
 ]
-_TOP_LEVEL_ONLY = ["*/*"]
+_TOP_LEVEL_ONLY = ["*/*"]  # but for the sentence-transformers pooling config
 _TEXT_SUFFIXES = (".md", ".json", ".py", ".txt")
 
 
@@ -41,7 +45,8 @@ def shared_files(folder: str | os.PathLike) -> list[str]:
     """The files of `folder` that `push_folder` uploads, sorted (paths relative to the folder)."""
     folder = Path(folder)
     names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    return list(filter_repo_objects(names, allow_patterns=SHARED_FILES, ignore_patterns=_TOP_LEVEL_ONLY))
+    top_level = filter_repo_objects(names, allow_patterns=SHARED_FILES, ignore_patterns=_TOP_LEVEL_ONLY)
+    return sorted([*top_level, *(name for name in names if name == POOLING_CONFIG)])
 
 
 def _local_paths():
@@ -95,8 +100,7 @@ def push_folder(
         token=token,
         revision=revision,
         create_pr=create_pr,
-        allow_patterns=SHARED_FILES,
-        ignore_patterns=_TOP_LEVEL_ONLY,
+        allow_patterns=files,  # exactly the files checked above
         run_as_future=run_as_future,
     )
 

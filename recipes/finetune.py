@@ -52,6 +52,7 @@ from hf_feedback.recipe_utils import (
     resolve_resume,
     sample,
 )
+from hf_feedback.sentence_embeddings import write_sentence_transformers_files
 from hf_feedback.training import CLASS_WEIGHTINGS, FeedbackTrainer, WeightedCrossEntropy, class_weights
 
 
@@ -205,8 +206,9 @@ def settle_evaluation(training_args, data_args, has_validation):
         print("; ".join(said), flush=True)
 
 
-def save_outputs(trainer, tokenizer, lora_args, output_dir):
-    """Model (or adapter, or merged model) and tokenizer in output_dir; only the main process writes."""
+def save_outputs(trainer, tokenizer, lora_args, output_dir, max_length):
+    """Model (or adapter, or merged model) and tokenizer in output_dir, and for a whole model the files that make
+    the folder a SentenceTransformer too; only the main process writes."""
     if lora_args.use_lora and lora_args.merge_lora:
         trainer.save_model(output_dir / "adapter")
         if trainer.is_world_process_zero():
@@ -216,6 +218,8 @@ def save_outputs(trainer, tokenizer, lora_args, output_dir):
         trainer.save_model(output_dir)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(output_dir)
+        if not (lora_args.use_lora and not lora_args.merge_lora):  # an adapter alone is not a model to load
+            write_sentence_transformers_files(output_dir, trainer.model.config, max_length)
 
 
 def main(argv=None):
@@ -293,7 +297,7 @@ def main(argv=None):
         prediction.metrics["test_samples"] = len(prediction.predictions)  # gathered from every process
         trainer.save_metrics("test", prediction.metrics)
     trainer.save_state()
-    save_outputs(trainer, tokenizer, lora_args, output_dir)
+    save_outputs(trainer, tokenizer, lora_args, output_dir, max_length)
 
     if trainer.is_world_process_zero():
         plot_training_curves(trainer.state.log_history, output_dir)

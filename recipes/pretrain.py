@@ -44,6 +44,7 @@ from hf_feedback.recipe_utils import (
     resolve_resume,
     sample,
 )
+from hf_feedback.sentence_embeddings import write_sentence_transformers_files
 from hf_feedback.training import FeedbackTrainer
 
 
@@ -155,8 +156,9 @@ def main(argv=None):
             model = FeedbackForMaskedLM(config)
         check_vocabulary(model.config, tokenizer)
         with training_args.main_process_first(desc="tokenizing"):
+            max_length = min(data_args.max_seq_length, model.config.max_position_embeddings)
             tokenized = tokenize_dataset(datasets.DatasetDict(train=splits["train"], validation=splits["test"]),
-                                         tokenizer, min(data_args.max_seq_length, model.config.max_position_embeddings))
+                                         tokenizer, max_length)
 
     trainer = FeedbackTrainer(
         model=model,
@@ -176,6 +178,7 @@ def main(argv=None):
     trainer.save_state()
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(output_dir)
+        write_sentence_transformers_files(output_dir, model.config, max_length)
         plot_training_curves(trainer.state.log_history, output_dir)
         write_model_card(trainer, json.loads((output_dir / "all_results.json").read_text()),
                          {split: len(data) for split, data in tokenized.items()}, base_model=model_args.model_name_or_path,

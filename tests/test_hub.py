@@ -35,10 +35,10 @@ TINY = ["--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_
         "--save_steps", "2", "--disable_tqdm", "true"]
 # What a pushed fine-tuning run holds: the model with its code, the tokenizer, the card, results and pictures.
 # Not training_args.bin (a pickle with local paths), trainer_state.json, checkpoints (optimizer, scheduler, RNG).
-FINETUNE_REPO = ["README.md", "all_results.json", "config.json", "configuration_feedback.py", "confusion_matrix.png",
-                 "eval_metrics.png", "eval_results.json", "learning_rate.png", "loss.png", "model.safetensors",
-                 "modeling_feedback.py", "test_results.json", "tokenizer.json", "tokenizer_config.json",
-                 "train_results.json"]
+FINETUNE_REPO = ["1_Pooling/config.json", "README.md", "all_results.json", "config.json", "configuration_feedback.py",
+                 "confusion_matrix.png", "eval_metrics.png", "eval_results.json", "learning_rate.png", "loss.png",
+                 "model.safetensors", "modeling_feedback.py", "modules.json", "sentence_bert_config.json",
+                 "test_results.json", "tokenizer.json", "tokenizer_config.json", "train_results.json"]
 TEXTS = load_sentiment_reviews()["test"]["text"][:8]
 
 

@@ -74,6 +74,11 @@ def test_pretrain_lowers_the_masked_lm_loss_and_saves_a_checkpoint(pretrained):
     # A new masked LM is pre-norm with rotary positions (pretrain.NEW_MODEL); the size came from --config_overrides.
     assert (config["norm_position"], config["position_embedding_type"], config["hidden_size"]) == ("pre", "rotary", 32)
     assert AutoTokenizer.from_pretrained(pretrained)("中国")["input_ids"][1:-1] != [1, 1]  # real characters, not [UNK]
+    # The folder is a sentence-transformers model too: one 32-dimensional embedding per text.
+    from sentence_transformers import SentenceTransformer
+
+    encoder = SentenceTransformer(str(pretrained), trust_remote_code=True, device="cpu")
+    assert encoder.encode(["中国", "人民日报"]).shape == (2, 32) and encoder.max_seq_length == 128
 
 
 def test_finetune_from_scratch_learns_and_writes_its_results(finetuned):
