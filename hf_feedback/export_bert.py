@@ -7,7 +7,9 @@ classifier or bare encoder that pools the first token) computes BERT's function,
 onto `transformers`' BertModel / BertFor* classes, read by every runtime that knows BERT and by `AutoModel` without
 `trust_remote_code`. The only reshaping is splitting our fused `qkv_proj` into BERT's query, key and value; the key
 map is convert_bert's, read backwards. Any other setting changes the function, so the export refuses it and names
-the fields. The tokenizer is copied alongside (AutoTokenizer reads its tokenizer.json whatever its kind).
+the fields. The tokenizer is copied alongside (AutoTokenizer reads its tokenizer.json whatever its kind). One
+difference remains by design: BERT pools position 0 where our `cls` pooling takes the first real token, the same
+token on right-padded batches (the tokenizers' default) and not on left-padded ones.
 """
 
 from pathlib import Path
