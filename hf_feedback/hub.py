@@ -6,20 +6,22 @@ can name local checkpoint folders; `checkpoint-*/` hold optimizer, scheduler and
 LoRA run) has a config naming the local base model. `Trainer.push_to_hub` uploads all of the top level but the
 checkpoints, and replaces `README.md` with its own draft card.
 
-`push_folder` uploads only the top-level files matching `SHARED_FILES` (weights, config, the remote code, tokenizer,
-model card, results and pictures), after checking that no text file among them names a local path.
+`push_folder` uploads only the files matching `SHARED_FILES` (weights, config, the remote code, tokenizer, model
+card, results and pictures at the top level; sentence-transformers' pooling config below it), after checking that no text file among them names a local path.
 `FeedbackTrainer.push_to_hub` goes through it, so `--push_to_hub` in the recipes gives the same repository.
 """
 
+import fnmatch
 import os
 from concurrent.futures import Future
 from pathlib import Path
 
 from huggingface_hub import CommitInfo, HfApi
-from huggingface_hub.utils import filter_repo_objects
 
-from .sentence_embeddings import POOLING_CONFIG  # the one file a repository gets below its top level
-# Top-level files a model repository gets (glob patterns, as `HfApi.upload_folder(allow_patterns=...)`).
+from .sentence_embeddings import POOLING_CONFIG
+
+# Files a model repository gets (glob patterns); a pattern matches at its own depth only, so "*.png" takes the
+# top level's pictures and not a checkpoint's, and a pattern with a folder names a file below the top level.
 SHARED_FILES = [
     "README.md",  # the model card (hf_feedback.model_card)
     "config.json",
@@ -37,7 +39,6 @@ SHARED_FILES = [
     "sentence_bert_config.json",
     POOLING_CONFIG,
 ]
-_TOP_LEVEL_ONLY = ["*/*"]  # but for the sentence-transformers pooling config
 _TEXT_SUFFIXES = (".md", ".json", ".py", ".txt")
 
 
@@ -45,8 +46,8 @@ def shared_files(folder: str | os.PathLike) -> list[str]:
     """The files of `folder` that `push_folder` uploads, sorted (paths relative to the folder)."""
     folder = Path(folder)
     names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    top_level = filter_repo_objects(names, allow_patterns=SHARED_FILES, ignore_patterns=_TOP_LEVEL_ONLY)
-    return sorted([*top_level, *(name for name in names if name == POOLING_CONFIG)])
+    return [name for name in names if any(fnmatch.fnmatchcase(name, pattern) for pattern in SHARED_FILES
+                                          if pattern.count("/") == name.count("/"))]
 
 
 def _local_paths():
