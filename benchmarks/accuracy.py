@@ -20,6 +20,7 @@ import re
 import statistics
 
 from . import recipe_search
+from .gpu_tapt import choose_learning_rates
 from .common import ROOT, percent, table, verdict
 
 TASK = "reviews"
@@ -167,19 +168,6 @@ def render(result):
     return lines
 
 
-def _gpu_choice(rows):
-    """Per size, the fine-tuning learning rate with the best mean validation macro F1, and its rows."""
-    chosen = {}
-    for size in dict.fromkeys(row["size"] for row in rows):
-        by_rate = {}
-        for row in rows:
-            if row["size"] == size:
-                by_rate.setdefault(row["learning_rate"], []).append(row)
-        rate = max(by_rate, key=lambda r: _mean(by_rate[r], "eval_f1"))
-        chosen[size] = (rate, by_rate[rate], by_rate)
-    return chosen
-
-
 def _render_gpu(gpu, rows_of):
     lines = [f"On one GPU ({gpu['machine']}, bf16): `benchmarks/gpu_tapt.py` trains the tokenizer, pretrains each size "
              "on the review train texts (3,000 steps of 256, 30% masking, rotary, pre-norm; both sizes at once on "
@@ -191,7 +179,8 @@ def _render_gpu(gpu, rows_of):
              f"(`{GPU_RUN.relative_to(ROOT) if GPU_RUN.is_relative_to(ROOT) else GPU_RUN}/README.md`).", ""]
     body = [["TF-IDF char 1-3-grams + logistic regression", "", "", _mean_std([gpu["tfidf"]["test_accuracy"]], 100),
              f"{gpu['tfidf']['test_f1']:.3f}", 1]]
-    for size, (rate, rows, by_rate) in _gpu_choice(gpu["rows"]).items():
+    choice = choose_learning_rates(gpu["rows"])
+    for size, (rate, rows, by_rate) in choice.items():
         others = "; ".join(f"{other}: {_mean_std([r['test_accuracy'] for r in rows_], 100)}"
                            for other, rows_ in by_rate.items() if other != rate)
         body.append([f"ours, {size}, pretrained + full fine-tuning", rate, others or "—",
@@ -199,7 +188,7 @@ def _render_gpu(gpu, rows_of):
                      len(rows)])
     lines += table(["model", "fine-tuning lr (validation's choice)", "other lr: test accuracy (%)",
                     "test accuracy (%)", "test macro F1", "seeds"], body)
-    chosen = {size: _mean(rows, "test_accuracy") for size, (_, rows, _) in _gpu_choice(gpu["rows"]).items()}
+    chosen = {size: _mean(rows, "test_accuracy") for size, (_, rows, _) in choice.items()}
     if {"small", "medium"} <= set(chosen) and rows_of.get(PRETRAINED):
         lines += ["", f"The small size is the CPU recipe's model: longer pretraining on the GPU moves it "
                       f"{100 * (chosen['small'] - _accuracy(rows_of, PRETRAINED)):+.1f} points from its CPU row "
@@ -266,7 +255,8 @@ def _targets(rows_of, gpu=None):
                                   f"{PRETRAINED_BUDGET_S // 60})"))
 
     if gpu:
-        best_size, (rate, rows, _) = max(_gpu_choice(gpu["rows"]).items(), key=lambda item: _mean(item[1][1], "test_accuracy"))
+        best_size, (rate, rows, _) = max(choose_learning_rates(gpu["rows"]).items(),
+                                         key=lambda item: _mean(item[1][1], "test_accuracy"))
         accuracy, tfidf_gpu = _mean(rows, "test_accuracy"), gpu["tfidf"]["test_accuracy"]
         wall = gpu["pretrained_at_s"][best_size] + max(row.get("train_runtime", 0) for row in rows)
         lines.append(verdict(accuracy - tfidf_gpu >= GPU_GAIN and wall <= GPU_BUDGET_S,
