@@ -82,10 +82,18 @@ VARIANTS = {
                                            "--class_weighting", "balanced"]),
     # The same architecture as the pretrained rows below, from scratch: what pretraining is worth.
     "rotary": (UNIGRAM16K, ["--config_overrides", "norm_position=pre,position_embedding_type=rotary"]),
+    # Capacity against epochs inside the main job's 10 minutes: half the width trains more epochs in the same time.
+    "narrow128-4ep": (UNIGRAM16K, ["--config_overrides", "hidden_size=128,num_attention_heads=4",
+                                   "--num_train_epochs", "4"]),
+    # Regularisation: twice the dropout, weight decay 0.1.
+    "dropout0.2-wd0.1": (UNIGRAM16K, ["--config_overrides", "hidden_dropout_prob=0.2,attention_probs_dropout_prob=0.2",
+                                      "--weight_decay", "0.1"]),
     # Fine-tuning a checkpoint of PRETRAINS (third element): full, and LoRA.
     "tapt-mlm30-rotary-lr5e-4": (UNIGRAM16K, ["--learning_rate", "5e-4"], "tapt-mlm30-rotary"),
     # LoRA (r 8 on every linear layer of every block, heads trained fully) learns slower per step: 4x the full lr.
-    "tapt-mlm30-rotary-lora-lr2e-3": (UNIGRAM16K, ["--use_lora", "--learning_rate", "2e-3"], "tapt-mlm30-rotary"),
+    # (Run when these layers were lora.py's default targets; the rows carry the targets they ran with.)
+    "tapt-mlm30-rotary-lora-lr2e-3": (UNIGRAM16K, ["--use_lora", "--learning_rate", "2e-3", "--lora_target_modules",
+                                                   "qkv_proj,out_proj,up_proj,down_proj"], "tapt-mlm30-rotary"),
     # The same, with LoRA on the word embeddings too (r 8: 130k parameters more): the pretrained embeddings are over
     # half the model, and plain LoRA freezes them.
     "tapt-mlm30-rotary-lora-emb-lr2e-3": (UNIGRAM16K, ["--use_lora", "--learning_rate", "2e-3", "--lora_target_modules",

@@ -1,6 +1,6 @@
 """Run the hf_feedback benchmarks and write the report.
 
-    python benchmarks/run.py [--quick] [--only speed,mfu,memory,accuracy] [--recorded] [--json benchmarks/results.json]
+    python benchmarks/run.py [--quick] [--only speed,mfu,memory,accuracy,serving] [--recorded] [--json benchmarks/results.json]
                              [--markdown benchmarks/RESULTS.md] [--compile] [--threads N] [--device cpu]
 
 Runs the chosen sections (all four by default; accuracy alone takes hours on a small CPU machine), then prints
@@ -27,7 +27,7 @@ import datasets  # noqa: E402
 import torch  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
-from benchmarks import accuracy, efficiency, memory, speed, workloads  # noqa: E402
+from benchmarks import accuracy, efficiency, memory, serving, speed, workloads  # noqa: E402
 from benchmarks.common import ROOT, RUNS, describe_machine, load_warning, run_info  # noqa: E402
 
 SECTIONS = {
@@ -35,6 +35,7 @@ SECTIONS = {
     "mfu": ("2. Efficiency: model FLOPs utilisation (MFU)", efficiency.render),
     "memory": ("3. Memory: full fine-tuning vs LoRA", memory.render),
     "accuracy": ("4. Accuracy against alternatives", accuracy.render),
+    "serving": ("5. Serving on the CPU: ONNX Runtime and int8", serving.render),
 }
 DEFAULT_JSON, DEFAULT_MARKDOWN = ROOT / "benchmarks" / "results.json", ROOT / "benchmarks" / "RESULTS.md"
 QUICK_DIR = RUNS / "quick"
@@ -77,6 +78,8 @@ def run_section(name, args):
         return efficiency.run(sizes, device)
     if name == "memory":
         return memory.run(sizes, args.quick)
+    if name == "serving":
+        return serving.run(args.quick)
     return accuracy.run(args.quick or args.recorded)
 
 

@@ -3,7 +3,9 @@
     python -m hf_feedback predict outputs/finetune "质量很好，物流也快" "太差了"   # label<TAB>score<TAB>text
     cat reviews.txt | python -m hf_feedback predict outputs/finetune            # one text per line on stdin
     python -m hf_feedback attention outputs/finetune "质量很好" --output attention.png
+    python -m hf_feedback predict --int8 outputs/finetune "还行"                  # Linear layers in int8 (CPU)
     python -m hf_feedback export bert outputs/finetune outputs/finetune-bert      # a plain BERT folder (BERT's case)
+    python -m hf_feedback export onnx outputs/finetune outputs/finetune-onnx --int8  # ONNX (and int8 ONNX)
 
 Models load through hf_feedback's own classes (registered with the Auto classes), so the code files inside the folder
 are not run. A folder that is not a saved model (missing, no config.json, no tokenizer, or not a classifier for
@@ -58,8 +60,9 @@ def _load_tokenizer(folder):
         raise CommandError(f"{folder} has no usable tokenizer ({error})")
 
 
-def predict(folder, texts, batch_size=32):
-    """Print `label<TAB>score<TAB>text` for each text, with the classifier saved in `folder`."""
+def predict(folder, texts, batch_size=32, int8=False):
+    """Print `label<TAB>score<TAB>text` for each text, with the classifier saved in `folder` (its Linear layers
+    quantised to int8 with `int8`: `hf_feedback.quantization.int8_linear`)."""
     config = _load_config(folder)
     architectures = config.architectures or []
     if not any(name.endswith("ForSequenceClassification") for name in architectures):
@@ -71,6 +74,10 @@ def predict(folder, texts, batch_size=32):
         raise CommandError("no texts: give them as arguments or one per line on stdin")
     tokenizer = _load_tokenizer(folder)
     model = load_pretrained(AutoModelForSequenceClassification.from_pretrained, folder)
+    if int8:
+        from .quantization import int8_linear
+
+        model = int8_linear(model)
     classify = pipeline("text-classification", model=model, tokenizer=tokenizer)
     max_length = min(tokenizer.model_max_length, getattr(config, "max_position_embeddings", tokenizer.model_max_length))
     for text, result in zip(texts, classify(texts, batch_size=batch_size, truncation=True, max_length=max_length)):
@@ -117,6 +124,8 @@ def _parser():
     predict_parser.add_argument("folder", help="a saved classifier (model + tokenizer)")
     predict_parser.add_argument("texts", nargs="*", help="texts to classify; without any, one per line from stdin")
     predict_parser.add_argument("--batch_size", type=int, default=32)
+    predict_parser.add_argument("--int8", action="store_true",
+                                help="quantise the Linear layers to int8 (dynamic, CPU): faster, slightly different")
 
     attention_parser = commands.add_parser("attention", help="draw attention heat maps of one text")
     attention_parser.add_argument("folder", help="a saved model (model + tokenizer)")
@@ -126,11 +135,14 @@ def _parser():
     attention_parser.add_argument("--max_tokens", type=int, default=48,
                                   help="draw at most this many tokens (the start of a longer text)")
     export_parser = commands.add_parser("export", help="write the model in another format")
-    export_parser.add_argument("format", choices=["bert"],
-                               help="bert: a transformers BertModel / BertFor* folder (BERT's special case only)")
+    export_parser.add_argument("format", choices=["bert", "onnx"],
+                               help="bert: a transformers BertModel / BertFor* folder (BERT's special case only); "
+                                    "onnx: model.onnx for ONNX Runtime")
     export_parser.add_argument("folder", help="a saved hf_feedback model")
     export_parser.add_argument("destination", help="folder to write")
     export_parser.add_argument("--overwrite", action="store_true", help="write into a non-empty destination")
+    export_parser.add_argument("--int8", action="store_true",
+                               help="onnx only: also write model_quantized.onnx (int8 weights, dynamic activations)")
     for command in (predict_parser, attention_parser, export_parser):
         command.add_argument("--debug", action="store_true",
                              help=f"show the traceback of an error (also: {DEBUG_VARIABLE}=1)")
@@ -144,15 +156,25 @@ def main(argv=None):
     # Bad input, ours or found by the libraries (a layer index, a damaged file), is one line and exit status 2.
     with bad_input_exits() as set_up:
         if args.command == "predict":
-            predict(args.folder, args.texts or _stdin_texts(), args.batch_size)
+            predict(args.folder, args.texts or _stdin_texts(), args.batch_size, args.int8)
         elif args.command == "attention":
             print(attention(args.folder, args.text, args.output, args.layers, args.max_tokens))
-        else:
+        elif args.format == "bert":
             from .export_bert import export_bert  # the exporters load only when asked for
 
+            if args.int8:
+                raise CommandError("--int8 applies to the ONNX export (a BERT folder is saved in float32)")
             set_up.will_create(args.destination)
             model = export_bert(args.folder, args.destination, overwrite=args.overwrite)
             print(f"Saved {type(model).__name__} ({model.num_parameters():,} parameters) to {args.destination}")
+        else:
+            from .export_onnx import export_onnx
+
+            set_up.will_create(args.destination)
+            differences = export_onnx(args.folder, args.destination, overwrite=args.overwrite, int8=args.int8)
+            for name, difference in differences.items():
+                print(f"Saved {Path(args.destination) / name} (largest difference from torch on a padded batch: "
+                      f"{difference:.1e})")
 
 
 if __name__ == "__main__":

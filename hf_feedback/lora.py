@@ -8,8 +8,11 @@ nothing as long as another one matches.
 import re
 
 from peft import LoraConfig, TaskType, get_peft_model
-# Attention projections and both feed-forward layers of every encoder block.
-FEEDBACK_TARGETS = ["qkv_proj", "out_proj", "up_proj", "down_proj"]
+# Attention projections and both feed-forward layers of every encoder block, and the word embeddings: with a vocabulary
+# of 16k they are over half the model, and frozen as the masked LM left them they cost LoRA 2.7 points against full
+# fine-tuning on the reviews; adapted too (r 8, 4.5% of the parameters trainable) LoRA comes within 0.9 points
+# (benchmarks/RECIPE_SEARCH.md, tapt-mlm30-rotary-lora-emb-lr2e-3 against -lora-lr2e-3).
+FEEDBACK_TARGETS = ["qkv_proj", "out_proj", "up_proj", "down_proj", "word_embeddings"]
 # BERT, RoBERTa, ELECTRA, ... name them query/key/value and three `dense` layers per block; the regex keeps the
 # pooler's and heads' `dense` out (they train fully through modules_to_save).
 BERT_FAMILY_TARGETS = r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"

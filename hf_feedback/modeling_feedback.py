@@ -136,10 +136,15 @@ class _Unpadding(_Movable):
         # lengths). Traced, the model keeps every position as a token instead: one bucket of the whole (B, T) batch,
         # padded keys masked in attention and padding zeroed whenever a tensor is padded, so outputs stay the same.
         batch_size, seq_len = attention_mask.shape
-        every = torch.arange(batch_size * seq_len, device=attention_mask.device)  # (B * T,)
-        layout = _Layout(every, every // seq_len, every % seq_len, batch_size, seq_len, real=attention_mask.flatten())
+        device = attention_mask.device
+        every = torch.arange(batch_size * seq_len, device=device)  # (B * T,)
+        # (sequence, position) of each flattened position, by broadcasting rather than // and % of a symbolic length,
+        # which the ONNX exporter cannot translate.
+        sequences = torch.arange(batch_size, device=device)[:, None].expand(batch_size, seq_len).flatten()
+        positions = torch.arange(seq_len, device=device).expand(batch_size, seq_len).flatten()
+        layout = _Layout(every, sequences, positions, batch_size, seq_len, real=attention_mask.flatten())
         mask = attention_mask[:, None, None, :]  # (B, 1, 1, T)
-        bucket = _Bucket(every, torch.arange(batch_size, device=attention_mask.device), layout, mask)
+        bucket = _Bucket(every, torch.arange(batch_size, device=device), layout, mask)
         return cls(layout, mask, [bucket], every)
 
 

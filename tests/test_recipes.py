@@ -112,6 +112,7 @@ def test_lora_on_a_pretrained_checkpoint_merges_to_the_same_logits(pretrained, t
     adapter = load_file(output_dir / "adapter" / "adapter_model.safetensors")
     assert adapter and all("lora_" in k or "classifier" in k or "pooler" in k for k in adapter)
     assert any("qkv_proj.lora_A" in k for k in adapter) and any("down_proj.lora_B" in k for k in adapter)
+    assert any("word_embeddings.lora_embedding_A" in k for k in adapter)
 
     tokenizer = AutoTokenizer.from_pretrained(output_dir)
     inputs = reviews_inputs(tokenizer)
@@ -125,6 +126,8 @@ def test_lora_on_a_pretrained_checkpoint_merges_to_the_same_logits(pretrained, t
     # LoRA really changed the encoder: the merged weights differ from the pretrained ones.
     pretrained_qkv = load_file(pretrained / "model.safetensors")["feedback.encoder.layers.0.attention.qkv_proj.weight"]
     assert not torch.allclose(merged.feedback.encoder.layers[0].attention.qkv_proj.weight, pretrained_qkv)
+    pretrained_words = load_file(pretrained / "model.safetensors")["feedback.embeddings.word_embeddings.weight"]
+    assert not torch.allclose(merged.feedback.embeddings.word_embeddings.weight, pretrained_words)
 
 
 def test_lora_on_a_converted_pretrained_bert(tmp_path, capsys):
