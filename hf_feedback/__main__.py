@@ -2,6 +2,7 @@
 
     python -m hf_feedback predict outputs/finetune "质量很好，物流也快" "太差了"   # label<TAB>score<TAB>text
     cat reviews.txt | python -m hf_feedback predict outputs/finetune            # one text per line on stdin
+    python -m hf_feedback predict outputs/pairs "天气怎么样	今天会下雨吗"            # a pair: two texts, a tab between
     python -m hf_feedback attention outputs/finetune "质量很好" --output attention.png
     python -m hf_feedback predict --int8 outputs/finetune "还行"                  # Linear layers in int8 (CPU)
     python -m hf_feedback export bert outputs/finetune outputs/finetune-bert      # a plain BERT folder (BERT's case)
@@ -80,7 +81,10 @@ def predict(folder, texts, batch_size=32, int8=False):
         model = int8_linear(model)
     classify = pipeline("text-classification", model=model, tokenizer=tokenizer)
     max_length = min(tokenizer.model_max_length, getattr(config, "max_position_embeddings", tokenizer.model_max_length))
-    for text, result in zip(texts, classify(texts, batch_size=batch_size, truncation=True, max_length=max_length)):
+    # A tab splits a text into a sentence pair (a model fine-tuned with --text_pair_column), as in a TSV file.
+    inputs = [dict(zip(("text", "text_pair"), text.split("\t", 1))) if "\t" in text else text for text in texts]
+    results = classify(inputs, batch_size=batch_size, truncation=True, max_length=max_length)
+    for text, result in zip(texts, results):
         print(f"{result['label']}\t{result['score']:.4f}\t{text}")
 
 

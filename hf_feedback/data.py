@@ -111,8 +111,11 @@ def load_text_classification_data(
     test_file: str | Path | None = None,
     text_column: str = "text",
     label_column: str = "label",
+    text_pair_column: str | None = None,
 ) -> datasets.DatasetDict:
-    """Data for sequence classification, normalised to columns `text` and `label` (a `ClassLabel`).
+    """Data for sequence classification, normalised to columns `text` and `label` (a `ClassLabel`), and `text_pair`
+    when `text_pair_column` names a second text of each row (sentence pairs: NLI, paraphrase, question-answer
+    matching).
 
     Exactly one source is used:
     - `dataset_name` (and optionally `dataset_config_name`): a dataset on the Hugging Face Hub;
@@ -137,8 +140,12 @@ def load_text_classification_data(
         raise ValueError(f"Give either dataset_name ({dataset_name!r}) or data files ({sorted(files)}), not both.")
     if dataset_config_name is not None and dataset_name is None:
         raise ValueError(f"dataset_config_name={dataset_config_name!r} needs a dataset_name.")
-    if text_column == label_column:
-        raise ValueError(f"text_column and label_column must differ, both are {text_column!r}.")
+    columns = {"text_column": text_column, "label_column": label_column, "text_pair_column": text_pair_column}
+    named = [(flag, column) for flag, column in columns.items() if column is not None]
+    for i, (flag, column) in enumerate(named):
+        for other_flag, other in named[i + 1:]:
+            if column == other:
+                raise ValueError(f"{flag} and {other_flag} must differ, both are {column!r}.")
 
     if dataset_name is not None:
         raw = datasets.load_dataset(dataset_name, dataset_config_name)
@@ -165,14 +172,15 @@ def load_text_classification_data(
         )
         sources = {split: f"{split} file {path}" for split, path in files.items()}
     else:
-        if (text_column, label_column) != ("text", "label"):
+        if (text_column, label_column, text_pair_column) != ("text", "label", None):
             raise ValueError(
-                f"text_column={text_column!r} / label_column={label_column!r} only apply to your own data; "
-                "give dataset_name or train_file, or leave them at 'text' / 'label'."
+                f"text_column={text_column!r} / label_column={label_column!r} / text_pair_column="
+                f"{text_pair_column!r} only apply to your own data; give dataset_name or train_file, or leave them "
+                "at 'text' / 'label' / none."
             )
         return load_sentiment_reviews()
 
-    return _normalise(raw, sources, text_column, label_column)
+    return _normalise(raw, sources, text_column, label_column, text_pair_column)
 
 
 def load_text_corpus(path: str | Path, text_column: str = "text") -> datasets.Dataset:
@@ -270,36 +278,36 @@ def _load_file(split: str, path: Path, name: str) -> datasets.Dataset:
 
 
 def _normalise(
-    raw: datasets.DatasetDict, sources: dict[str, str], text_column: str, label_column: str
+    raw: datasets.DatasetDict, sources: dict[str, str], text_column: str, label_column: str,
+    text_pair_column: str | None = None,
 ) -> datasets.DatasetDict:
-    """Check every split, then rename to `text` / `label` and encode labels as a shared `ClassLabel`."""
+    """Check every split, then rename to `text` (/ `text_pair`) / `label` and encode labels as a shared
+    `ClassLabel`."""
+    text_columns = [text_column] + ([text_pair_column] if text_pair_column is not None else [])
     for split, dataset in raw.items():
-        for column in (text_column, label_column):
+        for column in (*text_columns, label_column):
             if column not in dataset.column_names:
                 raise ValueError(
                     f"Column {column!r} not found in {sources[split]}; its columns are {dataset.column_names}."
                 )
         if len(dataset) == 0:
             raise ValueError(f"The {split!r} split ({sources[split]}) is empty.")
-        for column in (text_column, label_column):
+        for column in (*text_columns, label_column):
             missing = dataset.data.column(column).null_count
             if missing:
                 raise ValueError(f"Column {column!r} of {sources[split]} has {missing} missing values.")
-        text_feature = dataset.features[text_column]
-        if getattr(text_feature, "dtype", None) not in ("string", "large_string"):
-            raise ValueError(f"Column {text_column!r} of {sources[split]} must hold strings, got {text_feature}.")
-        blank = sum(not text.strip() for text in dataset[text_column])
-        if blank:
-            logger.warning("%d of the %d texts in column %r of %s are empty or only whitespace: the model sees "
-                           "nothing but special tokens for them.", blank, len(dataset), text_column, sources[split])
+        for column in text_columns:
+            text_feature = dataset.features[column]
+            if getattr(text_feature, "dtype", None) not in ("string", "large_string"):
+                raise ValueError(f"Column {column!r} of {sources[split]} must hold strings, got {text_feature}.")
+            blank = sum(not text.strip() for text in dataset[column])
+            if blank:
+                logger.warning("%d of the %d texts in column %r of %s are empty or only whitespace: the model sees "
+                               "nothing but special tokens for them.", blank, len(dataset), column, sources[split])
 
+    names = {text_column: "text", **({text_pair_column: "text_pair"} if text_pair_column else {}), label_column: "label"}
     raw = datasets.DatasetDict(
-        {
-            split: dataset.select_columns([text_column, label_column]).rename_columns(
-                {text_column: "text", label_column: "label"}
-            )
-            for split, dataset in raw.items()
-        }
+        {split: dataset.select_columns(list(names)).rename_columns(names) for split, dataset in raw.items()}
     )
 
     class_label = raw["train"].features["label"]
@@ -344,7 +352,9 @@ TRUNCATIONS = ("head", "head_tail")
 
 
 def tokenize_dataset(dataset, tokenizer, max_length: int, text_column: str = "text", truncation: str = "head"):
-    """Tokenize `text_column` of a `Dataset` or `DatasetDict`, cutting texts to `max_length` tokens.
+    """Tokenize `text_column` of a `Dataset` or `DatasetDict`, cutting texts to `max_length` tokens. A `text_pair`
+    column beside it makes each row a pair, `[CLS] text [SEP] text_pair [SEP]` with token_type_ids 0 then 1, cut
+    longest first (the longer text loses a token until the pair fits, so both keep a share of the budget).
 
     `truncation` says which tokens of a longer text are kept:
     - `"head"`: the first `max_length` (BERT's usual cut).
@@ -360,6 +370,14 @@ def tokenize_dataset(dataset, tokenizer, max_length: int, text_column: str = "te
         raise ValueError(f"max_length must be a positive integer, got {max_length}")
     if truncation not in TRUNCATIONS:
         raise ValueError(f"truncation must be one of {list(TRUNCATIONS)}, got {truncation!r}")
+    columns = next(iter(dataset.values())).column_names if isinstance(dataset, dict) else dataset.column_names
+    if "text_pair" in columns:
+        if truncation != "head":
+            raise ValueError(f"truncation={truncation!r} applies to single texts; pairs are cut longest first")
+        return dataset.map(
+            lambda batch: tokenizer(batch[text_column], batch["text_pair"], truncation="longest_first",
+                                    max_length=max_length),
+            batched=True, remove_columns=[text_column, "text_pair"], desc="Tokenizing pairs")
 
     def tokenize(batch):
         if truncation == "head":

@@ -72,6 +72,9 @@ class DataArguments:
     test_file: str | None = None
     text_column: str = "text"
     label_column: str = "label"
+    text_pair_column: str | None = field(default=None, metadata={
+        "help": "A second text column: each row becomes the pair [CLS] text [SEP] text_pair [SEP] (token_type_ids "
+                "0 then 1), cut longest first to --max_seq_length (NLI, paraphrase, question-answer matching)."})
     max_seq_length: int = field(default=128, metadata={"help": "Longer texts are truncated to this many tokens."})
     truncation: str = field(default="head", metadata={
         "help": "Which tokens of a longer text to keep: 'head' (the first max_seq_length) or 'head_tail' (the first "
@@ -90,6 +93,9 @@ class DataArguments:
     def __post_init__(self):
         if self.truncation not in TRUNCATIONS:
             raise RecipeError(f"--truncation must be one of {list(TRUNCATIONS)}, got {self.truncation!r}")
+        if self.text_pair_column is not None and self.truncation != "head":
+            raise RecipeError(f"--truncation {self.truncation} applies to single texts; with --text_pair_column the "
+                              "pair is cut longest first")
         if self.class_weighting not in CLASS_WEIGHTINGS:
             raise RecipeError(
                 f"--class_weighting must be one of {list(CLASS_WEIGHTINGS)}, got {self.class_weighting!r}")
@@ -245,7 +251,7 @@ def main(argv=None):
 
         raw = load_text_classification_data(
             data_args.dataset_name, data_args.dataset_config_name, data_args.train_file, data_args.validation_file,
-            data_args.test_file, data_args.text_column, data_args.label_column,
+            data_args.test_file, data_args.text_column, data_args.label_column, data_args.text_pair_column,
         )
         raw["train"] = sample(raw["train"], data_args.max_train_samples, training_args.seed)
         for split in ("validation", "test"):
@@ -261,7 +267,8 @@ def main(argv=None):
         weights = class_weights(label_counts["train"], data_args.class_weighting)
 
         tokenizer = load_or_train_tokenizer(
-            model_args.tokenizer_name or model_args.model_name_or_path, raw["train"]["text"],
+            model_args.tokenizer_name or model_args.model_name_or_path,
+            [*raw["train"]["text"], *raw["train"]["text_pair"]] if data_args.text_pair_column else raw["train"]["text"],
             model_args.tokenizer_vocab_size, training_args, model_args.trust_remote_code, model_args.tokenizer_kind,
         )
         model = load_model(model_args, tokenizer, label_names, data_args.max_seq_length)

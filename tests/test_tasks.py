@@ -1,0 +1,123 @@
+"""recipes/finetune.py beyond one text and one label per row: sentence pairs. Tiny models, few steps, data built
+from the bundled reviews."""
+
+import csv
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+from helpers import load_recipe
+
+from hf_feedback.__main__ import main as cli
+from hf_feedback.data import load_sentiment_reviews, load_text_classification_data, tokenize_dataset
+from hf_feedback.tokenization import train_tokenizer
+
+TINY_MODEL = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"
+finetune = load_recipe("finetune")
+
+
+def _write_csv(path, header, rows):
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pair_files(tmp_path_factory):
+    """A pair task: (a review, another review) labelled with the sentiment of the second, so that the model must
+    read the second segment; the first is a distractor of either sentiment."""
+    folder = tmp_path_factory.mktemp("pairs")
+    reviews = load_sentiment_reviews()
+    names = reviews["train"].features["label"].names
+    files = {}
+    for split, size in (("train", 960), ("test", 120)):
+        data = reviews[split if split == "train" else "test"]
+        texts, labels = data["text"][:2 * size], data["label"][:2 * size]
+        rows = [(texts[i], texts[size + i], names[labels[size + i]]) for i in range(size)]
+        files[split] = _write_csv(folder / f"{split}.csv", ["question", "answer", "label"], rows)
+    return files
+
+
+@pytest.fixture(scope="module")
+def pair_model(pair_files, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("pair_model")
+    finetune.main(["--output_dir", str(output_dir), "--train_file", str(pair_files["train"]),
+                   "--validation_file", str(pair_files["test"]), "--test_file", str(pair_files["test"]),
+                   "--text_column", "question", "--text_pair_column", "answer", "--config_overrides", TINY_MODEL,
+                   "--tokenizer_vocab_size", "2000", "--max_seq_length", "48", "--max_steps", "60",
+                   "--learning_rate", "3e-3", "--logging_steps", "10", "--eval_steps", "30", "--save_steps", "30",
+                   "--disable_tqdm", "true"])
+    return output_dir
+
+
+def test_pairs_train_with_both_segments_and_load_as_a_pair_classifier(pair_model, pair_files, capsys):
+    history = json.loads((pair_model / "trainer_state.json").read_text())["log_history"]
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    assert losses[-1] < losses[0] - 0.05, losses
+    results = json.loads((pair_model / "all_results.json").read_text())
+    assert {"test_accuracy", "test_f1", "eval_accuracy"} <= set(results) and results["test_samples"] == 120
+
+    tokenizer = AutoTokenizer.from_pretrained(pair_model)
+    model = AutoModelForSequenceClassification.from_pretrained(pair_model).eval()
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    # The tokenizer was trained on both columns; the pair is [CLS] a [SEP] b [SEP] with segments 0 then 1.
+    encoded = tokenizer("质量很好", "太差了")
+    tokens = tokenizer.convert_ids_to_tokens(encoded["input_ids"])
+    assert tokens[0] == "[CLS]" and tokens.count("[SEP]") == 2 and tokens[-1] == "[SEP]"
+    first_sep = tokens.index("[SEP]")
+    assert encoded["token_type_ids"] == [0] * (first_sep + 1) + [1] * (len(tokens) - first_sep - 1)
+
+    # The pipeline and `predict` take pairs; the segments change the answer (the model reads which text is which).
+    classify = pipeline("text-classification", model=model, tokenizer=tokenizer)
+    question, answer = "物流很快，质量很好，非常满意", "太差了，再也不买了"
+    result = classify({"text": question, "text_pair": answer})
+    assert result["label"] in ("negative", "positive") and 0.5 <= result["score"] <= 1
+    with torch.no_grad():
+        forward = model(**tokenizer(question, answer, return_tensors="pt")).logits.softmax(-1).max().item()
+        swapped = model(**tokenizer(answer, question, return_tensors="pt")).logits.softmax(-1).max().item()
+    assert result["score"] == pytest.approx(forward, abs=1e-5) and abs(forward - swapped) > 1e-4
+    capsys.readouterr()
+    cli(["predict", str(pair_model), f"{question}\t{answer}", question])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split("\t")[1] == f"{result['score']:.4f}" and lines[0].endswith(f"{question}\t{answer}")
+    assert lines[1].split("\t")[2] == question  # a text without a tab is a single text
+
+
+def test_pairs_are_cut_longest_first_so_both_texts_keep_tokens(pair_files):
+    data = load_text_classification_data(train_file=pair_files["train"], text_column="question",
+                                         text_pair_column="answer", label_column="label")
+    assert data["train"].column_names == ["text", "text_pair", "label"]
+    tokenizer = train_tokenizer(data["train"]["text"][:200] + data["train"]["text_pair"][:200], vocab_size=2000,
+                                kind="unigram")
+    long = data["train"].filter(lambda row: len(tokenizer(row["text"])["input_ids"]) > 40
+                                and len(tokenizer(row["text_pair"])["input_ids"]) > 40)
+    assert len(long) > 0
+    tokenized = tokenize_dataset(long, tokenizer, max_length=32)
+    assert tokenized.column_names == ["label", "input_ids", "token_type_ids", "attention_mask"]
+    for types in tokenized["token_type_ids"]:
+        # 29 tokens of text shared 15 / 14: segment 1 is the second text and its [SEP].
+        assert len(types) == 32 and 15 <= types.count(1) <= 16
+    with pytest.raises(ValueError, match="pairs are cut longest first"):
+        tokenize_dataset(long, tokenizer, max_length=32, truncation="head_tail")
+
+
+def test_bad_pair_input_is_refused_before_training(pair_files, tmp_path, capsys):
+    base = ["--train_file", str(pair_files["train"]), "--text_column", "question", "--config_overrides", TINY_MODEL,
+            "--max_steps", "1", "--disable_tqdm", "true"]
+    cases = [
+        (["--text_pair_column", "reply"], "Column 'reply' not found"),
+        (["--text_pair_column", "question"], "text_column and text_pair_column must differ"),
+        (["--text_pair_column", "answer", "--truncation", "head_tail"], "pair is cut longest first"),
+    ]
+    for i, (extra, message) in enumerate(cases):
+        output_dir = tmp_path / f"out{i}"
+        with pytest.raises(SystemExit) as exit_info:
+            finetune.main(["--output_dir", str(output_dir), *base, *extra])
+        assert exit_info.value.code == 2 and not output_dir.exists()
+        assert message in capsys.readouterr().err
+    with pytest.raises(ValueError, match="only apply to your own data"):
+        load_text_classification_data(text_pair_column="answer")
