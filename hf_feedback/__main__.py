@@ -85,6 +85,7 @@ def predict(folder, texts, batch_size=32, int8=False):
     inputs = [dict(zip(("text", "text_pair"), text.split("\t", 1))) if "\t" in text else text for text in texts]
     results = classify(inputs, batch_size=batch_size, truncation=True, max_length=max_length)
     for text, result in zip(texts, results):
+        result = result[0] if isinstance(result, list) else result  # a regression's one number comes in a list
         print(f"{result['label']}\t{result['score']:.4f}\t{text}")
 
 

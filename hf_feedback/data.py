@@ -13,6 +13,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import datasets
+import numpy as np
 from transformers.utils import logging
 
 
@@ -112,10 +113,14 @@ def load_text_classification_data(
     text_column: str = "text",
     label_column: str = "label",
     text_pair_column: str | None = None,
+    problem_type: str | None = None,
 ) -> datasets.DatasetDict:
     """Data for sequence classification, normalised to columns `text` and `label` (a `ClassLabel`), and `text_pair`
     when `text_pair_column` names a second text of each row (sentence pairs: NLI, paraphrase, question-answer
     matching).
+
+    Regression: a label column of floats (or of integers with `problem_type="regression"`, e.g. star ratings to
+    predict as a number) becomes a float32 `label`; `label_kind(dataset)` tells the kinds apart.
 
     Exactly one source is used:
     - `dataset_name` (and optionally `dataset_config_name`): a dataset on the Hugging Face Hub;
@@ -147,6 +152,9 @@ def load_text_classification_data(
             if column == other:
                 raise ValueError(f"{flag} and {other_flag} must differ, both are {column!r}.")
 
+    if problem_type not in (None, "single_label_classification", "regression"):
+        raise ValueError(f"problem_type must be 'single_label_classification' or 'regression' (or None: from the "
+                         f"labels), got {problem_type!r}")
     if dataset_name is not None:
         raw = datasets.load_dataset(dataset_name, dataset_config_name)
         dropped = sorted(set(raw) - set(_SPLITS))
@@ -180,7 +188,7 @@ def load_text_classification_data(
             )
         return load_sentiment_reviews()
 
-    return _normalise(raw, sources, text_column, label_column, text_pair_column)
+    return _normalise(raw, sources, text_column, label_column, text_pair_column, problem_type)
 
 
 def load_text_corpus(path: str | Path, text_column: str = "text") -> datasets.Dataset:
@@ -279,10 +287,10 @@ def _load_file(split: str, path: Path, name: str) -> datasets.Dataset:
 
 def _normalise(
     raw: datasets.DatasetDict, sources: dict[str, str], text_column: str, label_column: str,
-    text_pair_column: str | None = None,
+    text_pair_column: str | None = None, problem_type: str | None = None,
 ) -> datasets.DatasetDict:
     """Check every split, then rename to `text` (/ `text_pair`) / `label` and encode labels as a shared
-    `ClassLabel`."""
+    `ClassLabel`, or as float32 numbers for regression."""
     text_columns = [text_column] + ([text_pair_column] if text_pair_column is not None else [])
     for split, dataset in raw.items():
         for column in (*text_columns, label_column):
@@ -305,12 +313,17 @@ def _normalise(
                 logger.warning("%d of the %d texts in column %r of %s are empty or only whitespace: the model sees "
                                "nothing but special tokens for them.", blank, len(dataset), column, sources[split])
 
-    names = {text_column: "text", **({text_pair_column: "text_pair"} if text_pair_column else {}), label_column: "label"}
+    pair = {text_pair_column: "text_pair"} if text_pair_column else {}
+    names = {text_column: "text", **pair, label_column: "label"}
     raw = datasets.DatasetDict(
         {split: dataset.select_columns(list(names)).rename_columns(names) for split, dataset in raw.items()}
     )
 
     class_label = raw["train"].features["label"]
+    dtypes = {split: str(getattr(dataset.features["label"], "dtype", dataset.features["label"]))
+              for split, dataset in raw.items()}
+    if problem_type == "regression" or any(dtype.startswith("float") for dtype in dtypes.values()):
+        return _regression_labels(raw, sources, label_column, dtypes)
     if isinstance(class_label, datasets.ClassLabel):
         for split, dataset in raw.items():
             if dataset.features["label"] != class_label:
@@ -332,6 +345,16 @@ def _normalise(
             "two classes. Check --label_column, or add rows of the other classes."
         )
     numeric = [name for name in names if name.lstrip("-").isdigit()]
+    fractions = [name for name in names if _is_number(name) and name not in numeric]
+    if fractions and all(_is_number(name) for name in names):  # numbers written as text (e.g. JSON strings)
+        numbers = raw.cast_column("label", datasets.Value("float32"))
+        return _regression_labels(numbers, sources, label_column, dict.fromkeys(numbers, "float32"))
+    if fractions:
+        raise ValueError(
+            f"Column {label_column!r} of {sources['train']} mixes numbers {fractions[:5]} with other values "
+            f"{[n for n in names if not _is_number(n)][:5]}: regression needs every label a number, classification "
+            "class names or integer ids; fix the rows that differ."
+        )
     if numeric and len(numeric) < len(names):
         raise ValueError(
             f"Column {label_column!r} of {sources['train']} mixes class ids {numeric} with class names "
@@ -346,6 +369,36 @@ def _normalise(
     # Integers go through their string form so that ids follow sorted order, not raw values.
     class_label = datasets.ClassLabel(names=names)
     return raw.cast_column("label", datasets.Value("string")).cast_column("label", class_label)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _regression_labels(raw, sources, label_column, dtypes):
+    """Every split's labels as float32 numbers, or ValueError naming the split whose labels are not all numbers."""
+    for split, dtype in dtypes.items():
+        if not dtype.startswith(("float", "int", "uint")):
+            raise ValueError(
+                f"Column {label_column!r} of {sources[split]} holds {dtype} values where regression needs numbers "
+                f"(other splits hold {sorted(set(dtypes.values()) - {dtype})}); fix the rows that are not numbers."
+            )
+    regression = raw.cast_column("label", datasets.Value("float32"))
+    values = np.asarray(regression["train"]["label"])
+    if not np.isfinite(values).all() or values.std() == 0:
+        raise ValueError(f"Column {label_column!r} of {sources['train']} needs finite numbers that vary to regress "
+                         f"on; got values from {values.min()} to {values.max()}")
+    return regression
+
+
+def label_kind(dataset) -> str:
+    """The problem type the `label` column of a normalised dataset (or DatasetDict) asks for."""
+    features = (next(iter(dataset.values())) if isinstance(dataset, dict) else dataset).features
+    return "single_label_classification" if isinstance(features["label"], datasets.ClassLabel) else "regression"
 
 
 TRUNCATIONS = ("head", "head_tail")

@@ -1,12 +1,16 @@
-"""Classification metrics for `Trainer(compute_metrics=...)`, computed by `evaluate` without the Hub.
+"""Sequence-classification metrics for `Trainer(compute_metrics=...)`, computed by `evaluate` without the Hub.
 
-`evaluate.load("accuracy")` fetches the metric script from the Hugging Face Hub. hf_feedback ships one
-metric module, `hf_feedback/metric_modules/classification/classification.py` (scikit-learn does the
-arithmetic), and loads it by absolute path, which `evaluate` resolves locally and never sends to the Hub,
-so metrics work offline (`HF_HUB_OFFLINE=1`).
+`evaluate.load("accuracy")` fetches the metric script from the Hugging Face Hub. hf_feedback ships its metric
+modules, `hf_feedback/metric_modules/<name>/<name>.py` (scikit-learn and SciPy do the arithmetic), and loads them
+by absolute path, which `evaluate` resolves locally and never sends to the Hub, so metrics work offline
+(`HF_HUB_OFFLINE=1`).
+
+What a problem type (transformers' `config.problem_type`) reports and which of its metrics selects the best
+checkpoint is `PROBLEM_TYPES`, the one table the recipe, the model card and the plots read.
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import evaluate
@@ -17,8 +21,39 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 METRIC_NAMES = ("accuracy", "f1", "precision", "recall")
+REGRESSION_METRIC_NAMES = ("mse", "mae", "pearson", "spearman")
 
-_METRIC_MODULE = Path(__file__).parent / "metric_modules" / "classification"
+
+@dataclass(frozen=True)
+class ProblemType:
+    metrics: tuple[str, ...]  # what compute_metrics returns (Trainer prefixes eval_ / test_)
+    best: str  # the metric that selects the best checkpoint by default (errors: lower is better)
+
+
+PROBLEM_TYPES = {
+    # Macro F1 weighs a minority class as much as a majority one.
+    "single_label_classification": ProblemType(METRIC_NAMES, "f1"),
+    # The loss's own measure; Pearson and Spearman (STS-B's) ignore the scale and offset of the predictions.
+    "regression": ProblemType(REGRESSION_METRIC_NAMES, "mse"),
+}
+
+_METRIC_MODULES = Path(__file__).parent / "metric_modules"
+
+
+def _load_module(name: str) -> evaluate.EvaluationModule:
+    folder = _METRIC_MODULES / name
+    if not (folder / f"{name}.py").is_file():
+        raise FileNotFoundError(
+            f"The {name} metric module is missing at {folder / f'{name}.py'}; reinstall hf_feedback with its "
+            f"package data (hf_feedback/metric_modules/{name}/{name}.py)."
+        )
+    # The folder, not the script: evaluate names the module after the folder.
+    return evaluate.load(str(folder), keep_in_memory=True)
+
+
+def load_regression_metrics() -> evaluate.EvaluationModule:
+    """MSE, MAE, Pearson's r and Spearman's rho as one `evaluate` module (in memory, as the classification one)."""
+    return _load_module("regression")
 
 
 def load_classification_metrics() -> evaluate.EvaluationModule:
@@ -30,18 +65,12 @@ def load_classification_metrics() -> evaluate.EvaluationModule:
 
     Raises `FileNotFoundError` if the module is missing (hf_feedback installed without its package data).
     """
-    script = _METRIC_MODULE / "classification.py"
-    if not script.is_file():
-        raise FileNotFoundError(
-            f"The classification metric module is missing at {script}; reinstall hf_feedback with its package "
-            "data (hf_feedback/metric_modules/classification/classification.py)."
-        )
-    # The folder, not the script: evaluate names the module after the folder.
-    return evaluate.load(str(_METRIC_MODULE), keep_in_memory=True)
+    return _load_module("classification")
 
 
-def build_compute_metrics() -> Callable[[EvalPrediction], dict[str, float]]:
-    """A `compute_metrics` function for sequence classification with `transformers.Trainer`.
+def build_compute_metrics(problem_type: str = "single_label_classification") -> Callable[[EvalPrediction], dict]:
+    """A `compute_metrics` function for sequence classification with `transformers.Trainer`, for `problem_type`
+    (a key of PROBLEM_TYPES); regression gets `build_regression_metrics`'s.
 
     It takes the arg-max class of the logits (the last axis) and returns accuracy and macro
     F1/precision/recall as floats; Trainer logs them as `eval_accuracy`, `eval_f1`, ...
@@ -52,6 +81,10 @@ def build_compute_metrics() -> Callable[[EvalPrediction], dict[str, float]]:
     no recall); they count as 0 in the macro averages, and the first evaluation where that
     happens says so once through the logger (scikit-learn would warn at every evaluation).
     """
+    if problem_type not in PROBLEM_TYPES:
+        raise ValueError(f"problem_type must be one of {list(PROBLEM_TYPES)}, got {problem_type!r}")
+    if problem_type == "regression":
+        return build_regression_metrics()
     metrics = load_classification_metrics()
     reported = False
 
@@ -68,6 +101,20 @@ def build_compute_metrics() -> Callable[[EvalPrediction], dict[str, float]]:
         if not reported:
             reported = _report_undefined_scores(predictions, references)
         return {name: float(results[name]) for name in METRIC_NAMES}
+
+    return compute_metrics
+
+
+def build_regression_metrics() -> Callable[[EvalPrediction], dict[str, float]]:
+    """`compute_metrics` for one predicted number per text: MSE, MAE, Pearson and Spearman of the (N, 1) logits."""
+    metrics = load_regression_metrics()
+
+    def compute_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
+        predictions = eval_prediction.predictions
+        predictions = predictions[0] if isinstance(predictions, tuple) else predictions
+        results = metrics.compute(predictions=np.reshape(predictions, -1), references=np.reshape(
+            eval_prediction.label_ids, -1))
+        return {name: float(results[name]) for name in REGRESSION_METRIC_NAMES}
 
     return compute_metrics
 

@@ -24,6 +24,8 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import Trainer
 
+from .metrics import PROBLEM_TYPES
+
 # The template is the project's own card, model_card.md at the top of the repository; the package holds a link to
 # it, which a wheel turns into a copy.
 TEMPLATE_PATH = Path(__file__).parent / "model_card.md"
@@ -44,18 +46,23 @@ _HEADS = {
 _BARE_ENCODER = ("feature-extraction", "AutoModel")
 
 # Metrics shown per evaluated split, and those of them that go into the model-index: metric -> (name, args).
-_CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall", "loss")
+# A text classifier reports its problem type's metrics (hf_feedback.metrics.PROBLEM_TYPES): those of classes or of
+# regression, whichever the run's results hold.
+_CLASSIFICATION_METRICS = (*PROBLEM_TYPES["single_label_classification"].metrics, *PROBLEM_TYPES["regression"].metrics,
+                           "loss")
 _INDEXED_METRICS = {
-    "text-classification": {"accuracy": ("Accuracy", None), "f1": ("Macro F1", {"average": "macro"})},
+    "text-classification": {"accuracy": ("Accuracy", None), "f1": ("Macro F1", {"average": "macro"}),
+                            "pearson": ("Pearson correlation", None), "spearman": ("Spearman correlation", None),
+                            "mse": ("Mean squared error", None)},
     "fill-mask": {"perplexity": ("Perplexity", None)},
 }
-_METRIC_TITLES = {"f1": "macro F1"}
+_METRIC_TITLES = {"f1": "macro F1", "mse": "MSE", "mae": "MAE", "pearson": "Pearson r", "spearman": "Spearman rho"}
 _TASK_TITLES = {"text-classification": "Text classification", "fill-mask": "Masked language modelling"}
 _SPLIT_PREFIXES = (("validation", "eval"), ("test", "test"))
 # Pictures written by hf_feedback.plots that the card shows when the run made them.
 _PICTURES = (("Training and validation loss", "loss.png"), ("Learning rate", "learning_rate.png"),
              ("Validation metrics during training", "eval_metrics.png"),
-             ("Test confusion matrix", "confusion_matrix.png"))
+             ("Test confusion matrix", "confusion_matrix.png"), ("Test predictions against the truth", "predictions.png"))
 
 
 def write_model_card(

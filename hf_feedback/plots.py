@@ -1,5 +1,5 @@
 """Plots of a training run: loss, learning rate and eval metrics from `trainer.state.log_history`,
-and a confusion matrix.
+and the test split's confusion matrix (classes) or predicted-vs-true scatter (regression).
 
 Figures are `matplotlib.figure.Figure` objects saved straight to PNG, never pyplot figures, so
 plotting neither needs a display nor leaves figures open in pyplot's global registry.
@@ -131,3 +131,23 @@ def plot_confusion_matrix(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return _save(_confusion_matrix_figure(counts, label_names), path)
+
+
+def plot_regression(labels: Sequence[float], predictions: Sequence[float], name: str, path: str | Path) -> Path:
+    """Write a predicted-vs-true scatter of a regression's test split to `path` (PNG), with the diagonal where
+    the two agree and Pearson's r in the title; return the path."""
+    labels, predictions = np.asarray(labels, dtype=float).reshape(-1), np.asarray(predictions, dtype=float).reshape(-1)
+    if labels.shape != predictions.shape or not labels.size:
+        raise ValueError(f"labels and predictions must be equal, non-empty: {labels.shape} vs {predictions.shape}.")
+    figure = Figure(figsize=(5, 5))
+    axes = figure.add_subplot()
+    axes.scatter(labels, predictions, s=8, alpha=0.4)
+    low, high = min(labels.min(), predictions.min()), max(labels.max(), predictions.max())
+    axes.plot([low, high], [low, high], color="grey", linewidth=1, label="predicted = true")
+    varies = labels.std() > 0 and predictions.std() > 0
+    r = f"Pearson r {np.corrcoef(labels, predictions)[0, 1]:.3f}" if varies else "constant predictions"
+    axes.set(xlabel=f"true {name}", ylabel=f"predicted {name}", title=f"Test predictions ({r})")
+    axes.legend(loc="upper left")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(figure, path)

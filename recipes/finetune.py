@@ -27,12 +27,12 @@ from transformers import (
 )
 
 from hf_feedback import FeedbackConfig, FeedbackForSequenceClassification
-from hf_feedback.data import TRUNCATIONS, load_text_classification_data, tokenize_dataset
+from hf_feedback.data import TRUNCATIONS, label_kind, load_text_classification_data, tokenize_dataset
 from hf_feedback.failures import load_pretrained
 from hf_feedback.lora import apply_lora
-from hf_feedback.metrics import build_compute_metrics
+from hf_feedback.metrics import PROBLEM_TYPES, build_compute_metrics
 from hf_feedback.model_card import write_model_card
-from hf_feedback.plots import plot_confusion_matrix, plot_training_curves
+from hf_feedback.plots import plot_confusion_matrix, plot_regression, plot_training_curves
 from hf_feedback.recipe_utils import (
     LOCK_FILE,
     ModelArguments,
@@ -85,6 +85,9 @@ class DataArguments:
     early_stopping_patience: int = field(default=0, metadata={
         "help": "Stop when the selection metric has not improved for this many evaluations (0, the default: train "
                 "every epoch); the best checkpoint is kept either way."})
+    problem_type: str | None = field(default=None, metadata={
+        "help": "'regression' predicts a number (MSE loss) from integer labels too, e.g. star ratings; default: "
+                "from the labels (numbers with a fraction: regression; names or integer ids: classes)."})
     class_weighting: str = field(default="none", metadata={
         "help": "Loss weights per class against imbalanced labels: 'none', 'sqrt' or 'balanced' (n / (k * n_class))."})
     max_train_samples: int | None = None
@@ -148,9 +151,12 @@ DEFAULTS = dict(
 NEW_MODEL = dict(norm_position="pre")
 
 
-def load_model(model_args, tokenizer, label_names, max_seq_length):
+def load_model(model_args, tokenizer, label_names, max_seq_length, problem_type):
+    """A new model or the checkpoint's, with a head of one output per name in `label_names` (regression: one
+    name, the number's)."""
     num_labels = len(label_names)
-    labels = dict(id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
+    labels = dict(id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
+                  problem_type=problem_type)
     if model_args.model_name_or_path is None:
         config = FeedbackConfig(
             **{"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
@@ -168,8 +174,8 @@ def load_model(model_args, tokenizer, label_names, max_seq_length):
     is_classifier = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
     if is_classifier and config.num_labels != num_labels:
         raise RecipeError(
-            f"{model_args.model_name_or_path} is a classifier with num_labels={config.num_labels}, but the data has "
-            f"{num_labels} labels {label_names}"
+            f"{model_args.model_name_or_path} is a classifier with num_labels={config.num_labels}, but the data asks "
+            f"for {num_labels} output(s) {label_names} ({problem_type})"
         )
     check_vocabulary(config, tokenizer)
     # float32 master weights whatever the checkpoint's dtype (transformers 5 loads a checkpoint in its own dtype):
@@ -180,12 +186,13 @@ def load_model(model_args, tokenizer, label_names, max_seq_length):
     )
 
 
-def settle_evaluation(training_args, data_args, has_validation):
+def settle_evaluation(training_args, data_args, has_validation, problem_type):
     """Decide evaluation, best-checkpoint selection and early stopping, and say what was switched off and why.
 
     Evaluation needs a validation split; without one it is off (rather than failing inside the Trainer after the
-    tokenizer was written). --select_best_checkpoint turns on --load_best_model_at_end (selecting by macro F1 unless
-    --metric_for_best_model is given) where checkpoints are saved at the evaluation steps.
+    tokenizer was written). --select_best_checkpoint turns on --load_best_model_at_end (selecting by the problem
+    type's metric, macro F1 for classes and MSE for regression, unless --metric_for_best_model is given) where
+    checkpoints are saved at the evaluation steps.
     """
     said = []
     if not has_validation and training_args.eval_strategy != "no":
@@ -202,9 +209,10 @@ def settle_evaluation(training_args, data_args, has_validation):
         else:
             training_args.load_best_model_at_end = True
             if training_args.metric_for_best_model is None:
-                training_args.metric_for_best_model = "f1"
+                training_args.metric_for_best_model = PROBLEM_TYPES[problem_type].best
             if training_args.greater_is_better is None:
-                training_args.greater_is_better = not training_args.metric_for_best_model.endswith("loss")
+                training_args.greater_is_better = not training_args.metric_for_best_model.endswith(
+                    ("loss", "mse", "mae"))
     if data_args.early_stopping_patience and not training_args.load_best_model_at_end:
         said.append(f"--early_stopping_patience {data_args.early_stopping_patience} is off: it needs the best "
                     "checkpoint selected by evaluation")
@@ -252,26 +260,40 @@ def main(argv=None):
         raw = load_text_classification_data(
             data_args.dataset_name, data_args.dataset_config_name, data_args.train_file, data_args.validation_file,
             data_args.test_file, data_args.text_column, data_args.label_column, data_args.text_pair_column,
+            data_args.problem_type,
         )
         raw["train"] = sample(raw["train"], data_args.max_train_samples, training_args.seed)
         for split in ("validation", "test"):
             if split in raw:
                 raw[split] = sample(raw[split], data_args.max_eval_samples, training_args.seed)
-        settle_evaluation(training_args, data_args, "validation" in raw)
-        label_names = raw["train"].features["label"].names
-        label_counts = {split: np.bincount(data["label"], minlength=len(label_names)) for split, data in raw.items()}
-        if training_args.process_index == 0:
-            print(f"{len(label_names)} labels: " + "; ".join(
-                f"{split} " + ", ".join(f"{name} {n}" for name, n in zip(label_names, counts))
-                for split, counts in label_counts.items()), flush=True)
-        weights = class_weights(label_counts["train"], data_args.class_weighting)
+        problem_type = label_kind(raw)
+        settle_evaluation(training_args, data_args, "validation" in raw, problem_type)
+        if problem_type == "regression":
+            if data_args.class_weighting != "none":
+                raise RecipeError(f"--class_weighting {data_args.class_weighting} weighs classes; regression "
+                                  "labels have none")
+            label_names, weights = [data_args.label_column], None
+            if training_args.process_index == 0:
+                print("regression of " + "; ".join(
+                    f"{split} {len(data)} values, mean {np.mean(data['label']):.4g} ± {np.std(data['label']):.4g} "
+                    f"(range {np.min(data['label']):.4g} to {np.max(data['label']):.4g})"
+                    for split, data in raw.items()), flush=True)
+        else:
+            label_names = raw["train"].features["label"].names
+            label_counts = {split: np.bincount(data["label"], minlength=len(label_names))
+                            for split, data in raw.items()}
+            if training_args.process_index == 0:
+                print(f"{len(label_names)} labels: " + "; ".join(
+                    f"{split} " + ", ".join(f"{name} {n}" for name, n in zip(label_names, counts))
+                    for split, counts in label_counts.items()), flush=True)
+            weights = class_weights(label_counts["train"], data_args.class_weighting)
 
         tokenizer = load_or_train_tokenizer(
             model_args.tokenizer_name or model_args.model_name_or_path,
             [*raw["train"]["text"], *raw["train"]["text_pair"]] if data_args.text_pair_column else raw["train"]["text"],
             model_args.tokenizer_vocab_size, training_args, model_args.trust_remote_code, model_args.tokenizer_kind,
         )
-        model = load_model(model_args, tokenizer, label_names, data_args.max_seq_length)
+        model = load_model(model_args, tokenizer, label_names, data_args.max_seq_length, problem_type)
         if lora_args.use_lora:
             targets = lora_args.lora_target_modules
             model = apply_lora(model, lora_args.lora_r, lora_args.lora_alpha, lora_args.lora_dropout,
@@ -289,7 +311,7 @@ def main(argv=None):
         eval_dataset=tokenized.get("validation"),
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=build_compute_metrics(),
+        compute_metrics=build_compute_metrics(problem_type),
         noam_warmup_steps=model_args.noam_warmup_steps,
         compute_loss_func=WeightedCrossEntropy(weights) if weights is not None else None,
         callbacks=[EarlyStoppingCallback(data_args.early_stopping_patience)]
@@ -308,7 +330,12 @@ def main(argv=None):
 
     if trainer.is_world_process_zero():
         plot_training_curves(trainer.state.log_history, output_dir)
-        if "test" in tokenized:
+        if "test" in tokenized and problem_type == "regression":
+            plot_regression(prediction.label_ids, prediction.predictions.reshape(-1), data_args.label_column,
+                            output_dir / "predictions.png")
+            print(f"test MSE: {prediction.metrics['test_mse']:.4f}  Pearson: {prediction.metrics['test_pearson']:.4f}"
+                  f"  Spearman: {prediction.metrics['test_spearman']:.4f}  ({len(tokenized['test'])} texts)")
+        elif "test" in tokenized:
             plot_confusion_matrix(prediction.label_ids, prediction.predictions.argmax(-1), label_names,
                                   output_dir / "confusion_matrix.png")
             print(f"test accuracy: {prediction.metrics['test_accuracy']:.4f}  "

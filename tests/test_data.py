@@ -234,10 +234,12 @@ def test_missing_label_value(tmp_path):
         load_text_classification_data(train_file=train)
 
 
-def test_float_labels_are_rejected(tmp_path):
+def test_float_labels_are_read_for_regression_and_other_types_refused(tmp_path):
     train = _write_csv(tmp_path / "train.csv", [("a", 0.5), ("b", 1.5)])
+    assert load_text_classification_data(train_file=train)["train"].features["label"] == datasets.Value("float32")
+    (tmp_path / "train.jsonl").write_text('{"text": "a", "label": true}\n{"text": "b", "label": false}\n')
     with pytest.raises(ValueError, match=r"must hold strings or integers"):
-        load_text_classification_data(train_file=train)
+        load_text_classification_data(train_file=tmp_path / "train.jsonl")
 
 
 def test_train_file_is_required(tmp_path):

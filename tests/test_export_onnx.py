@@ -24,7 +24,8 @@ from hf_feedback.tokenization import train_tokenizer
 
 TEXTS = ["质量很好，物流也快", "太差了，再也不买了，客服也不理人，退货还要自己出运费", "还行"]
 HEADS = [  # head, configuration, the outputs compared
-    (FeedbackModel, dict(position_embedding_type="absolute", pooling="mean"), ("last_hidden_state", "pooler_output")),
+    (FeedbackModel, dict(position_embedding_type="absolute", pooling="mean"),
+     ("last_hidden_state", "pooler_output")),
     (FeedbackForSequenceClassification, dict(position_embedding_type="rotary", norm_position="pre", num_labels=3),
      ("logits",)),
     (FeedbackForTokenClassification, dict(position_embedding_type="sinusoidal", num_labels=5), ("logits",)),

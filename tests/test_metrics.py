@@ -102,6 +102,8 @@ def test_an_undefined_score_is_reported_once_in_words(predictions, references, s
 
 
 def test_missing_metric_script_raises_clear_error(offline, monkeypatch, tmp_path):
-    monkeypatch.setattr(metrics, "_METRIC_MODULE", tmp_path)
+    monkeypatch.setattr(metrics, "_METRIC_MODULES", tmp_path)
     with pytest.raises(FileNotFoundError, match="classification metric module is missing"):
         build_compute_metrics()
+    with pytest.raises(FileNotFoundError, match="regression metric module is missing"):
+        build_compute_metrics("regression")

@@ -148,8 +148,8 @@ def test_a_lora_run_is_described_as_an_adapter_or_merged_model(tiny_config, tmp_
     card, text = assert_valid_hub_metadata(write_model_card(trainer, metrics, {"train": 10}))
     assert card.data.library_name == "peft" and "lora" in card.data.tags  # the folder holds only the adapter
     assert "this folder holds the adapter only" in text and "| LoRA | r=2, alpha=4, dropout=0.1 |" in text
-    assert "LoRA adapters (peft) on `down_proj, out_proj, qkv_proj, up_proj` trained, and classifier, pooler in full" \
-        in text
+    assert ("LoRA adapters (peft) on `down_proj, out_proj, qkv_proj, up_proj, word_embeddings` trained, and "
+            "classifier, pooler in full") in text
     assert f"| parameters | {parameters:,} |" in text  # the model's own weights, not the LoRA matrices
 
     (tmp_path / "model.safetensors").write_bytes(b"")  # a merged run saves a plain model next to the card

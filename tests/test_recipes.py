@@ -319,7 +319,7 @@ def test_half_precision_checkpoints_train_with_float32_weights(tmp_path, tiny_co
     FeedbackForSequenceClassification(tiny_config(num_labels=2, vocab_size=2000)).to(dtype).save_pretrained(tmp_path)
     model_args = finetune.FinetuneModelArguments(model_name_or_path=str(tmp_path))
     tokenizer = train_tokenizer(load_sentiment_reviews()["train"]["text"][:300], vocab_size=2000)
-    model = finetune.load_model(model_args, tokenizer, ["negative", "positive"], 128)
+    model = finetune.load_model(model_args, tokenizer, ["negative", "positive"], 128, "single_label_classification")
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 
     # pretrain.py further pretrains a half-precision masked LM in float32: the weights it saves say so.

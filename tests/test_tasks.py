@@ -2,6 +2,7 @@
 from the bundled reviews."""
 
 import csv
+import math
 import json
 
 import pytest
@@ -121,3 +122,74 @@ def test_bad_pair_input_is_refused_before_training(pair_files, tmp_path, capsys)
         assert message in capsys.readouterr().err
     with pytest.raises(ValueError, match="only apply to your own data"):
         load_text_classification_data(text_pair_column="answer")
+
+
+# --- regression ---
+
+
+@pytest.fixture(scope="module")
+def regression_model(tmp_path_factory):
+    """A number to predict from each review: the log of its length in characters (with a fraction, so the loader
+    takes the column for regression by itself)."""
+    folder = tmp_path_factory.mktemp("regression")
+    reviews = load_sentiment_reviews()
+    for split, size in (("train", 960), ("validation", 120), ("test", 120)):
+        texts = reviews[split]["text"][:size]
+        _write_csv(folder / f"{split}.csv", ["review", "log_length"],
+                   [(text, round(math.log(len(text)), 3)) for text in texts])
+    output_dir = folder / "model"
+    finetune.main(["--output_dir", str(output_dir), "--train_file", str(folder / "train.csv"),
+                   "--validation_file", str(folder / "validation.csv"), "--test_file", str(folder / "test.csv"),
+                   "--text_column", "review", "--label_column", "log_length", "--config_overrides", TINY_MODEL,
+                   "--tokenizer_vocab_size", "2000", "--max_seq_length", "64", "--max_steps", "90",
+                   "--learning_rate", "3e-3", "--logging_steps", "10", "--eval_steps", "30", "--save_steps", "30",
+                   "--disable_tqdm", "true"])
+    return output_dir
+
+
+def test_regression_trains_with_mse_and_reports_correlations(regression_model, capsys):
+    state = json.loads((regression_model / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert losses[-1] < losses[0] / 2, losses  # from predicting ~0 to predicting lengths
+    assert state["best_metric"] == min(e["eval_mse"] for e in state["log_history"] if "eval_mse" in e)  # lower wins
+    results = json.loads((regression_model / "all_results.json").read_text())
+    assert {"test_mse", "test_mae", "test_pearson", "test_spearman", "eval_mse"} <= set(results)
+    assert "test_accuracy" not in results and results["test_pearson"] > 0.3, results
+    files = {p.name for p in regression_model.iterdir()}
+    assert "predictions.png" in files and "confusion_matrix.png" not in files
+    card = (regression_model / "README.md").read_text()
+    assert "Pearson r" in card and "predictions.png" in card
+
+    model = AutoModelForSequenceClassification.from_pretrained(regression_model).eval()
+    assert model.config.problem_type == "regression" and model.config.id2label == {0: "log_length"}
+    tokenizer = AutoTokenizer.from_pretrained(regression_model)
+    text = "物流很快，质量很好，非常满意，下次还来"
+    with torch.no_grad():
+        value = model(**tokenizer(text, return_tensors="pt")).logits.item()
+    result = pipeline("text-classification", model=model, tokenizer=tokenizer)(text)
+    assert result == [{"label": "log_length", "score": pytest.approx(value, abs=1e-5)}]  # the number itself
+    capsys.readouterr()
+    cli(["predict", str(regression_model), text])
+    assert capsys.readouterr().out == f"log_length\t{value:.4f}\t{text}\n"
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([0.5, "good", 1.5], "mixes numbers"),
+    ([1.5, 1.5, 1.5], "finite numbers that vary"),
+])
+def test_bad_regression_labels_are_refused(tmp_path, labels, message):
+    train = _write_csv(tmp_path / "train.csv", ["text", "label"], [(f"text {i}", y) for i, y in enumerate(labels)])
+    with pytest.raises(ValueError, match=message):
+        load_text_classification_data(train_file=train)
+
+
+def test_integer_labels_regress_when_asked_and_class_weights_are_refused(tmp_path, capsys):
+    train = _write_csv(tmp_path / "train.csv", ["text", "stars"], [(f"好评 {i}", 1 + i % 5) for i in range(40)])
+    data = load_text_classification_data(train_file=train, label_column="stars", problem_type="regression")
+    assert data["train"].features["label"].dtype == "float32" and data["train"]["label"][:5] == [1, 2, 3, 4, 5]
+    output_dir = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        finetune.main(["--output_dir", str(output_dir), "--train_file", str(train), "--label_column", "stars",
+                       "--problem_type", "regression", "--class_weighting", "balanced", "--max_steps", "1"])
+    assert exit_info.value.code == 2 and not output_dir.exists()
+    assert "regression labels have none" in capsys.readouterr().err
