@@ -63,7 +63,9 @@ def _load_tokenizer(folder):
 
 def predict(folder, texts, batch_size=32, int8=False):
     """Print `label<TAB>score<TAB>text` for each text, with the classifier saved in `folder` (its Linear layers
-    quantised to int8 with `int8`: `hf_feedback.quantization.int8_linear`)."""
+    quantised to int8 with `int8`: `hf_feedback.quantization.int8_linear`). A regression prints its number as the
+    score; a multi-label classifier every label whose probability passes MULTI_LABEL_THRESHOLD, with their
+    probabilities, comma-separated (both empty when none does)."""
     config = _load_config(folder)
     architectures = config.architectures or []
     if not any(name.endswith("ForSequenceClassification") for name in architectures):
@@ -83,6 +85,16 @@ def predict(folder, texts, batch_size=32, int8=False):
     max_length = min(tokenizer.model_max_length, getattr(config, "max_position_embeddings", tokenizer.model_max_length))
     # A tab splits a text into a sentence pair (a model fine-tuned with --text_pair_column), as in a TSV file.
     inputs = [dict(zip(("text", "text_pair"), text.split("\t", 1))) if "\t" in text else text for text in texts]
+    if config.problem_type == "multi_label_classification":
+        from .metrics import MULTI_LABEL_THRESHOLD
+
+        results = classify(inputs, batch_size=batch_size, truncation=True, max_length=max_length, top_k=None)
+        for text, scores in zip(texts, results):  # every label's sigmoid, highest first
+            chosen = [score for score in scores if score["score"] > MULTI_LABEL_THRESHOLD]
+            labels = ",".join(score["label"] for score in chosen)
+            probabilities = ",".join(f"{score['score']:.4f}" for score in chosen)
+            print(f"{labels}\t{probabilities}\t{text}")
+        return
     results = classify(inputs, batch_size=batch_size, truncation=True, max_length=max_length)
     for text, result in zip(texts, results):
         result = result[0] if isinstance(result, list) else result  # a regression's one number comes in a list

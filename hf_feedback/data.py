@@ -120,7 +120,8 @@ def load_text_classification_data(
     matching).
 
     Regression: a label column of floats (or of integers with `problem_type="regression"`, e.g. star ratings to
-    predict as a number) becomes a float32 `label`; `label_kind(dataset)` tells the kinds apart.
+    predict as a number) becomes a float32 `label`. Multi-label: a column of lists of class names (json, jsonl,
+    parquet), any number per row, becomes `List(ClassLabel)`. `label_kind(dataset)` tells the kinds apart.
 
     Exactly one source is used:
     - `dataset_name` (and optionally `dataset_config_name`): a dataset on the Hugging Face Hub;
@@ -324,6 +325,8 @@ def _normalise(
               for split, dataset in raw.items()}
     if problem_type == "regression" or any(dtype.startswith("float") for dtype in dtypes.values()):
         return _regression_labels(raw, sources, label_column, dtypes)
+    if isinstance(class_label, (datasets.List, datasets.Sequence)):
+        return _multi_labels(raw, sources, label_column)
     if isinstance(class_label, datasets.ClassLabel):
         for split, dataset in raw.items():
             if dataset.features["label"] != class_label:
@@ -395,10 +398,46 @@ def _regression_labels(raw, sources, label_column, dtypes):
     return regression
 
 
+def _multi_labels(raw, sources, label_column):
+    """Lists of class names as `List(ClassLabel)` shared by every split, or ValueError naming what is wrong."""
+    names = set()
+    for split, dataset in raw.items():
+        inner = dataset.features["label"].feature
+        if isinstance(inner, datasets.ClassLabel):
+            dataset = raw[split] = dataset.cast_column("label", datasets.List(datasets.Value("string")))
+        elif getattr(inner, "dtype", None) not in ("string", "large_string"):
+            raise ValueError(f"Column {label_column!r} of {sources[split]} holds lists of {inner}; multi-label rows "
+                             "need lists of class names (strings)")
+        found = {name for row in dataset["label"] for name in row}
+        if split == "train":
+            names = found
+        elif found - names:
+            raise ValueError(f"Labels {sorted(found - names)[:10]} in the lists of {sources[split]} never occur in "
+                             f"train (train has {sorted(names)})")
+    if len(names) < 2:
+        raise ValueError(f"Column {label_column!r} of {sources['train']} names {sorted(names)} in its lists: "
+                         "multi-label classification needs at least two classes")
+    return raw.cast_column("label", datasets.List(datasets.ClassLabel(names=sorted(names))))
+
+
 def label_kind(dataset) -> str:
     """The problem type the `label` column of a normalised dataset (or DatasetDict) asks for."""
-    features = (next(iter(dataset.values())) if isinstance(dataset, dict) else dataset).features
-    return "single_label_classification" if isinstance(features["label"], datasets.ClassLabel) else "regression"
+    feature = (next(iter(dataset.values())) if isinstance(dataset, dict) else dataset).features["label"]
+    if isinstance(feature, datasets.ClassLabel):
+        return "single_label_classification"
+    return "multi_label_classification" if isinstance(feature, (datasets.List, datasets.Sequence)) else "regression"
+
+
+def multi_hot(dataset, num_labels: int):
+    """`label` lists of class ids -> float vectors of `num_labels` 0/1, the targets of BCEWithLogitsLoss."""
+    def encode(batch):
+        vectors = np.zeros((len(batch["label"]), num_labels), dtype=np.float32)
+        for row, ids in enumerate(batch["label"]):
+            vectors[row, ids] = 1.0
+        return {"label": vectors.tolist()}
+
+    return dataset.map(encode, batched=True, desc="Multi-hot labels").cast_column(
+        "label", datasets.List(datasets.Value("float32")))
 
 
 TRUNCATIONS = ("head", "head_tail")

@@ -22,6 +22,9 @@ logger = logging.get_logger(__name__)
 
 METRIC_NAMES = ("accuracy", "f1", "precision", "recall")
 REGRESSION_METRIC_NAMES = ("mse", "mae", "pearson", "spearman")
+MULTI_LABEL_METRIC_NAMES = ("subset_accuracy", "micro_f1", "macro_f1")
+# A multi-label model says yes to a class when its sigmoid passes this (logit > 0): metrics, pipeline and predict.
+MULTI_LABEL_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ PROBLEM_TYPES = {
     "single_label_classification": ProblemType(METRIC_NAMES, "f1"),
     # The loss's own measure; Pearson and Spearman (STS-B's) ignore the scale and offset of the predictions.
     "regression": ProblemType(REGRESSION_METRIC_NAMES, "mse"),
+    # Macro F1 again, so that rare labels count.
+    "multi_label_classification": ProblemType(MULTI_LABEL_METRIC_NAMES, "macro_f1"),
 }
 
 _METRIC_MODULES = Path(__file__).parent / "metric_modules"
@@ -85,6 +90,8 @@ def build_compute_metrics(problem_type: str = "single_label_classification") -> 
         raise ValueError(f"problem_type must be one of {list(PROBLEM_TYPES)}, got {problem_type!r}")
     if problem_type == "regression":
         return build_regression_metrics()
+    if problem_type == "multi_label_classification":
+        return build_multi_label_metrics()
     metrics = load_classification_metrics()
     reported = False
 
@@ -115,6 +122,21 @@ def build_regression_metrics() -> Callable[[EvalPrediction], dict[str, float]]:
         results = metrics.compute(predictions=np.reshape(predictions, -1), references=np.reshape(
             eval_prediction.label_ids, -1))
         return {name: float(results[name]) for name in REGRESSION_METRIC_NAMES}
+
+    return compute_metrics
+
+
+def build_multi_label_metrics(threshold: float = MULTI_LABEL_THRESHOLD) -> Callable[[EvalPrediction], dict]:
+    """`compute_metrics` for multi-hot labels: each class is predicted where sigmoid(logit) > `threshold`."""
+    metrics = _load_module("multilabel")
+    cut = float(np.log(threshold / (1 - threshold)))  # sigmoid(x) > threshold  <=>  x > logit(threshold)
+
+    def compute_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
+        logits = eval_prediction.predictions
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        results = metrics.compute(predictions=(logits > cut).astype(np.int32),
+                                  references=(eval_prediction.label_ids > 0.5).astype(np.int32))
+        return {name: float(results[name]) for name in MULTI_LABEL_METRIC_NAMES}
 
     return compute_metrics
 

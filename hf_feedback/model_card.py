@@ -46,17 +46,19 @@ _HEADS = {
 _BARE_ENCODER = ("feature-extraction", "AutoModel")
 
 # Metrics shown per evaluated split, and those of them that go into the model-index: metric -> (name, args).
-# A text classifier reports its problem type's metrics (hf_feedback.metrics.PROBLEM_TYPES): those of classes or of
-# regression, whichever the run's results hold.
-_CLASSIFICATION_METRICS = (*PROBLEM_TYPES["single_label_classification"].metrics, *PROBLEM_TYPES["regression"].metrics,
-                           "loss")
+# A text classifier reports its problem type's metrics (hf_feedback.metrics.PROBLEM_TYPES): those of classes, of
+# regression or of multiple labels, whichever the run's results hold.
+_CLASSIFICATION_METRICS = (*(name for problem in PROBLEM_TYPES.values() for name in problem.metrics), "loss")
 _INDEXED_METRICS = {
     "text-classification": {"accuracy": ("Accuracy", None), "f1": ("Macro F1", {"average": "macro"}),
                             "pearson": ("Pearson correlation", None), "spearman": ("Spearman correlation", None),
-                            "mse": ("Mean squared error", None)},
+                            "mse": ("Mean squared error", None), "subset_accuracy": ("Subset accuracy", None),
+                            "micro_f1": ("Micro F1", {"average": "micro"}),
+                            "macro_f1": ("Macro F1", {"average": "macro"})},
     "fill-mask": {"perplexity": ("Perplexity", None)},
 }
-_METRIC_TITLES = {"f1": "macro F1", "mse": "MSE", "mae": "MAE", "pearson": "Pearson r", "spearman": "Spearman rho"}
+_METRIC_TITLES = {"f1": "macro F1", "mse": "MSE", "mae": "MAE", "pearson": "Pearson r", "spearman": "Spearman rho",
+                  "subset_accuracy": "subset accuracy", "micro_f1": "micro F1", "macro_f1": "macro F1"}
 _TASK_TITLES = {"text-classification": "Text classification", "fill-mask": "Masked language modelling"}
 _SPLIT_PREFIXES = (("validation", "eval"), ("test", "test"))
 # Pictures written by hf_feedback.plots that the card shows when the run made them.

@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from hf_feedback import FeedbackConfig, FeedbackForSequenceClassification
-from hf_feedback.data import TRUNCATIONS, label_kind, load_text_classification_data, tokenize_dataset
+from hf_feedback.data import TRUNCATIONS, label_kind, load_text_classification_data, multi_hot, tokenize_dataset
 from hf_feedback.failures import load_pretrained
 from hf_feedback.lora import apply_lora
 from hf_feedback.metrics import PROBLEM_TYPES, build_compute_metrics
@@ -278,6 +278,18 @@ def main(argv=None):
                     f"{split} {len(data)} values, mean {np.mean(data['label']):.4g} ± {np.std(data['label']):.4g} "
                     f"(range {np.min(data['label']):.4g} to {np.max(data['label']):.4g})"
                     for split, data in raw.items()), flush=True)
+        elif problem_type == "multi_label_classification":
+            if data_args.class_weighting != "none":
+                raise RecipeError(f"--class_weighting {data_args.class_weighting} weighs the one class of a row; "
+                                  "multi-label rows have several")
+            label_names, weights = raw["train"].features["label"].feature.names, None
+            if training_args.process_index == 0:
+                print(f"{len(label_names)} labels, any number per text: " + "; ".join(
+                    f"{split} " + ", ".join(f"{name} {n}" for name, n in zip(label_names, np.bincount(
+                        [i for ids in data["label"] for i in ids], minlength=len(label_names))))
+                    + f", none {sum(not ids for ids in data['label'])} (of {len(data)})"
+                    for split, data in raw.items()), flush=True)
+            raw = multi_hot(raw, len(label_names))
         else:
             label_names = raw["train"].features["label"].names
             label_counts = {split: np.bincount(data["label"], minlength=len(label_names))
@@ -335,6 +347,10 @@ def main(argv=None):
                             output_dir / "predictions.png")
             print(f"test MSE: {prediction.metrics['test_mse']:.4f}  Pearson: {prediction.metrics['test_pearson']:.4f}"
                   f"  Spearman: {prediction.metrics['test_spearman']:.4f}  ({len(tokenized['test'])} texts)")
+        elif "test" in tokenized and problem_type == "multi_label_classification":
+            print(f"test subset accuracy: {prediction.metrics['test_subset_accuracy']:.4f}  micro F1: "
+                  f"{prediction.metrics['test_micro_f1']:.4f}  macro F1: {prediction.metrics['test_macro_f1']:.4f}  "
+                  f"({len(tokenized['test'])} texts)")
         elif "test" in tokenized:
             plot_confusion_matrix(prediction.label_ids, prediction.predictions.argmax(-1), label_names,
                                   output_dir / "confusion_matrix.png")

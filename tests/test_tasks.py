@@ -193,3 +193,66 @@ def test_integer_labels_regress_when_asked_and_class_weights_are_refused(tmp_pat
                        "--problem_type", "regression", "--class_weighting", "balanced", "--max_steps", "1"])
     assert exit_info.value.code == 2 and not output_dir.exists()
     assert "regression labels have none" in capsys.readouterr().err
+
+
+# --- multi-label ---
+
+
+def _review_tags(text, label):
+    """Tags of a review, any number of them: its sentiment, "long" past 40 characters, "asks" with a question."""
+    tags = [label] + (["long"] if len(text) > 40 else []) + (["asks"] if "？" in text or "?" in text else [])
+    return tags
+
+
+@pytest.fixture(scope="module")
+def multi_label_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("multi_label")
+    reviews = load_sentiment_reviews()
+    names = reviews["train"].features["label"].names
+    for split, size in (("train", 960), ("validation", 120), ("test", 120)):
+        rows = [{"text": text, "tags": _review_tags(text, names[label])}
+                for text, label in zip(reviews[split]["text"][:size], reviews[split]["label"][:size])]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    output_dir = folder / "model"
+    finetune.main(["--output_dir", str(output_dir), "--train_file", str(folder / "train.jsonl"),
+                   "--validation_file", str(folder / "validation.jsonl"), "--test_file", str(folder / "test.jsonl"),
+                   "--label_column", "tags", "--config_overrides", TINY_MODEL, "--tokenizer_vocab_size", "2000",
+                   "--max_seq_length", "64", "--max_steps", "150", "--learning_rate", "3e-3", "--logging_steps", "10",
+                   "--eval_steps", "50", "--save_steps", "50", "--disable_tqdm", "true"])
+    return output_dir
+
+
+def test_multi_label_trains_with_bce_and_predicts_every_label_above_the_threshold(multi_label_model, capsys):
+    history = json.loads((multi_label_model / "trainer_state.json").read_text())["log_history"]
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    assert losses[-1] < losses[0] - 0.1, losses
+    results = json.loads((multi_label_model / "all_results.json").read_text())
+    assert {"test_subset_accuracy", "test_micro_f1", "test_macro_f1", "eval_macro_f1"} <= set(results)
+    assert results["test_macro_f1"] > 0.4, results  # every label learnt: predicting the commonest alone gives 0.18
+    assert "micro F1" in (multi_label_model / "README.md").read_text()
+
+    model = AutoModelForSequenceClassification.from_pretrained(multi_label_model).eval()
+    assert model.config.problem_type == "multi_label_classification"
+    assert sorted(model.config.id2label.values()) == ["asks", "long", "negative", "positive"]
+    tokenizer = AutoTokenizer.from_pretrained(multi_label_model)
+    texts = ["物流很快，质量很好，非常满意，下次还来，推荐大家购买，包装也很好，客服态度也很好，价格实惠，值得", "太差了"]
+    with torch.no_grad():
+        probabilities = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.sigmoid()
+    expected = [[(model.config.id2label[i], p) for i, p in enumerate(row.tolist()) if p > 0.5] for row in probabilities]
+    capsys.readouterr()
+    cli(["predict", str(multi_label_model), *texts])
+    lines = capsys.readouterr().out.splitlines()
+    for line, text, chosen in zip(lines, texts, expected):
+        labels, scores, printed = line.split("\t")
+        assert printed == text and sorted(labels.split(",") if labels else []) == sorted(n for n, _ in chosen)
+        assert sorted(float(s) for s in scores.split(",") if s) == pytest.approx(sorted(p for _, p in chosen),
+                                                                                abs=1e-4)
+
+
+def test_multi_label_rows_with_unknown_names_are_refused(tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"text": "a", "label": ["x"]}\n{"text": "b", "label": ["x", "y"]}\n')
+    (tmp_path / "test.jsonl").write_text('{"text": "c", "label": ["z"]}\n')
+    with pytest.raises(ValueError, match=r"Labels \['z'\] in the lists of test file .* never occur in train"):
+        load_text_classification_data(train_file=tmp_path / "train.jsonl", test_file=tmp_path / "test.jsonl")
+    data = load_text_classification_data(train_file=tmp_path / "train.jsonl")
+    assert data["train"]["label"] == [[0], [0, 1]] and data["train"].features["label"].feature.names == ["x", "y"]
