@@ -3,6 +3,7 @@
     python -m hf_feedback predict outputs/finetune "质量很好，物流也快" "太差了"   # label<TAB>score<TAB>text
     cat reviews.txt | python -m hf_feedback predict outputs/finetune            # one text per line on stdin
     python -m hf_feedback predict outputs/pairs "天气怎么样	今天会下雨吗"            # a pair: two texts, a tab between
+    python -m hf_feedback predict outputs/token_classification "迈向充满希望的新世纪"  # words of a segmentation model
     python -m hf_feedback attention outputs/finetune "质量很好" --output attention.png
     python -m hf_feedback predict --int8 outputs/finetune "还行"                  # Linear layers in int8 (CPU)
     python -m hf_feedback export bert outputs/finetune outputs/finetune-bert      # a plain BERT folder (BERT's case)
@@ -68,10 +69,12 @@ def predict(folder, texts, batch_size=32, int8=False):
     probabilities, comma-separated (both empty when none does)."""
     config = _load_config(folder)
     architectures = config.architectures or []
+    if any(name.endswith("ForTokenClassification") for name in architectures):
+        return tag(folder, config, texts, batch_size, int8)
     if not any(name.endswith("ForSequenceClassification") for name in architectures):
         raise CommandError(
-            f"{folder} holds {', '.join(architectures) or 'a model without a saved head'}, not a sequence classifier; "
-            "predict needs one (e.g. the output of recipes/finetune.py)"
+            f"{folder} holds {', '.join(architectures) or 'a model without a saved head'}, not a sequence or token "
+            "classifier; predict needs one (e.g. the output of recipes/finetune.py or token_classification.py)"
         )
     if not texts:
         raise CommandError("no texts: give them as arguments or one per line on stdin")
@@ -99,6 +102,43 @@ def predict(folder, texts, batch_size=32, int8=False):
     for text, result in zip(texts, results):
         result = result[0] if isinstance(result, list) else result  # a regression's one number comes in a list
         print(f"{result['label']}\t{result['score']:.4f}\t{text}")
+
+
+def tag(folder, config, texts, batch_size=32, int8=False):
+    """Print each text tagged by the token classifier in `folder`: its words separated by spaces for a word
+    segmentation model (B/M/E/S tags), else `token/tag` pairs (People's Daily's format). A text with spaces is read
+    as words (what a word-level tagger such as part of speech needs), one without as characters."""
+    import torch
+
+    from .tagging import SEGMENTATION_TAGS, words_from_tags
+
+    if not texts:
+        raise CommandError("no texts: give them as arguments or one per line on stdin")
+    tokenizer = _load_tokenizer(folder)
+    model = load_pretrained(AutoModelForTokenClassification.from_pretrained, folder).eval()
+    if int8:
+        from .quantization import int8_linear
+
+        model = int8_linear(model)
+    names = [config.id2label[i] for i in range(config.num_labels)]
+    max_length = min(tokenizer.model_max_length, getattr(config, "max_position_embeddings", 512))
+    for start in range(0, len(texts), batch_size):
+        batch = texts[start:start + batch_size]
+        words = [text.split() if " " in text.strip() else [c for c in text if not c.isspace()] for text in batch]
+        encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length, padding=True,
+                            return_tensors="pt")
+        with torch.no_grad():
+            predicted = model(**encoded).logits.argmax(-1).tolist()
+        for row, row_words in enumerate(words):
+            firsts = {}  # word index -> its first token's prediction; words cut by max_length stay untagged
+            for position, word in enumerate(encoded.word_ids(row)):
+                if word is not None and word not in firsts:
+                    firsts[word] = names[predicted[row][position]]
+            tags = [firsts.get(i, "?") for i in range(len(row_words))]
+            if set(names) <= set(SEGMENTATION_TAGS):
+                print(" ".join(words_from_tags(row_words, tags)))
+            else:
+                print(" ".join(f"{word}/{t}" for word, t in zip(row_words, tags)))
 
 
 def attention(folder, text, output, layers=None, max_tokens=48):
@@ -137,8 +177,9 @@ def _parser():
     parser = argparse.ArgumentParser(prog="python -m hf_feedback", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    predict_parser = commands.add_parser("predict", help="classify texts: label, score and text per line")
-    predict_parser.add_argument("folder", help="a saved classifier (model + tokenizer)")
+    predict_parser = commands.add_parser("predict", help="classify texts (label, score and text per line) or tag "
+                                                         "them (words, or token/tag pairs)")
+    predict_parser.add_argument("folder", help="a saved sequence or token classifier (model + tokenizer)")
     predict_parser.add_argument("texts", nargs="*", help="texts to classify; without any, one per line from stdin")
     predict_parser.add_argument("--batch_size", type=int, default=32)
     predict_parser.add_argument("--int8", action="store_true",

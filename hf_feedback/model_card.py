@@ -56,10 +56,14 @@ _INDEXED_METRICS = {
                             "micro_f1": ("Micro F1", {"average": "micro"}),
                             "macro_f1": ("Macro F1", {"average": "macro"})},
     "fill-mask": {"perplexity": ("Perplexity", None)},
+    "token-classification": {"accuracy": ("Token accuracy", None), "f1": ("Entity F1 (seqeval)", None)},
 }
 _METRIC_TITLES = {"f1": "macro F1", "mse": "MSE", "mae": "MAE", "pearson": "Pearson r", "spearman": "Spearman rho",
                   "subset_accuracy": "subset accuracy", "micro_f1": "micro F1", "macro_f1": "macro F1"}
-_TASK_TITLES = {"text-classification": "Text classification", "fill-mask": "Masked language modelling"}
+_TAGGING_TITLES = {"accuracy": "token accuracy", "f1": "entity F1", "precision": "entity precision",
+                   "recall": "entity recall"}
+_TASK_TITLES = {"text-classification": "Text classification", "fill-mask": "Masked language modelling",
+                "token-classification": "Token classification"}
 _SPLIT_PREFIXES = (("validation", "eval"), ("test", "test"))
 # Pictures written by hf_feedback.plots that the card shows when the run made them.
 _PICTURES = (("Training and validation loss", "loss.png"), ("Learning rate", "learning_rate.png"),
@@ -117,7 +121,7 @@ def write_model_card(
     adapter_only = lora is not None and not (output_dir / "model.safetensors").is_file()
     model_name = (trainer.args.hub_model_id or output_dir.name).split("/")[-1]
     evaluations = _evaluations(metrics, split_sizes, pipeline_tag)
-    metric_names, results = _evaluation_table(evaluations)
+    metric_names, results = _evaluation_table(evaluations, pipeline_tag)
 
     card_data = ModelCardData(
         model_name=model_name,
@@ -140,7 +144,8 @@ def write_model_card(
         head_path=_head_path(config, head, pipeline_tag),
         auto_class=auto_class,
         architecture=_architecture(model) | {"vocabulary": _vocabulary(trainer.processing_class)},
-        labels=[config.id2label[i] for i in sorted(config.id2label)] if pipeline_tag == "text-classification" else [],
+        labels=[config.id2label[i] for i in sorted(config.id2label)]
+        if pipeline_tag in ("text-classification", "token-classification") else [],
         corpora=corpora,
         other_corpora=[_describe_corpus(c) for c in corpora if c not in _BUNDLED_TITLES],
         split_sizes=dict(split_sizes),
@@ -216,6 +221,8 @@ def _summary(config, pipeline_tag, base_model, lora, adapter_only):
         what = f"{size} {start} to classify texts as {labels}"
     elif pipeline_tag == "fill-mask":
         what = f"{size} pretrained with masked-language modelling ({start})"
+    elif pipeline_tag == "token-classification":
+        what = f"{size} {start} to tag each token with one of {config.num_labels} tags"
     else:
         what = f"{size} ({start})"
     if lora:
@@ -364,7 +371,7 @@ def _evaluations(metrics, split_sizes, pipeline_tag):
         loss = metrics.get(f"{prefix}_loss")
         if loss is None:
             continue
-        if pipeline_tag == "text-classification":
+        if pipeline_tag in ("text-classification", "token-classification"):
             values = {name: metrics[f"{prefix}_{name}"] for name in _CLASSIFICATION_METRICS
                       if f"{prefix}_{name}" in metrics}
         elif pipeline_tag == "fill-mask":
@@ -379,11 +386,12 @@ def _evaluations(metrics, split_sizes, pipeline_tag):
     return evaluations
 
 
-def _evaluation_table(evaluations):
+def _evaluation_table(evaluations, pipeline_tag=None):
     """Header names and rows of formatted numbers for the card's evaluation table."""
     if not evaluations:
         return [], []
-    names = [_METRIC_TITLES.get(name, name) for name in evaluations[0][2]]
+    titles = _METRIC_TITLES | (_TAGGING_TITLES if pipeline_tag == "token-classification" else {})
+    names = [titles.get(name, name) for name in evaluations[0][2]]
     rows = [
         {"split": split, "texts": f"{texts:,}" if texts is not None else "n/a",
          "values": [f"{value:.2f}" if name == "perplexity" else f"{value:.4f}" for name, value in values.items()]}

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import torch
 from safetensors import SafetensorError, safe_open
-from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments
+from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
 from transformers.utils import logging
 
 from .configuration_feedback import FeedbackConfig
@@ -52,8 +52,45 @@ class ModelArguments:
             raise RecipeError(f"--tokenizer_kind must be one of {list(TOKENIZER_KINDS)}, got {self.tokenizer_kind!r}")
 
 
+@dataclass
+class FineTuningModelArguments(ModelArguments):
+    """Model arguments of the recipes that train a task head (finetune.py, token_classification.py)."""
+
+    attn_implementation: str | None = field(default=None, metadata={"help": "'sdpa' (default) or 'eager'."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow checkpoints that ship their own code."})
+
+
 class RecipeError(BadInput):
     """Bad input found by a recipe's own checks, before any work started."""
+
+
+def check_data_limits(data_args):
+    """--max_train_samples / --max_eval_samples (at least 1 where given) and --max_seq_length (at least 4)."""
+    for name in ("max_train_samples", "max_eval_samples"):
+        if getattr(data_args, name, None) is not None and getattr(data_args, name) < 1:
+            raise RecipeError(f"--{name} must be at least 1 (or left out for all rows), got {getattr(data_args, name)}")
+    if data_args.max_seq_length < 4:
+        raise RecipeError(f"--max_seq_length must be at least 4 tokens, got {data_args.max_seq_length}")
+
+
+def claim_run(set_up, training_args, overwrite_output_dir):
+    """The checks every recipe makes before any work, in order: the output_dir (removed again if set-up fails, locked
+    against a second run, not overwritten silently), precision, training arguments, CPU threads."""
+    set_up.will_create(training_args.output_dir)
+    claim_output_dir(training_args)
+    check_output_dir(training_args, overwrite_output_dir)
+    check_precision(training_args)
+    check_training_arguments(training_args)
+    check_cpu_threads(training_args)
+
+
+def begin_run(training_args):
+    """After a recipe's own checks: the checkpoint to resume from (or None), the process said, the seed set."""
+    resume = resolve_resume(training_args)
+    print(f"process rank {training_args.process_index} of {training_args.world_size} on {training_args.device}",
+          flush=True)
+    set_seed(training_args.seed)
+    return resume
 
 
 def _has_accelerator():
@@ -322,6 +359,41 @@ def check_cpu_threads(training_args: TrainingArguments):
             "`accelerate launch` without a CPU config sets OMP_NUM_THREADS=1; "
             "`accelerate launch --config_file recipes/configs/cpu.yaml recipes/...` uses every core."
         )
+
+
+def settle_evaluation(training_args, has_validation, best_metric, select_best=True, early_stopping_patience=0):
+    """Decide evaluation, best-checkpoint selection and early stopping, and say what was switched off and why.
+
+    Evaluation needs a validation split; without one it is off (rather than failing inside the Trainer after the
+    tokenizer was written). `select_best` (--select_best_checkpoint) turns on --load_best_model_at_end, selecting
+    by `best_metric` (the task's: macro F1 for classes, MSE for regression, entity F1 for tags) unless
+    --metric_for_best_model is given, where checkpoints are saved at the evaluation steps. Errors (a loss, MSE,
+    MAE) select the lowest, anything else the highest.
+    """
+    said = []
+    if not has_validation and training_args.eval_strategy != "no":
+        said.append("no validation split (--validation_file): evaluation during training is off")
+        training_args.eval_strategy = "no"
+        training_args.load_best_model_at_end = False
+    if select_best and not training_args.load_best_model_at_end:
+        if training_args.eval_strategy == "no":
+            said.append("the model of the last step is kept (no evaluation to select a checkpoint by)")
+        elif training_args.save_strategy != training_args.eval_strategy or (
+                training_args.eval_strategy == "steps" and training_args.save_steps % training_args.eval_steps):
+            said.append("the model of the last step is kept: checkpoints are not saved at the evaluation steps "
+                        "(--save_strategy/--save_steps), so none can be selected")
+        else:
+            training_args.load_best_model_at_end = True
+            if training_args.metric_for_best_model is None:
+                training_args.metric_for_best_model = best_metric
+            if training_args.greater_is_better is None:
+                training_args.greater_is_better = not training_args.metric_for_best_model.endswith(
+                    ("loss", "mse", "mae"))
+    if early_stopping_patience and not training_args.load_best_model_at_end:
+        said.append(f"--early_stopping_patience {early_stopping_patience} is off: it needs the best "
+                    "checkpoint selected by evaluation")
+    if said and training_args.process_index == 0:
+        print("; ".join(said), flush=True)
 
 
 def sample(dataset, limit, seed):

@@ -23,7 +23,6 @@ from transformers import (
     DataCollatorWithPadding,
     EarlyStoppingCallback,
     TrainingArguments,
-    set_seed,
 )
 
 from hf_feedback import FeedbackConfig, FeedbackForSequenceClassification
@@ -34,33 +33,25 @@ from hf_feedback.metrics import PROBLEM_TYPES, build_compute_metrics
 from hf_feedback.model_card import write_model_card
 from hf_feedback.plots import plot_confusion_matrix, plot_regression, plot_training_curves
 from hf_feedback.recipe_utils import (
+    FineTuningModelArguments,
     LOCK_FILE,
-    ModelArguments,
     RecipeError,
     bad_input_exits,
+    begin_run,
+    check_data_limits,
     check_text_classifier,
     check_vocabulary,
-    check_output_dir,
-    claim_output_dir,
-    check_cpu_threads,
-    check_precision,
-    check_training_arguments,
+    claim_run,
     load_or_train_tokenizer,
     parse_args,
     parse_config_overrides,
     release_output_dir,
-    resolve_resume,
     sample,
+    settle_evaluation,
 )
 from hf_feedback.sentence_embeddings import write_sentence_transformers_files
 from hf_feedback.training import CLASS_WEIGHTINGS, FeedbackTrainer, WeightedCrossEntropy, class_weights
 
-
-
-@dataclass
-class FinetuneModelArguments(ModelArguments):
-    attn_implementation: str | None = field(default=None, metadata={"help": "'sdpa' (default) or 'eager'."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow checkpoints that ship their own code."})
 
 
 @dataclass
@@ -104,11 +95,7 @@ class DataArguments:
                 f"--class_weighting must be one of {list(CLASS_WEIGHTINGS)}, got {self.class_weighting!r}")
         if self.early_stopping_patience < 0:
             raise RecipeError(f"--early_stopping_patience must be 0 (off) or more, got {self.early_stopping_patience}")
-        for name in ("max_train_samples", "max_eval_samples"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise RecipeError(f"--{name} must be at least 1 (or left out for all rows), got {getattr(self, name)}")
-        if self.max_seq_length < 4:
-            raise RecipeError(f"--max_seq_length must be at least 4 tokens, got {self.max_seq_length}")
+        check_data_limits(self)
 
 
 @dataclass
@@ -186,40 +173,6 @@ def load_model(model_args, tokenizer, label_names, max_seq_length, problem_type)
     )
 
 
-def settle_evaluation(training_args, data_args, has_validation, problem_type):
-    """Decide evaluation, best-checkpoint selection and early stopping, and say what was switched off and why.
-
-    Evaluation needs a validation split; without one it is off (rather than failing inside the Trainer after the
-    tokenizer was written). --select_best_checkpoint turns on --load_best_model_at_end (selecting by the problem
-    type's metric, macro F1 for classes and MSE for regression, unless --metric_for_best_model is given) where
-    checkpoints are saved at the evaluation steps.
-    """
-    said = []
-    if not has_validation and training_args.eval_strategy != "no":
-        said.append("no validation split (--validation_file): evaluation during training is off")
-        training_args.eval_strategy = "no"
-        training_args.load_best_model_at_end = False
-    if data_args.select_best_checkpoint and not training_args.load_best_model_at_end:
-        if training_args.eval_strategy == "no":
-            said.append("the model of the last step is kept (no evaluation to select a checkpoint by)")
-        elif training_args.save_strategy != training_args.eval_strategy or (
-                training_args.eval_strategy == "steps" and training_args.save_steps % training_args.eval_steps):
-            said.append("the model of the last step is kept: checkpoints are not saved at the evaluation steps "
-                        "(--save_strategy/--save_steps), so none can be selected")
-        else:
-            training_args.load_best_model_at_end = True
-            if training_args.metric_for_best_model is None:
-                training_args.metric_for_best_model = PROBLEM_TYPES[problem_type].best
-            if training_args.greater_is_better is None:
-                training_args.greater_is_better = not training_args.metric_for_best_model.endswith(
-                    ("loss", "mse", "mae"))
-    if data_args.early_stopping_patience and not training_args.load_best_model_at_end:
-        said.append(f"--early_stopping_patience {data_args.early_stopping_patience} is off: it needs the best "
-                    "checkpoint selected by evaluation")
-    if said and training_args.process_index == 0:
-        print("; ".join(said), flush=True)
-
-
 def save_outputs(trainer, tokenizer, lora_args, output_dir, max_length):
     """Model (or adapter, or merged model) and tokenizer in output_dir, and for a whole model the files that make
     the folder a SentenceTransformer too; only the main process writes."""
@@ -239,23 +192,15 @@ def save_outputs(trainer, tokenizer, lora_args, output_dir, max_length):
 def main(argv=None):
     with bad_input_exits() as set_up:
         model_args, data_args, lora_args, training_args = parse_args(
-            (FinetuneModelArguments, DataArguments, LoraArguments, TrainingArguments), DEFAULTS, argv
+            (FineTuningModelArguments, DataArguments, LoraArguments, TrainingArguments), DEFAULTS, argv
         )
         output_dir = Path(training_args.output_dir)
-        set_up.will_create(output_dir)
-        claim_output_dir(training_args)
-        check_output_dir(training_args, model_args.overwrite_output_dir)
-        check_precision(training_args)
-        check_training_arguments(training_args)
-        check_cpu_threads(training_args)
+        claim_run(set_up, training_args, model_args.overwrite_output_dir)
         if lora_args.merge_lora and not lora_args.use_lora:
             raise RecipeError("--merge_lora needs --use_lora")
         if training_args.push_to_hub and lora_args.use_lora and not lora_args.merge_lora:
             raise RecipeError("--push_to_hub with --use_lora needs --merge_lora: the Hub repository gets a plain model")
-        resume = resolve_resume(training_args)
-        print(f"process rank {training_args.process_index} of {training_args.world_size} on {training_args.device}",
-              flush=True)
-        set_seed(training_args.seed)
+        resume = begin_run(training_args)
 
         raw = load_text_classification_data(
             data_args.dataset_name, data_args.dataset_config_name, data_args.train_file, data_args.validation_file,
@@ -267,7 +212,8 @@ def main(argv=None):
             if split in raw:
                 raw[split] = sample(raw[split], data_args.max_eval_samples, training_args.seed)
         problem_type = label_kind(raw)
-        settle_evaluation(training_args, data_args, "validation" in raw, problem_type)
+        settle_evaluation(training_args, "validation" in raw, PROBLEM_TYPES[problem_type].best,
+                          data_args.select_best_checkpoint, data_args.early_stopping_patience)
         if problem_type == "regression":
             if data_args.class_weighting != "none":
                 raise RecipeError(f"--class_weighting {data_args.class_weighting} weighs classes; regression "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import datasets
 import torch
-from transformers import AutoConfig, DataCollatorForLanguageModeling, TrainingArguments, set_seed
+from transformers import AutoConfig, DataCollatorForLanguageModeling, TrainingArguments
 
 from hf_feedback import FeedbackConfig, FeedbackForMaskedLM
 from hf_feedback.data import load_peoples_daily, load_sentiment_reviews, load_text_corpus, tokenize_dataset
@@ -30,18 +30,14 @@ from hf_feedback.recipe_utils import (
     ModelArguments,
     RecipeError,
     bad_input_exits,
+    begin_run,
     check_masked_lm,
     check_vocabulary,
-    check_output_dir,
-    claim_output_dir,
-    check_cpu_threads,
-    check_precision,
-    check_training_arguments,
+    claim_run,
     load_or_train_tokenizer,
     parse_args,
     parse_config_overrides,
     release_output_dir,
-    resolve_resume,
     sample,
 )
 from hf_feedback.sentence_embeddings import write_sentence_transformers_files
@@ -124,18 +120,10 @@ def main(argv=None):
         model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, TrainingArguments),
                                                           DEFAULTS, argv)
         output_dir = Path(training_args.output_dir)
-        set_up.will_create(output_dir)
-        claim_output_dir(training_args)
-        check_output_dir(training_args, model_args.overwrite_output_dir)
-        check_precision(training_args)
-        check_training_arguments(training_args)
-        check_cpu_threads(training_args)
+        claim_run(set_up, training_args, model_args.overwrite_output_dir)
         if not 0 < data_args.mlm_probability < 1:
             raise RecipeError(f"--mlm_probability must be in (0, 1), got {data_args.mlm_probability}")
-        resume = resolve_resume(training_args)
-        print(f"process rank {training_args.process_index} of {training_args.world_size} on {training_args.device}",
-              flush=True)
-        set_seed(training_args.seed)
+        resume = begin_run(training_args)
 
         corpus = sample(load_corpus(data_args), data_args.max_train_samples, training_args.seed)
         splits = corpus.train_test_split(test_size=data_args.validation_split_percentage / 100,

@@ -23,6 +23,7 @@ from helpers import ROOT, load_recipe
 from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification
 from hf_feedback.convert_bert import convert_bert
 from hf_feedback.data import load_sentiment_reviews
+from hf_feedback.recipe_utils import FineTuningModelArguments, resolve_resume
 from hf_feedback.tokenization import train_tokenizer
 
 TINY_MODEL = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"
@@ -179,7 +180,7 @@ def test_interrupted_run_resumes_and_loses_nothing(tmp_path):
     partial = interrupted / f"checkpoint-{newest + 10}"
     partial.mkdir()
     (partial / "trainer_state.json").write_text((interrupted / f"checkpoint-{newest}" / "trainer_state.json").read_text())
-    assert finetune.resolve_resume(finetune.TrainingArguments(str(interrupted), resume_from_checkpoint="last")) == str(
+    assert resolve_resume(transformers.TrainingArguments(str(interrupted), resume_from_checkpoint="last")) == str(
         interrupted / f"checkpoint-{newest}")
     shutil.rmtree(partial)
     finetune.main(["--output_dir", str(interrupted), "--resume_from_checkpoint", "last", *common])
@@ -317,7 +318,7 @@ def test_class_weighting_makes_an_ignored_minority_class_predicted(tmp_path, cap
 def test_half_precision_checkpoints_train_with_float32_weights(tmp_path, tiny_config, dtype):
     # transformers 5 loads a checkpoint in its saved dtype; training must still get float32 master weights.
     FeedbackForSequenceClassification(tiny_config(num_labels=2, vocab_size=2000)).to(dtype).save_pretrained(tmp_path)
-    model_args = finetune.FinetuneModelArguments(model_name_or_path=str(tmp_path))
+    model_args = FineTuningModelArguments(model_name_or_path=str(tmp_path))
     tokenizer = train_tokenizer(load_sentiment_reviews()["train"]["text"][:300], vocab_size=2000)
     model = finetune.load_model(model_args, tokenizer, ["negative", "positive"], 128, "single_label_classification")
     assert {p.dtype for p in model.parameters()} == {torch.float32}

