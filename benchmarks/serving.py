@@ -6,7 +6,9 @@ Linear layers quantised for torch with `predict --int8`'s. Four runtimes then cl
 in batches of `BATCH_SIZE` texts, in the split's order, each batch padded to its longest text as the pipeline
 does: test accuracy and macro F1 of each, the largest logit difference from torch float32 and the share of
 predictions that agree with it. Speed: `TIMED_BATCHES` of those batches per turn, the runtimes taking turns
-(common.time_interleaved), ONNX Runtime given as many threads as torch.
+(common.time_interleaved), ONNX Runtime given as many threads as torch; and the same on batches without padding
+(`FIXED_LENGTH` tokens of every row real), which separates what padding costs a static graph from the runtimes'
+own speed: the eager model drops padding before every per-token operation, the traced graph cannot.
 """
 
 import json
@@ -25,7 +27,7 @@ from . import recipe_search, workloads
 from .common import ROOT, RUNS, summarize, table, time_interleaved
 
 VARIANT, TASK, SEED = "default", "reviews", 42
-BATCH_SIZE, MAX_LENGTH, TIMED_BATCHES = 32, 128, 16
+BATCH_SIZE, MAX_LENGTH, TIMED_BATCHES, FIXED_LENGTH = 32, 128, 16, 64
 RUNTIMES = ("torch float32", "torch int8", "ONNX Runtime float32", "ONNX Runtime int8")
 ONNX_AGREES = 1e-4  # the export's own check, here on every test batch of a trained model
 
@@ -86,33 +88,44 @@ def run(quick):
                       "agreement": float((value.argmax(1) == reference.argmax(1)).mean())}
                for name, value in logits.items()}
 
-    timed = batches[:TIMED_BATCHES]
     sizes = workloads.QUICK if quick else workloads.DEFAULT
-    times = time_interleaved({name: (lambda name=name: [classify(name, b) for b in timed]) for name in RUNTIMES},
-                             sizes.repetitions, sizes.warmup)
+    generator = torch.Generator().manual_seed(0)
+    fixed = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+             for ids in torch.randint(len(tokenizer.all_special_ids), len(tokenizer), (TIMED_BATCHES // 4, BATCH_SIZE,
+                                                                                   FIXED_LENGTH), generator=generator)]
+    times = {}
+    for workload, timed in (("reviews", batches[:TIMED_BATCHES]), ("fixed", fixed)):
+        times[workload] = {name: summarize(seconds) for name, seconds in time_interleaved(
+            {name: (lambda name=name, timed=timed: [classify(name, b) for b in timed]) for name in RUNTIMES},
+            sizes.repetitions, sizes.warmup).items()}
     return {
         "model": str(folder.relative_to(ROOT)) if not quick else "untrained tiny model (--quick)",
         "recipe_test_accuracy": recipe_results and recipe_results.get("test_accuracy"),
-        "test_rows": len(test), "batch_size": BATCH_SIZE, "timed_texts": sum(len(b["input_ids"]) for b in timed),
+        "test_rows": len(test), "batch_size": BATCH_SIZE,
+        "timed_texts": {"reviews": sum(len(b["input_ids"]) for b in batches[:TIMED_BATCHES]),
+                        "fixed": BATCH_SIZE * len(fixed)},
+        "fixed_length": FIXED_LENGTH,
         "threads": torch.get_num_threads(), "export_seconds": export_seconds,
         "file_mb": {"torch float32": (folder / "model.safetensors").stat().st_size / 2**20,
                     "ONNX Runtime float32": (export / ONNX_FILE).stat().st_size / 2**20,
                     "ONNX Runtime int8": (export / INT8_FILE).stat().st_size / 2**20},
         "quality": quality,
-        "times": {name: summarize(seconds) for name, seconds in times.items()},
+        "times": times,
     }
 
 
 def render(result):
-    base = result["times"]["torch float32"]["median_s"]
     rows = []
     for name in RUNTIMES:
-        quality, seconds = result["quality"][name], result["times"][name]["median_s"]
-        size = result["file_mb"].get(name)
+        quality, size = result["quality"][name], result["file_mb"].get(name)
+        speed = []
+        for workload, times in result["times"].items():
+            seconds = times[name]["median_s"]
+            speed += [f"{result['timed_texts'][workload] / seconds:,.0f}",
+                      f"{times['torch float32']['median_s'] / seconds:.2f}x ({times[name]['spread']:.0%})"]
         rows.append([name, f"{100 * quality['accuracy']:.2f}", f"{quality['macro_f1']:.4f}",
-                     f"{quality['largest_logit_difference']:.1e}", f"{100 * quality['agreement']:.2f}",
-                     f"{result['timed_texts'] / seconds:,.0f}", f"{base / seconds:.2f}x",
-                     f"{result['times'][name]['spread']:.0%}", f"{size:.1f}" if size else "(in memory)"])
+                     f"{quality['largest_logit_difference']:.1e}", f"{100 * quality['agreement']:.2f}", *speed,
+                     f"{size:.1f}" if size else "(in memory)"])
     onnx = result["quality"]["ONNX Runtime float32"]["largest_logit_difference"]
     lines = [
         f"The model: `{result['model']}`"
@@ -120,11 +133,14 @@ def render(result):
         f"exported by `python -m hf_feedback export onnx FOLDER OUT --int8` in {result['export_seconds']:.0f} s; "
         f"`predict --int8` quantises torch's Linear layers the same way (weights int8, activations per batch). "
         f"Accuracy on all {result['test_rows']:,} test reviews in batches of {result['batch_size']}, padded to "
-        f"each batch's longest text; speed over the first {result['timed_texts']} of them, median of the "
-        f"interleaved turns, {result['threads']} threads for every runtime.",
+        f"each batch's longest text; speed over the first {result['timed_texts']['reviews']} of them, and over "
+        f"{result['timed_texts']['fixed']} rows of {result['fixed_length']} real tokens (no padding); median of the "
+        f"interleaved turns, speed-up against torch float32 with the turns' spread in brackets, "
+        f"{result['threads']} threads for every runtime.",
         "",
         *table(["runtime", "test accuracy (%)", "test macro F1", "largest logit difference from torch float32",
-                "same prediction as torch float32 (%)", "texts / s", "speed-up", "spread", "file (MiB)"], rows),
+                "same prediction as torch float32 (%)", "review batches: texts / s", "speed-up",
+                f"unpadded {result['fixed_length']}-token rows: texts / s", "speed-up", "file (MiB)"], rows),
         "",
         f"- {'Met' if onnx <= ONNX_AGREES else '**Missed**'}: ONNX Runtime float32 equals torch within "
         f"{ONNX_AGREES:g} on every test batch of the trained model (largest difference {onnx:.1e}).",
