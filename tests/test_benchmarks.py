@@ -59,7 +59,7 @@ def test_accuracy_section_reads_the_recipe_search_runs_and_judges_the_targets(tm
              {**row("default", 43, 0.10), "task": "longmix3"},
              *(row("rotary", seed, 0.82) for seed in (42, 43, 44)),
              *(row("tapt-mlm30-rotary-lr5e-4", seed, 0.87, **pretrained) for seed in (42, 43, 44)),
-             *(row("tapt-mlm30-rotary-lora-lr2e-3", seed, 0.85, **pretrained) for seed in (42, 43, 44))]
+             *(row("tapt-mlm30-rotary-lora-emb-lr2e-3", seed, 0.85, **pretrained) for seed in (42, 43, 44))]
     results = tmp_path / "recipe_search.jsonl"
     results.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     monkeypatch.setattr(recipe_search, "RESULTS", results)
