@@ -365,6 +365,7 @@ def expect_exit(capsys, args, *words, recipe=finetune):
 
 def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
     out = ["--output_dir", str(tmp_path / "out")]
+    few = ["--max_train_samples", "200"]  # where the failure comes after the tokenizer is trained: train it on few
     expect_exit(capsys, [*out, "--train_file", str(tmp_path / "missing.csv")], "missing.csv")
     (tmp_path / "data.csv").write_text("review,stars\ngood,1\nbad,0\n")
     expect_exit(capsys, [*out, "--train_file", str(tmp_path / "data.csv")], "text")
@@ -373,9 +374,9 @@ def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
     expect_exit(capsys, [*out, "--train_file", str(tmp_path / "data.csv"), "--text_column", "review",
                          "--label_column", "stars", "--validation_file", str(tmp_path / "empty.csv")], "empty")
     expect_exit(capsys, [*out, "--fp16"], "--fp16 needs a GPU")
-    expect_exit(capsys, [*out, "--use_lora", "--lora_target_modules", "qkv_proj,nonexistent"], "nonexistent")
+    expect_exit(capsys, [*out, *few, "--use_lora", "--lora_target_modules", "qkv_proj,nonexistent"], "nonexistent")
     expect_exit(capsys, [*out, "--merge_lora"], "--use_lora")
-    expect_exit(capsys, [*out, "--config_overrides", "hidden_size=30"], "hidden_size")
+    expect_exit(capsys, [*out, *few, "--config_overrides", "hidden_size=30"], "hidden_size")
     expect_exit(capsys, [*out, "--tokenizer_kind", "bpe"], "--tokenizer_kind must be one of", "'unigram'", "'bpe'")
     expect_exit(capsys, [*out, "--truncation", "middle"], "--truncation must be one of", "'head_tail'", "'middle'")
     expect_exit(capsys, [*out, "--class_weighting", "inverse"], "--class_weighting must be one of", "'balanced'")
@@ -401,7 +402,7 @@ def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
     assert (tmp_path / "a_file").read_text() == "mine"
     expect_exit(capsys, [*out, "--validation_split_percentage", "0"], "--validation_split_percentage must be in (0, 100)",
                 recipe=pretrain)
-    expect_exit(capsys, [*out, "--config_overrides", "hidden_size=abc"],
+    expect_exit(capsys, [*out, *few, "--config_overrides", "hidden_size=abc"],
                 "--config_overrides hidden_size=abc: hidden_size is a finite number (int)")
     expect_exit(capsys, [*out, "--model_name_or_path", str(tmp_path / "nowhere")],
                 f"{tmp_path / 'nowhere'}: no such folder (--model_name_or_path / --tokenizer_name)")
