@@ -41,11 +41,10 @@ def _run_recipe(task, quick):
 
 def jieba_baseline(sentences):
     """seqeval's strict word F1 (and token accuracy over characters) of jieba's segmentation of `sentences`, each a
-    (characters, B/M/E/S tags) pair."""
+    (characters, B/M/E/S tags) pair: the metric module our segmentation runs are scored with."""
     import jieba
-    from seqeval.metrics import f1_score, precision_score, recall_score
-    from seqeval.scheme import IOBES
 
+    from hf_feedback.metrics import load_metric_module
     from hf_feedback.tagging import chunk_tags, segmentation_tags
 
     jieba.setLogLevel(60)  # its dictionary-loading chatter
@@ -57,12 +56,8 @@ def jieba_baseline(sentences):
             raise RuntimeError(f"jieba changed the text {''.join(characters)!r}")
         references.append(chunk_tags(tags))
         predictions.append(chunk_tags(predicted))
-    pairs = [(p, r) for prediction, reference in zip(predictions, references) for p, r in zip(prediction, reference)]
-    strict = {"mode": "strict", "scheme": IOBES}
-    return {"accuracy": sum(p == r for p, r in pairs) / len(pairs),
-            "precision": precision_score(references, predictions, **strict),
-            "recall": recall_score(references, predictions, **strict),
-            "f1": f1_score(references, predictions, **strict)}
+    return load_metric_module("tagging").compute(predictions=predictions, references=references, chunks=True,
+                                                 scheme="IOBES")
 
 
 def most_frequent_tag_accuracy(train, test):

@@ -69,9 +69,8 @@ def predict(folder, texts, batch_size=32, int8=False):
     probabilities, comma-separated (both empty when none does)."""
     config = _load_config(folder)
     architectures = config.architectures or []
-    if any(name.endswith("ForTokenClassification") for name in architectures):
-        return tag(folder, config, texts, batch_size, int8)
-    if not any(name.endswith("ForSequenceClassification") for name in architectures):
+    tagger = any(name.endswith("ForTokenClassification") for name in architectures)
+    if not tagger and not any(name.endswith("ForSequenceClassification") for name in architectures):
         raise CommandError(
             f"{folder} holds {', '.join(architectures) or 'a model without a saved head'}, not a sequence or token "
             "classifier; predict needs one (e.g. the output of recipes/finetune.py or token_classification.py)"
@@ -79,13 +78,16 @@ def predict(folder, texts, batch_size=32, int8=False):
     if not texts:
         raise CommandError("no texts: give them as arguments or one per line on stdin")
     tokenizer = _load_tokenizer(folder)
-    model = load_pretrained(AutoModelForSequenceClassification.from_pretrained, folder)
+    model = load_pretrained((AutoModelForTokenClassification if tagger else AutoModelForSequenceClassification)
+                            .from_pretrained, folder).eval()
     if int8:
         from .quantization import int8_linear
 
         model = int8_linear(model)
-    classify = pipeline("text-classification", model=model, tokenizer=tokenizer)
     max_length = min(tokenizer.model_max_length, getattr(config, "max_position_embeddings", tokenizer.model_max_length))
+    if tagger:
+        return tag(model, tokenizer, texts, batch_size, max_length)
+    classify = pipeline("text-classification", model=model, tokenizer=tokenizer)
     # A tab splits a text into a sentence pair (a model fine-tuned with --text_pair_column), as in a TSV file.
     inputs = [dict(zip(("text", "text_pair"), text.split("\t", 1))) if "\t" in text else text for text in texts]
     if config.problem_type == "multi_label_classification":
@@ -104,24 +106,16 @@ def predict(folder, texts, batch_size=32, int8=False):
         print(f"{result['label']}\t{result['score']:.4f}\t{text}")
 
 
-def tag(folder, config, texts, batch_size=32, int8=False):
-    """Print each text tagged by the token classifier in `folder`: its words separated by spaces for a word
-    segmentation model (B/M/E/S tags), else `token/tag` pairs (People's Daily's format). A text with spaces is read
-    as words (what a word-level tagger such as part of speech needs), one without as characters."""
+def tag(model, tokenizer, texts, batch_size, max_length):
+    """Print each text tagged by the token classifier `model` (predict's for a token classifier): its words
+    separated by spaces for a word segmentation model (B/M/E/S tags), else `token/tag` pairs (People's Daily's
+    format). A text with spaces is read as words (what a word-level tagger such as part of speech needs), one
+    without as characters."""
     import torch
 
     from .tagging import SEGMENTATION_TAGS, words_from_tags
 
-    if not texts:
-        raise CommandError("no texts: give them as arguments or one per line on stdin")
-    tokenizer = _load_tokenizer(folder)
-    model = load_pretrained(AutoModelForTokenClassification.from_pretrained, folder).eval()
-    if int8:
-        from .quantization import int8_linear
-
-        model = int8_linear(model)
-    names = [config.id2label[i] for i in range(config.num_labels)]
-    max_length = min(tokenizer.model_max_length, getattr(config, "max_position_embeddings", 512))
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     for start in range(0, len(texts), batch_size):
         batch = texts[start:start + batch_size]
         words = [text.split() if " " in text.strip() else [c for c in text if not c.isspace()] for text in batch]

@@ -97,8 +97,9 @@ def export_onnx(source, destination, overwrite=False, int8=False):
     longest = config.max_position_embeddings if config.position_embedding_type == "absolute" else None
     sequence = torch.export.Dim("sequence", min=2, max=longest) if longest else torch.export.Dim("sequence", min=2)
     output_names = OUTPUTS[architecture]
+    traced = _Outputs(model, output_names).eval()
     program = torch.onnx.export(
-        _Outputs(model, output_names).eval(), (), kwargs=probe, dynamo=True, verbose=False,
+        traced, (), kwargs=probe, dynamo=True, verbose=False,
         input_names=input_names, output_names=list(output_names),
         dynamic_shapes={name: {0: batch, 1: sequence} for name in input_names},
     )
@@ -108,7 +109,7 @@ def export_onnx(source, destination, overwrite=False, int8=False):
     tokenizer.save_pretrained(destination)
 
     with torch.no_grad():
-        expected = {name: value.numpy() for name, value in zip(output_names, _Outputs(model, output_names)(**probe))}
+        expected = {name: value.numpy() for name, value in zip(output_names, traced(**probe))}
     differences = {ONNX_FILE: _largest_difference(destination / ONNX_FILE, probe, expected)}
     if differences[ONNX_FILE] > TOLERANCE:  # a bug in the model's traced path or the exporter, not bad input
         raise RuntimeError(f"ONNX Runtime's outputs differ from torch's by {differences[ONNX_FILE]:.2e} "

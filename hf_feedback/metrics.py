@@ -45,7 +45,8 @@ PROBLEM_TYPES = {
 _METRIC_MODULES = Path(__file__).parent / "metric_modules"
 
 
-def _load_module(name: str) -> evaluate.EvaluationModule:
+def load_metric_module(name: str) -> evaluate.EvaluationModule:
+    """The `evaluate` module hf_feedback ships as metric_modules/NAME/NAME.py, loaded offline and in memory."""
     folder = _METRIC_MODULES / name
     if not (folder / f"{name}.py").is_file():
         raise FileNotFoundError(
@@ -54,11 +55,6 @@ def _load_module(name: str) -> evaluate.EvaluationModule:
         )
     # The folder, not the script: evaluate names the module after the folder.
     return evaluate.load(str(folder), keep_in_memory=True)
-
-
-def load_regression_metrics() -> evaluate.EvaluationModule:
-    """MSE, MAE, Pearson's r and Spearman's rho as one `evaluate` module (in memory, as the classification one)."""
-    return _load_module("regression")
 
 
 def load_classification_metrics() -> evaluate.EvaluationModule:
@@ -70,7 +66,14 @@ def load_classification_metrics() -> evaluate.EvaluationModule:
 
     Raises `FileNotFoundError` if the module is missing (hf_feedback installed without its package data).
     """
-    return _load_module("classification")
+    return load_metric_module("classification")
+
+
+def logits_of(eval_prediction: EvalPrediction) -> np.ndarray:
+    """The logits of an evaluation: models that also return hidden states or attentions give a tuple, logits
+    first."""
+    predictions = eval_prediction.predictions
+    return predictions[0] if isinstance(predictions, tuple) else predictions
 
 
 def build_compute_metrics(problem_type: str = "single_label_classification") -> Callable[[EvalPrediction], dict]:
@@ -97,11 +100,7 @@ def build_compute_metrics(problem_type: str = "single_label_classification") -> 
 
     def compute_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
         nonlocal reported
-        logits = eval_prediction.predictions
-        # Models that also return hidden states or attentions give a tuple with the logits first.
-        if isinstance(logits, tuple):
-            logits = logits[0]
-        predictions = np.argmax(logits, axis=-1)  # (N, num_labels) -> (N,)
+        predictions = np.argmax(logits_of(eval_prediction), axis=-1)  # (N, num_labels) -> (N,)
         references = eval_prediction.label_ids
         # zero_division=0 is the 0 that scikit-learn's default ("warn") gives too, without its warning.
         results = metrics.compute(predictions=predictions, references=references, zero_division=0)
@@ -114,12 +113,10 @@ def build_compute_metrics(problem_type: str = "single_label_classification") -> 
 
 def build_regression_metrics() -> Callable[[EvalPrediction], dict[str, float]]:
     """`compute_metrics` for one predicted number per text: MSE, MAE, Pearson and Spearman of the (N, 1) logits."""
-    metrics = load_regression_metrics()
+    metrics = load_metric_module("regression")
 
     def compute_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
-        predictions = eval_prediction.predictions
-        predictions = predictions[0] if isinstance(predictions, tuple) else predictions
-        results = metrics.compute(predictions=np.reshape(predictions, -1), references=np.reshape(
+        results = metrics.compute(predictions=np.reshape(logits_of(eval_prediction), -1), references=np.reshape(
             eval_prediction.label_ids, -1))
         return {name: float(results[name]) for name in REGRESSION_METRIC_NAMES}
 
@@ -128,13 +125,11 @@ def build_regression_metrics() -> Callable[[EvalPrediction], dict[str, float]]:
 
 def build_multi_label_metrics(threshold: float = MULTI_LABEL_THRESHOLD) -> Callable[[EvalPrediction], dict]:
     """`compute_metrics` for multi-hot labels: each class is predicted where sigmoid(logit) > `threshold`."""
-    metrics = _load_module("multilabel")
+    metrics = load_metric_module("multilabel")
     cut = float(np.log(threshold / (1 - threshold)))  # sigmoid(x) > threshold  <=>  x > logit(threshold)
 
     def compute_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
-        logits = eval_prediction.predictions
-        logits = logits[0] if isinstance(logits, tuple) else logits
-        results = metrics.compute(predictions=(logits > cut).astype(np.int32),
+        results = metrics.compute(predictions=(logits_of(eval_prediction) > cut).astype(np.int32),
                                   references=(eval_prediction.label_ids > 0.5).astype(np.int32))
         return {name: float(results[name]) for name in MULTI_LABEL_METRIC_NAMES}
 

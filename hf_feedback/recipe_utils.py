@@ -396,6 +396,37 @@ def settle_evaluation(training_args, has_validation, best_metric, select_best=Tr
         print("; ".join(said), flush=True)
 
 
+def sample_splits(raw, data_args, seed):
+    """`raw` (a DatasetDict) with train cut to --max_train_samples and validation/test to --max_eval_samples."""
+    raw["train"] = sample(raw["train"], data_args.max_train_samples, seed)
+    for split in ("validation", "test"):
+        if split in raw:
+            raw[split] = sample(raw[split], data_args.max_eval_samples, seed)
+    return raw
+
+
+def train_and_evaluate(trainer, tokenized, resume):
+    """Train (resuming from `resume`), evaluate on validation and predict the test split where `tokenized` has
+    them, saving each split's metrics and the trainer state; returns the test prediction (None without test)."""
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_metrics("train", train_result.metrics)
+    if "validation" in tokenized:
+        trainer.save_metrics("eval", trainer.evaluate())
+    prediction = None
+    if "test" in tokenized:
+        prediction = trainer.predict(tokenized["test"], metric_key_prefix="test")
+        prediction.metrics["test_samples"] = len(prediction.predictions)  # gathered from every process
+        trainer.save_metrics("test", prediction.metrics)
+    trainer.save_state()
+    return prediction
+
+
+def print_saved(output_dir):
+    """Say what a finished run left in `output_dir` (its lock aside)."""
+    saved = sorted(p.name for p in Path(output_dir).iterdir() if p.name != LOCK_FILE)
+    print(f"saved to {output_dir}: {json.dumps(saved)}")
+
+
 def sample(dataset, limit, seed):
     """A random subset of `limit` rows (all rows when limit is None); random so that sorted data stays balanced."""
     if limit is None or limit >= len(dataset):

@@ -197,16 +197,14 @@ def build_tagging_metrics(label_names):
     """`compute_metrics` for token classification: token accuracy over the scored tokens (label != -100) and, for
     chunk tags, seqeval's entity precision / recall / F1 (strict IOBES for segmentation: a word counts when both of
     its ends are right). Loaded through the offline `evaluate` module `tagging`."""
-    from .metrics import _load_module
+    from .metrics import load_metric_module, logits_of
 
-    metrics = _load_module("tagging")
+    metrics = load_metric_module("tagging")
     chunks = is_chunk_scheme(label_names)
     segmentation = set(label_names) <= set(SEGMENTATION_TAGS)
 
     def compute_metrics(eval_prediction):
-        logits = eval_prediction.predictions
-        logits = logits[0] if isinstance(logits, tuple) else logits
-        predicted, labels = np.argmax(logits, axis=-1), eval_prediction.label_ids
+        predicted, labels = np.argmax(logits_of(eval_prediction), axis=-1), eval_prediction.label_ids
         references, predictions = [], []
         for predicted_row, label_row in zip(predicted, labels):
             scored = label_row != -100

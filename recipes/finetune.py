@@ -34,7 +34,6 @@ from hf_feedback.model_card import write_model_card
 from hf_feedback.plots import plot_confusion_matrix, plot_regression, plot_training_curves
 from hf_feedback.recipe_utils import (
     FineTuningModelArguments,
-    LOCK_FILE,
     RecipeError,
     bad_input_exits,
     begin_run,
@@ -45,9 +44,11 @@ from hf_feedback.recipe_utils import (
     load_or_train_tokenizer,
     parse_args,
     parse_config_overrides,
+    print_saved,
     release_output_dir,
-    sample,
+    sample_splits,
     settle_evaluation,
+    train_and_evaluate,
 )
 from hf_feedback.sentence_embeddings import write_sentence_transformers_files
 from hf_feedback.training import CLASS_WEIGHTINGS, FeedbackTrainer, WeightedCrossEntropy, class_weights
@@ -207,10 +208,7 @@ def main(argv=None):
             data_args.test_file, data_args.text_column, data_args.label_column, data_args.text_pair_column,
             data_args.problem_type,
         )
-        raw["train"] = sample(raw["train"], data_args.max_train_samples, training_args.seed)
-        for split in ("validation", "test"):
-            if split in raw:
-                raw[split] = sample(raw[split], data_args.max_eval_samples, training_args.seed)
+        raw = sample_splits(raw, data_args, training_args.seed)
         problem_type = label_kind(raw)
         settle_evaluation(training_args, "validation" in raw, PROBLEM_TYPES[problem_type].best,
                           data_args.select_best_checkpoint, data_args.early_stopping_patience)
@@ -275,15 +273,7 @@ def main(argv=None):
         callbacks=[EarlyStoppingCallback(data_args.early_stopping_patience)]
         if data_args.early_stopping_patience and training_args.load_best_model_at_end else None,
     )
-    train_result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_metrics("train", train_result.metrics)
-    if "validation" in tokenized:
-        trainer.save_metrics("eval", trainer.evaluate())
-    if "test" in tokenized:
-        prediction = trainer.predict(tokenized["test"], metric_key_prefix="test")
-        prediction.metrics["test_samples"] = len(prediction.predictions)  # gathered from every process
-        trainer.save_metrics("test", prediction.metrics)
-    trainer.save_state()
+    prediction = train_and_evaluate(trainer, tokenized, resume)
     save_outputs(trainer, tokenizer, lora_args, output_dir, max_length)
 
     if trainer.is_world_process_zero():
@@ -306,8 +296,7 @@ def main(argv=None):
                          {split: len(data) for split, data in tokenized.items()}, base_model=model_args.model_name_or_path,
                          corpora=[data_args.dataset_name, data_args.train_file, data_args.validation_file,
                                   data_args.test_file])
-        saved = sorted(p.name for p in output_dir.iterdir() if p.name != LOCK_FILE)
-        print(f"saved to {output_dir}: {json.dumps(saved)}")
+        print_saved(output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub()
     release_output_dir(training_args)

@@ -25,7 +25,6 @@ from hf_feedback.model_card import BUNDLED_PEOPLES_DAILY, write_model_card
 from hf_feedback.plots import plot_training_curves
 from hf_feedback.recipe_utils import (
     FineTuningModelArguments,
-    LOCK_FILE,
     RecipeError,
     bad_input_exits,
     begin_run,
@@ -35,9 +34,11 @@ from hf_feedback.recipe_utils import (
     load_or_train_tokenizer,
     parse_args,
     parse_config_overrides,
+    print_saved,
     release_output_dir,
-    sample,
+    sample_splits,
     settle_evaluation,
+    train_and_evaluate,
 )
 from hf_feedback.tagging import (
     TAG_TASKS,
@@ -126,10 +127,7 @@ def main(argv=None):
         else:
             raw = load_tagging_data(data_args.train_file, data_args.validation_file, data_args.test_file,
                                     data_args.tokens_column, data_args.tags_column)
-        raw["train"] = sample(raw["train"], data_args.max_train_samples, training_args.seed)
-        for split in ("validation", "test"):
-            if split in raw:
-                raw[split] = sample(raw[split], data_args.max_eval_samples, training_args.seed)
+        raw = sample_splits(raw, data_args, training_args.seed)
         label_names = raw["train"].features["tags"].feature.names
         settle_evaluation(training_args, "validation" in raw, "f1" if is_chunk_scheme(label_names) else "accuracy",
                           data_args.select_best_checkpoint)
@@ -158,15 +156,7 @@ def main(argv=None):
         compute_metrics=build_tagging_metrics(label_names),
         noam_warmup_steps=model_args.noam_warmup_steps,
     )
-    train_result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_metrics("train", train_result.metrics)
-    if "validation" in tokenized:
-        trainer.save_metrics("eval", trainer.evaluate())
-    if "test" in tokenized:
-        prediction = trainer.predict(tokenized["test"], metric_key_prefix="test")
-        prediction.metrics["test_samples"] = len(prediction.predictions)
-        trainer.save_metrics("test", prediction.metrics)
-    trainer.save_state()
+    prediction = train_and_evaluate(trainer, tokenized, resume)
     trainer.save_model(output_dir)
 
     if trainer.is_world_process_zero():
@@ -181,8 +171,7 @@ def main(argv=None):
                          base_model=model_args.model_name_or_path,
                          corpora=[BUNDLED_PEOPLES_DAILY] if data_args.train_file is None else
                          [data_args.train_file, data_args.validation_file, data_args.test_file])
-        saved = sorted(p.name for p in output_dir.iterdir() if p.name != LOCK_FILE)
-        print(f"saved to {output_dir}: {json.dumps(saved)}")
+        print_saved(output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub()
     release_output_dir(training_args)

@@ -1,6 +1,7 @@
 """Helpers several test modules share (fixtures live in conftest.py)."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +21,12 @@ try:
 except ModuleNotFoundError:
     pass
 """
+
+
+def losses(output_dir):
+    """The training losses a run logged, in order (its trainer_state.json)."""
+    history = json.loads((Path(output_dir) / "trainer_state.json").read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
 
 
 def load_recipe(name):

@@ -18,7 +18,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from helpers import ROOT, load_recipe
+from helpers import ROOT, load_recipe, losses
 
 from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification
 from hf_feedback.convert_bert import convert_bert
@@ -38,11 +38,6 @@ PRETRAIN = ["--max_train_samples", "2000", "--max_steps", "30", "--config_overri
 
 finetune = load_recipe("finetune")
 pretrain = load_recipe("pretrain")
-
-
-def losses(output_dir):
-    history = json.loads((Path(output_dir) / "trainer_state.json").read_text())["log_history"]
-    return [entry["loss"] for entry in history if "loss" in entry]
 
 
 def reviews_inputs(tokenizer, n=16):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer, pipeline
 
-from helpers import load_recipe
+from helpers import load_recipe, losses
 
 from hf_feedback.__main__ import main as cli
 from hf_feedback.data import load_sentiment_reviews, load_text_classification_data, tokenize_dataset
@@ -62,9 +62,8 @@ def pair_model(pair_files, tmp_path_factory):
 
 
 def test_pairs_train_with_both_segments_and_load_as_a_pair_classifier(pair_model, pair_files, capsys):
-    history = json.loads((pair_model / "trainer_state.json").read_text())["log_history"]
-    losses = [entry["loss"] for entry in history if "loss" in entry]
-    assert losses[-1] < losses[0] - 0.05, losses
+    logged = losses(pair_model)
+    assert logged[-1] < logged[0] - 0.05, logged
     results = json.loads((pair_model / "all_results.json").read_text())
     assert {"test_accuracy", "test_f1", "eval_accuracy"} <= set(results) and results["test_samples"] == 120
 
@@ -154,9 +153,9 @@ def regression_model(tmp_path_factory):
 
 
 def test_regression_trains_with_mse_and_reports_correlations(regression_model, capsys):
+    logged = losses(regression_model)
+    assert logged[-1] < logged[0] / 2, logged  # from predicting ~0 to predicting lengths
     state = json.loads((regression_model / "trainer_state.json").read_text())
-    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
-    assert losses[-1] < losses[0] / 2, losses  # from predicting ~0 to predicting lengths
     assert state["best_metric"] == min(e["eval_mse"] for e in state["log_history"] if "eval_mse" in e)  # lower wins
     results = json.loads((regression_model / "all_results.json").read_text())
     assert {"test_mse", "test_mae", "test_pearson", "test_spearman", "eval_mse"} <= set(results)
@@ -229,9 +228,8 @@ def multi_label_model(tmp_path_factory):
 
 
 def test_multi_label_trains_with_bce_and_predicts_every_label_above_the_threshold(multi_label_model, capsys):
-    history = json.loads((multi_label_model / "trainer_state.json").read_text())["log_history"]
-    losses = [entry["loss"] for entry in history if "loss" in entry]
-    assert losses[-1] < losses[0] - 0.1, losses
+    logged = losses(multi_label_model)
+    assert logged[-1] < logged[0] - 0.1, logged
     results = json.loads((multi_label_model / "all_results.json").read_text())
     assert {"test_subset_accuracy", "test_micro_f1", "test_macro_f1", "eval_macro_f1"} <= set(results)
     assert results["test_macro_f1"] > 0.4, results  # every label learnt: predicting the commonest alone gives 0.18
@@ -300,9 +298,8 @@ def segmenter(tmp_path_factory):
 
 
 def test_word_segmentation_learns_words_and_tags_through_pipeline_and_predict(segmenter, capsys):
-    history = json.loads((segmenter / "trainer_state.json").read_text())["log_history"]
-    losses = [entry["loss"] for entry in history if "loss" in entry]
-    assert losses[-1] < losses[0] - 0.3, losses
+    logged = losses(segmenter)
+    assert logged[-1] < logged[0] - 0.3, logged
     results = json.loads((segmenter / "all_results.json").read_text())
     assert results["test_samples"] == 200 and results["test_f1"] > 0.5 and results["test_accuracy"] > 0.6, results
     card = (segmenter / "README.md").read_text()
