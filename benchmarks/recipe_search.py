@@ -66,9 +66,12 @@ VARIANTS = {
                                             "norm_position=pre,pooling=max"]),
     "1ep-unigram16k-dropout0.2": (UNIGRAM16K, [*ONE_EPOCH, *RANDOM, *PRE_1E3, *BEST, "--config_overrides",
                                                "norm_position=pre,hidden_dropout_prob=0.2,attention_probs_dropout_prob=0.2"]),
-    # finetune.py's defaults as they now stand (unigram 16k, random batches, pre-norm, lr 1e-3, 2 epochs decaying to
-    # 0 with the best checkpoint by validation macro F1), and the levers for imbalanced and long data.
+    # finetune.py's defaults as they now stand (unigram 16k, random batches, pre-norm, rotary positions, lr 1e-3,
+    # 2 epochs decaying to 0 with the best checkpoint by validation macro F1), and the levers for imbalanced and long
+    # data.
     "default": (UNIGRAM16K, []),
+    # The defaults before rotary positions became one (learned absolute positions); the rows were run as `default`.
+    "absolute": (UNIGRAM16K, ["--config_overrides", "norm_position=pre,position_embedding_type=absolute"]),
     # The defaults before that: up to 3 epochs, stopping after 3 evaluations without improvement.
     "3ep-patience3": (UNIGRAM16K, ["--num_train_epochs", "3", "--early_stopping_patience", "3"]),
     "3ep-patience3-sqrt": (UNIGRAM16K, ["--num_train_epochs", "3", "--early_stopping_patience", "3",
@@ -82,6 +85,9 @@ VARIANTS = {
                                            "--class_weighting", "balanced"]),
     # The same architecture as the pretrained rows below, from scratch: what pretraining is worth.
     "rotary": (UNIGRAM16K, ["--config_overrides", "norm_position=pre,position_embedding_type=rotary"]),
+    # Hashed bigram + trigram embeddings of token ids (FeedbackConfig.ngram_vocab_size): word pairs in the input.
+    "rotary-ngram64k": (UNIGRAM16K, ["--config_overrides",
+                                     "norm_position=pre,position_embedding_type=rotary,ngram_vocab_size=65536"]),
     # Capacity against epochs inside the main job's 10 minutes: half the width trains more epochs in the same time.
     "narrow128-4ep": (UNIGRAM16K, ["--config_overrides", "hidden_size=128,num_attention_heads=4",
                                    "--num_train_epochs", "4"]),
@@ -90,6 +96,7 @@ VARIANTS = {
                                       "--weight_decay", "0.1"]),
     # Fine-tuning a checkpoint of PRETRAINS (third element): full, and LoRA.
     "tapt-mlm30-rotary-lr5e-4": (UNIGRAM16K, ["--learning_rate", "5e-4"], "tapt-mlm30-rotary"),
+    "tapt-electra-rotary-lr5e-4": (UNIGRAM16K, ["--learning_rate", "5e-4"], "tapt-electra-rotary"),
     # LoRA (r 8 on every linear layer of every block, heads trained fully) learns slower per step: 4x the full lr.
     # (Run when these layers were lora.py's default targets; the rows carry the targets they ran with.)
     "tapt-mlm30-rotary-lora-lr2e-3": (UNIGRAM16K, ["--use_lora", "--learning_rate", "2e-3", "--lora_target_modules",
@@ -116,6 +123,12 @@ PRETRAINS = {
     "tapt-mlm30-rotary": ["--config_overrides", "norm_position=pre,position_embedding_type=rotary",
                           "--mlm_probability", "0.3", "--max_steps", "2400", "--eval_steps", "400",
                           "--save_steps", "400", "--logging_steps", "50"],
+    # The same budget with ELECTRA's replaced-token detection (Clark et al. 2020): a generator a quarter as wide,
+    # 15% masking and a discriminator loss weight of 50 as ELECTRA-Small.
+    "tapt-electra-rotary": ["--objective", "electra", "--config_overrides",
+                            "norm_position=pre,position_embedding_type=rotary", "--mlm_probability", "0.15",
+                            "--max_steps", "2400", "--eval_steps", "400", "--save_steps", "400",
+                            "--logging_steps", "50"],
 }
 RECIPE_ARGS = ["--disable_tqdm", "true", "--overwrite_output_dir", "--save_total_limit", "1"]
 
@@ -144,7 +157,8 @@ def _timed(command, output, log_name):
 
 def pretrained_folder(name, task, kind, vocab_size):
     """Pretrain (once per task) the checkpoint PRETRAINS names, on the task's training texts; its folder and the
-    pretraining's record (wall time, validation MLM loss)."""
+    pretraining's record (wall time, validation loss: masked LM's, or ELECTRA's generator MLM + weighted
+    replaced-token detection)."""
     from .tasks import load_task
 
     output = SCRATCH / task / f"pretrain-{name}"
@@ -165,7 +179,7 @@ def pretrained_folder(name, task, kind, vocab_size):
                    "--seed", "42", *RECIPE_ARGS, *PRETRAINS[name]]
         wall = _timed(command, output, f"pretrain-{name}.log")
         loss = json.loads((output / "eval_results.json").read_text())["eval_loss"]
-        record.write_text(json.dumps({"wall_s": round(wall, 1), "eval_mlm_loss": loss, "commit": _git_commit(),
+        record.write_text(json.dumps({"wall_s": round(wall, 1), "eval_loss": loss, "commit": _git_commit(),
                                       **made_with}))
     return output, json.loads(record.read_text())
 
@@ -204,7 +218,8 @@ def run(variant, task, seed):
             folder, record = pretrained_folder(base[0], task, kind, vocab_size)
             start = ["--model_name_or_path", str(folder)]
             pretraining = {"pretrained": base[0], "pretrain_arguments": PRETRAINS[base[0]],
-                           "pretrain_wall_s": record["wall_s"], "pretrain_eval_mlm_loss": record["eval_mlm_loss"]}
+                           "pretrain_wall_s": record["wall_s"],
+                           "pretrain_eval_loss": record.get("eval_loss", record.get("eval_mlm_loss"))}
         else:
             start = ["--tokenizer_name", str(tokenizer_folder(task, kind, vocab_size))]
         command = [sys.executable, "recipes/finetune.py", *task_arguments(task), *start, "--output_dir", str(output),

@@ -8,6 +8,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForMaskedLM,
+    AutoModelForPreTraining,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
@@ -15,6 +16,7 @@ from transformers import (
 from .configuration_feedback import FeedbackConfig
 from .modeling_feedback import (
     FeedbackForMaskedLM,
+    FeedbackForPreTraining,
     FeedbackForSequenceClassification,
     FeedbackForTokenClassification,
     FeedbackModel,
@@ -26,6 +28,7 @@ AutoModel.register(FeedbackConfig, FeedbackModel, exist_ok=True)
 AutoModelForSequenceClassification.register(FeedbackConfig, FeedbackForSequenceClassification, exist_ok=True)
 AutoModelForMaskedLM.register(FeedbackConfig, FeedbackForMaskedLM, exist_ok=True)
 AutoModelForTokenClassification.register(FeedbackConfig, FeedbackForTokenClassification, exist_ok=True)
+AutoModelForPreTraining.register(FeedbackConfig, FeedbackForPreTraining, exist_ok=True)
 
 __version__ = "0.1.0"
 
@@ -36,4 +39,5 @@ __all__ = [
     "FeedbackForSequenceClassification",
     "FeedbackForMaskedLM",
     "FeedbackForTokenClassification",
+    "FeedbackForPreTraining",
 ]

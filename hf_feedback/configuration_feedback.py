@@ -27,6 +27,7 @@ FEEDBACK_AUTO_MAP = {
     "AutoModelForSequenceClassification": "modeling_feedback.FeedbackForSequenceClassification",
     "AutoModelForMaskedLM": "modeling_feedback.FeedbackForMaskedLM",
     "AutoModelForTokenClassification": "modeling_feedback.FeedbackForTokenClassification",
+    "AutoModelForPreTraining": "modeling_feedback.FeedbackForPreTraining",
 }
 
 
@@ -89,6 +90,15 @@ class FeedbackConfig(PretrainedConfig):
             largest matmul of pretraining (H x V per token). ModernBERT's option of the same name, except that
             in evaluation mode (what `from_pretrained` returns, and Trainer's evaluation) the logits are always
             (B, T, V), labels or not: a checkpoint pretrained with the flag on serves inference as any masked LM.
+        ngram_vocab_size (`int`, defaults to 0): rows of a table of hashed n-gram embeddings added to each token's
+            embedding (the n-grams of token ids that end at the token, one per size in `ngram_sizes`; fastText's
+            hashing trick, or the n-gram input vocabulary of Huang et al. 2025, "Over-Tokenized Transformer"); 0 turns
+            them off. The model then needs `input_ids` (not `inputs_embeds`).
+        ngram_sizes (`list[int]`, defaults to `[2, 3]`): the n-gram sizes (each >= 2) hashed into that table.
+        generator_size (`float`, defaults to 0.25): [`FeedbackForPreTraining`] (ELECTRA) only: the generator's
+            width (hidden size, heads, feed-forward size) as a fraction of the model's; ELECTRA's best was 1/4-1/2.
+        discriminator_loss_weight (`float`, defaults to 50.0): [`FeedbackForPreTraining`] only: weight of the
+            replaced-token-detection loss against the generator's masked-LM loss (ELECTRA's lambda).
     """
 
     model_type = "feedback"
@@ -115,8 +125,14 @@ class FeedbackConfig(PretrainedConfig):
     pooling: str = "mean"
     tie_word_embeddings: bool = True
     sparse_prediction: bool = False
+    ngram_vocab_size: int = 0
+    ngram_sizes: list[int] | tuple[int, ...] = (2, 3)
+    generator_size: float = 0.25
+    discriminator_loss_weight: float = 50.0
 
     def __post_init__(self, **kwargs):
+        if isinstance(self.ngram_sizes, tuple):
+            self.ngram_sizes = list(self.ngram_sizes)  # as config.json gives it back
         self._validate()
         super().__post_init__(**kwargs)  # also fills rope_parameters, from a legacy rope_theta if there is one
         self._validate_rope()
@@ -161,8 +177,18 @@ class FeedbackConfig(PretrainedConfig):
                      "max_position_embeddings"):
             integer(name, 1)
         integer("type_vocab_size", 0)
+        integer("ngram_vocab_size", 0)
+        sizes = self.ngram_sizes
+        if (not isinstance(sizes, (list, tuple)) or not sizes or len(set(sizes)) != len(sizes)
+                or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in sizes)):
+            raise ValueError(f"FeedbackConfig.ngram_sizes must be a non-empty list of distinct integers >= 2, "
+                             f"got {sizes!r}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             number(name, 0.0, 1.0)
+        number("generator_size", 0.0, 1.0)
+        if self.generator_size == 0:
+            raise ValueError("FeedbackConfig.generator_size must be a number in (0, 1], got 0")
+        number("discriminator_loss_weight", 0.0)
         if self.classifier_dropout is not None:
             number("classifier_dropout", 0.0, 1.0)
         number("initializer_range", 0.0)

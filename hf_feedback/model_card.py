@@ -139,7 +139,7 @@ def write_model_card(
         template_path=str(template_path),
         model_name=model_name,
         repo_id=trainer.args.hub_model_id or output_dir.name,
-        summary=_summary(config, pipeline_tag, base_model, lora, adapter_only),
+        summary=_summary(config, head, pipeline_tag, base_model, lora, adapter_only),
         head=head,
         head_path=_head_path(config, head, pipeline_tag),
         auto_class=auto_class,
@@ -208,12 +208,15 @@ def _head_path(config, head, pipeline_tag):
         return f"pooling ({pooling}) ─► dense + tanh ─► dropout ─► linear: {config.num_labels} labels ({head})"
     if pipeline_tag == "fill-mask":
         return f"per token: dense ─► GELU ─► LayerNorm ─► vocabulary logits, tied to the embeddings ({head})"
+    if head.endswith("ForPreTraining"):
+        return (f"per token: dense ─► GELU ─► linear: replaced or original ({head}; its generator, "
+                f"{config.generator_size:g} of the width, is saved beside it under `generator`)")
     if pipeline_tag == "token-classification":
         return f"per token: dropout ─► linear: {config.num_labels} labels ({head})"
     return f"last_hidden_state, and pooling ({pooling}) ─► dense + tanh ─► pooler_output ({head})"
 
 
-def _summary(config, pipeline_tag, base_model, lora, adapter_only):
+def _summary(config, head, pipeline_tag, base_model, lora, adapter_only):
     size = f"a {config.num_hidden_layers}-layer, {config.hidden_size}-wide encoder"
     start = f"fine-tuned from `{_local_or_hub(base_model)}`" if base_model else "trained from scratch"
     if pipeline_tag == "text-classification":
@@ -221,6 +224,8 @@ def _summary(config, pipeline_tag, base_model, lora, adapter_only):
         what = f"{size} {start} to classify texts as {labels}"
     elif pipeline_tag == "fill-mask":
         what = f"{size} pretrained with masked-language modelling ({start})"
+    elif head.endswith("ForPreTraining"):
+        what = f"{size} pretrained with replaced-token detection (ELECTRA; {start})"
     elif pipeline_tag == "token-classification":
         what = f"{size} {start} to tag each token with one of {config.num_labels} tags"
     else:
@@ -261,6 +266,15 @@ def _procedure(trainer, model, pipeline_tag, base_model, lora, adapter_only):
                 "(80% replaced by [MASK], 10% by a random token, 10% kept) and predicted with cross-entropy; the "
                 f"output projection is tied to the input embeddings. The tokenizer ({_vocabulary(trainer.processing_class)}) "
                 "was trained on the corpus.")
+    elif type(model).__name__.endswith("ForPreTraining"):
+        probability = getattr(trainer.data_collator, "mlm_probability", None)
+        masked = f"{probability:.0%} of the tokens" if probability is not None else "tokens"
+        text = (f"Replaced-token-detection pretraining (ELECTRA, Clark et al. 2020; `recipes/pretrain.py --objective "
+                f"electra`): {masked} of each batch are masked, a generator {model.config.generator_size:g} times as wide "
+                "fills them with its own samples, and the encoder learns to tell at every token whether it is the "
+                f"original (loss: generator masked-LM cross-entropy + {model.config.discriminator_loss_weight:g} x the "
+                f"encoder's binary cross-entropy). The tokenizer ({_vocabulary(trainer.processing_class)}) was "
+                "trained on the corpus.")
     else:
         args = trainer.args
         weights = getattr(trainer.compute_loss_func, "weights", None)
@@ -277,7 +291,7 @@ def _procedure(trainer, model, pipeline_tag, base_model, lora, adapter_only):
                 f"and {batches} batches, {evaluated}.")
     if base_model:
         text += f" Starting point: `{_local_or_hub(base_model)}`."
-    elif pipeline_tag != "fill-mask":
+    elif pipeline_tag != "fill-mask" and not type(model).__name__.endswith("ForPreTraining"):
         text += " The weights started from random initialisation and the tokenizer was trained on the train split."
     if lora:
         targets = lora.target_modules

@@ -34,7 +34,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from transformers.utils import logging
+from transformers.utils import ModelOutput, logging
 
 from .configuration_feedback import FeedbackConfig
 
@@ -203,8 +203,38 @@ def _apply_rotary(x, cos, sin):
 # ----------------------------------------------------------------------------------------------------------------
 # Embeddings
 # ----------------------------------------------------------------------------------------------------------------
+_HASH_PRIME = 2_147_483_647  # 2**31 - 1: residues stay small enough that every product below fits in int64
+_HASH_BASE = 1_000_003
+
+
+def hashed_ngram_ids(input_ids, position_ids, sizes, num_buckets, pad_token_id):
+    """Bucket ids (B, T, len(sizes)) of the n-grams of token ids that end at each position, one per n in `sizes`.
+
+    The n-gram ending at a token is the token and the n - 1 before it *in its own sequence*: `position_ids` says
+    how many precede it (a token at position p has p), and places before a sequence's start count as
+    `pad_token_id`. So a text gets the same ids alone, right- or left-padded, or packed after another. The hash is a
+    polynomial of the ids modulo the prime 2**31 - 1, offset by n, then reduced to `num_buckets`: different n-grams
+    share a bucket only by collision, as in fastText's hashing trick.
+    """
+    ids = input_ids.long()  # (B, T)
+    length = ids.shape[1]
+    pad = torch.full_like(ids, pad_token_id)
+    code, order, out = ids, 1, []
+    for n in sorted(sizes):
+        for back in range(order, n):
+            earlier = F.pad(ids, (back, 0), value=pad_token_id)[:, :length]  # (B, T): the token `back` places before
+            earlier = torch.where(position_ids >= back, earlier, pad)
+            code = (code * _HASH_BASE + earlier + 1) % _HASH_PRIME
+        order = n
+        out.append((code + n * 40_503) % _HASH_PRIME % num_buckets)
+    return torch.stack(out, dim=-1)  # order of `sorted(sizes)`; the embeddings are summed, so order does not matter
+
+
 class FeedbackEmbeddings(nn.Module):
-    """Token + (learned or sinusoidal) position + segment embeddings, then LayerNorm and dropout."""
+    """Token + (learned or sinusoidal) position + segment embeddings, and, if configured, hashed n-gram embeddings
+    (the embedding of the bigram and trigram of token ids that end at each token, from one table of
+    `ngram_vocab_size` rows: word-pair evidence such as a negation before an adjective, which character n-gram
+    classifiers thrive on, is in the input instead of left for attention to find), then LayerNorm and dropout."""
 
     def __init__(self, config):
         super().__init__()
@@ -218,11 +248,21 @@ class FeedbackEmbeddings(nn.Module):
         self.token_type_embeddings = (
             nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size > 0 else None
         )
+        self.ngram_embeddings = (
+            nn.Embedding(config.ngram_vocab_size, config.hidden_size) if config.ngram_vocab_size > 0 else None
+        )
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids, token_type_ids, position_ids, inputs_embeds=None):
         embeddings = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
+        if self.ngram_embeddings is not None:
+            if input_ids is None:
+                raise ValueError("This model embeds hashed n-grams of token ids (config.ngram_vocab_size > 0): pass "
+                                 "input_ids, not inputs_embeds")
+            ngrams = hashed_ngram_ids(input_ids, position_ids, self.config.ngram_sizes, self.config.ngram_vocab_size,
+                                      self.config.pad_token_id or 0)  # (B, T, len(ngram_sizes))
+            embeddings = embeddings + self.ngram_embeddings(ngrams).sum(dim=-2)
         if self.position_embeddings is not None:
             embeddings = embeddings + self.position_embeddings(position_ids)
         elif self.config.position_embedding_type == "sinusoidal":
@@ -624,6 +664,12 @@ class FeedbackForSequenceClassification(FeedbackPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+def _check_loss_kwargs(model, loss_kwargs):
+    unknown = set(loss_kwargs) - {"num_items_in_batch"}
+    if unknown:
+        raise TypeError(f"{type(model).__name__}.forward() got unexpected keyword arguments {sorted(unknown)}")
+
+
 class FeedbackLMHead(nn.Module):
     """dense -> activation -> LayerNorm -> projection onto the vocabulary (weight tied to the input embeddings)."""
 
@@ -670,9 +716,7 @@ class FeedbackForMaskedLM(FeedbackPreTrainedModel):
         # loss_kwargs: `num_items_in_batch`, the masked-token count of the whole accumulated batch (over every
         # gradient-accumulation step and process), which Trainer passes to models that take **kwargs. Normalising by
         # it instead of by each micro-batch's own count makes accumulation and DDP give the update of one big batch.
-        unknown = set(loss_kwargs) - {"num_items_in_batch"}
-        if unknown:
-            raise TypeError(f"{type(self).__name__}.forward() got unexpected keyword arguments {sorted(unknown)}")
+        _check_loss_kwargs(self, loss_kwargs)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.feedback(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
@@ -697,6 +741,119 @@ class FeedbackForMaskedLM(FeedbackPreTrainedModel):
                 loss = loss / num_items
         output = MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+@dataclass
+class FeedbackForPreTrainingOutput(ModelOutput):
+    """Output of [`FeedbackForPreTraining`].
+
+    loss: generator MLM loss + `discriminator_loss_weight` x discriminator loss (with `labels`).
+    logits: (B, T) the discriminator's score that each token was replaced (before the sigmoid).
+    generator_loss, discriminator_loss: the two parts of the loss (with `labels`).
+    replaced: (B, T) bool, which tokens the generator's samples replaced (with `labels`).
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    generator_loss: torch.Tensor | None = None
+    discriminator_loss: torch.Tensor | None = None
+    replaced: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+def generator_config(config):
+    """The ELECTRA generator's configuration: the discriminator's, `generator_size` times as wide (hidden size, heads,
+    feed-forward), as deep, predicting only the masked tokens."""
+    heads = max(1, round(config.num_attention_heads * config.generator_size))
+    head_size = max(2, round(config.hidden_size * config.generator_size / heads) // 2 * 2)  # even, for rotary
+    return FeedbackConfig(**{
+        **config.to_diff_dict(), "hidden_size": heads * head_size, "num_attention_heads": heads,
+        "intermediate_size": max(1, round(config.intermediate_size * config.generator_size)),
+        "ngram_vocab_size": 0, "sparse_prediction": True, "auto_map": None, "architectures": None,
+    })
+
+
+class FeedbackForPreTraining(FeedbackPreTrainedModel):
+    """Replaced-token detection (ELECTRA, Clark et al. 2020): a small masked-LM generator fills the masked positions
+    with its own samples, and the encoder (the discriminator, `feedback`: the model fine-tuning starts from) learns
+    to tell, at every token, whether it is the original. Every token teaches the discriminator, where masked-LM
+    learns from the masked 15-30% only: the most compute-efficient pretraining objective at small budgets.
+
+    Takes a masked-LM batch (`DataCollatorForLanguageModeling`: `input_ids` with masked positions, `labels` the
+    original ids there, -100 elsewhere) and trains both networks with one loss: generator MLM loss +
+    `config.discriminator_loss_weight` x the discriminator's binary cross-entropy over the real tokens. Samples are
+    drawn without gradient (the generator learns from its MLM loss only). Without `labels`, only the discriminator
+    runs on `input_ids` as given, as transformers' `ElectraForPreTraining` does.
+    """
+
+    _tied_weights_keys = {"generator_lm_head.decoder.weight": "generator.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.feedback = FeedbackModel(config, add_pooling_layer=False)
+        self.discriminator_dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.discriminator_prediction = nn.Linear(config.hidden_size, 1)
+        small = generator_config(config)
+        self.generator = FeedbackModel(small, add_pooling_layer=False)
+        self.generator_lm_head = FeedbackLMHead(small)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.generator_lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.generator_lm_head.decoder = new_embeddings
+
+    def resize_token_embeddings(self, *args, **kwargs):
+        raise NotImplementedError("FeedbackForPreTraining holds two vocabularies (generator and discriminator); "
+                                  "train it with the tokenizer it was made for")
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        **loss_kwargs,
+    ):
+        _check_loss_kwargs(self, loss_kwargs)  # Trainer's count is not needed: each part is a mean of its own tokens
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if input_ids is None:
+            raise ValueError("FeedbackForPreTraining needs input_ids (the generator samples token ids)")
+        generator_loss = discriminator_labels = None
+        if labels is not None:
+            _check_class_labels(labels, self.config.vocab_size)
+            masked = labels != -100  # (B, T)
+            hidden = self.generator(input_ids, attention_mask, token_type_ids, position_ids).last_hidden_state
+            generator_logits = self.generator_lm_head(hidden[masked])  # (num_masked, V)
+            generator_loss = CrossEntropyLoss()(generator_logits.float(), labels[masked])
+            with torch.no_grad():  # Gumbel-max: one sample of the generator's distribution at each masked token
+                uniform = torch.rand_like(generator_logits, dtype=torch.float32).clamp_(1e-9, 1 - 1e-9)
+                sampled = (generator_logits.float() - torch.log(-torch.log(uniform))).argmax(-1)
+            input_ids = input_ids.masked_scatter(masked, sampled)  # (B, T): the corrupted text
+            original = torch.where(masked, labels, input_ids)
+            discriminator_labels = input_ids != original  # a sample equal to the original counts as original
+
+        outputs = self.feedback(input_ids, attention_mask, token_type_ids, position_ids,
+                                output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                                return_dict=True)
+        logits = self.discriminator_prediction(F.gelu(self.discriminator_dense(outputs.last_hidden_state)))
+        logits = logits.squeeze(-1)  # (B, T)
+        loss = discriminator_loss = None
+        if labels is not None:
+            real = attention_mask.bool() if attention_mask is not None else torch.ones_like(masked)
+            discriminator_loss = BCEWithLogitsLoss()(logits[real].float(), discriminator_labels[real].float())
+            loss = generator_loss + self.config.discriminator_loss_weight * discriminator_loss
+        output = FeedbackForPreTrainingOutput(
+            loss=loss, logits=logits, generator_loss=generator_loss, discriminator_loss=discriminator_loss,
+            replaced=discriminator_labels, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
 
@@ -746,6 +903,7 @@ FeedbackModel.register_for_auto_class("AutoModel")
 FeedbackForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 FeedbackForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
 FeedbackForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+FeedbackForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 
 __all__ = [
     "FeedbackModel",
@@ -753,4 +911,5 @@ __all__ = [
     "FeedbackForSequenceClassification",
     "FeedbackForMaskedLM",
     "FeedbackForTokenClassification",
+    "FeedbackForPreTraining",
 ]

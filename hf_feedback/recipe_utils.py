@@ -473,10 +473,14 @@ def parse_config_overrides(overrides: str | None) -> dict:
         return {}
     fields = {f.name: f for f in dataclasses.fields(FeedbackConfig)}
     defaults = FeedbackConfig()
-    result = {}
+    result, previous = {}, None
     for item in overrides.split(","):
         key, sep, raw = item.partition("=")
         key = key.strip()
+        if not sep and isinstance(getattr(defaults, previous, None), list):
+            raise RecipeError(f"--config_overrides {previous}=...,{item}: join the values of {previous} with '+' "
+                              f"(commas separate the overrides), e.g. {previous}=2+3")
+        previous = key
         if not sep or key not in fields:
             raise RecipeError(
                 f"--config_overrides: {item!r} is not FIELD=VALUE with a FeedbackConfig field; fields are "
@@ -501,6 +505,12 @@ def parse_config_overrides(overrides: str | None) -> dict:
                                   f"e.g. {key}={current}") from None
         elif current is None:  # an optional number (classifier_dropout, eos_token_id, ...)
             value = _number(raw)
+        elif isinstance(current, list):  # a list of integers, joined by "+" (commas separate the overrides)
+            try:
+                value = [int(part) for part in raw.split("+")]
+            except ValueError:
+                raise RecipeError(f"--config_overrides {key}={raw}: {key} is a list of integers joined by '+', "
+                                  f"e.g. {key}={'+'.join(map(str, current))}") from None
         else:
             value = raw
         result[key] = value

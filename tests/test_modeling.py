@@ -23,6 +23,7 @@ from transformers.utils import logging as transformers_logging
 from hf_feedback import (
     FeedbackConfig,
     FeedbackForMaskedLM,
+    FeedbackForPreTraining,
     FeedbackForSequenceClassification,
     FeedbackForTokenClassification,
     FeedbackModel,
@@ -34,6 +35,8 @@ from hf_feedback.modeling_feedback import (
     FeedbackLayer,
     FeedbackRotaryEmbedding,
     _Unpadding,
+    generator_config,
+    hashed_ngram_ids,
     sinusoidal_position_embeddings,
 )
 
@@ -56,6 +59,32 @@ def test_defaults_follow_reference_design():
     assert (config.hidden_act, config.norm_position, config.position_embedding_type, config.pooling) == (
         "gelu", "post", "absolute", "mean")
     assert config.model_type == "feedback"
+
+
+def test_ngram_ids_hash_the_tokens_ending_at_each_position_within_its_sequence():
+    ids = torch.tensor([[5, 6, 7, 8, 6, 7, 8]])
+    positions = torch.arange(7)[None]
+    grams = hashed_ngram_ids(ids, positions, [2, 3], 1 << 20, pad_token_id=0)  # (1, 7, 2): bigram, trigram ids
+    assert grams.shape == (1, 7, 2) and 0 <= grams.min() and grams.max() < 1 << 20
+    # The same bigram "6 7" / "7 8" and trigram "6 7 8" at two places get one id; different ones (almost surely) not.
+    assert grams[0, 2, 0] == grams[0, 5, 0] and grams[0, 3, 0] == grams[0, 6, 0] and grams[0, 3, 1] == grams[0, 6, 1]
+    assert len(set(grams[0, :, 0].tolist())) == 5 and len(set(grams[0, :, 1].tolist())) == 6
+    assert not set(grams[0, :, 0].tolist()) & set(grams[0, :, 1].tolist())  # each size hashes with its own offset
+    # A token three places back is outside both; one place back is inside both.
+    changed = ids.clone()
+    changed[0, 3] = 9
+    other = hashed_ngram_ids(changed, positions, [2, 3], 1 << 20, pad_token_id=0)
+    assert torch.equal(other[0, 6], grams[0, 6]) and (other[0, 4] != grams[0, 4]).all()
+    # Packed after another sequence (positions restart at 0): the same ids as alone; size order does not matter.
+    packed = torch.cat([torch.tensor([[3, 4]]), ids], dim=1)
+    packed_positions = torch.cat([torch.arange(2), torch.arange(7)])[None]
+    assert torch.equal(hashed_ngram_ids(packed, packed_positions, [3, 2], 1 << 20, 0)[:, 2:], grams)
+
+
+def test_ngram_embeddings_need_input_ids(tiny_config):
+    model = build(FeedbackModel, tiny_config(ngram_vocab_size=10))
+    with pytest.raises(ValueError, match="pass input_ids, not inputs_embeds"):
+        model(inputs_embeds=torch.zeros(1, 3, 32))
 
 
 @pytest.mark.parametrize(
@@ -82,6 +111,14 @@ def test_defaults_follow_reference_design():
         (dict(rope_parameters={"rope_type": "linear", "factor": 2.0}), "scales rotary positions only"),
         (dict(rope_parameters={"rope_type": "linear"}, position_embedding_type="rotary"), "factor"),
         (dict(rope_parameters={"rope_type": "default", "rope_theta": 0.5}), "rope_theta"),
+        (dict(ngram_vocab_size=-1), "ngram_vocab_size"),
+        (dict(generator_size=0), "generator_size"),
+        (dict(generator_size=1.5), "generator_size"),
+        (dict(discriminator_loss_weight=-1), "discriminator_loss_weight"),
+        (dict(ngram_sizes=[1, 2]), "ngram_sizes"),
+        (dict(ngram_sizes=[]), "ngram_sizes"),
+        (dict(ngram_sizes=[2, 2]), "ngram_sizes"),
+        (dict(ngram_sizes="2,3"), "ngram_sizes"),
     ],
 )
 def test_invalid_config_raises_naming_the_field(overrides, field):
@@ -288,7 +325,8 @@ def test_output_attentions_on_sdpa_returns_the_eager_probabilities(kind, tiny_co
 
 @pytest.mark.parametrize("model_class", HEADS)
 @pytest.mark.parametrize("overrides", [{}, dict(norm_position="pre", position_embedding_type="rotary", pooling="cls"),
-                                       dict(position_embedding_type="sinusoidal", hidden_act="swiglu")])
+                                       dict(position_embedding_type="sinusoidal", hidden_act="swiglu"),
+                                       dict(position_embedding_type="rotary", ngram_vocab_size=50)])
 def test_padding_never_leaks(model_class, overrides, tiny_config, batch):
     model = build(model_class, tiny_config(**overrides))
     input_ids, attention_mask = batch
@@ -305,11 +343,12 @@ def test_padding_never_leaks(model_class, overrides, tiny_config, batch):
         torch.testing.assert_close(a, p[1:, :5], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_ragged_batch_matches_each_sequence_alone(attn, tiny_config):
+@pytest.mark.parametrize("attn, ngram_vocab_size", [("sdpa", 0), ("eager", 0), ("sdpa", 37)])
+def test_ragged_batch_matches_each_sequence_alone(attn, ngram_vocab_size, tiny_config):
     # Nine sequences of assorted lengths (attention runs them in length buckets, several sharing one padded
     # layout), one of them left-padded: each must come out as it does alone.
-    model = build(FeedbackForSequenceClassification, tiny_config(position_embedding_type="rotary"), attn=attn)
+    model = build(FeedbackForSequenceClassification,
+                  tiny_config(position_embedding_type="rotary", ngram_vocab_size=ngram_vocab_size), attn=attn)
     generator = torch.Generator().manual_seed(1)
     lengths = [9, 1, 4, 7, 2, 9, 5, 3, 6]
     input_ids = torch.randint(1, 99, (9, 9), generator=generator)
@@ -328,9 +367,10 @@ def test_ragged_batch_matches_each_sequence_alone(attn, tiny_config):
 @pytest.mark.parametrize("kind", ["absolute", "sinusoidal", "rotary"])
 @pytest.mark.parametrize("pooling", ["cls", "mean", "max"])
 def test_left_and_right_padding_give_the_text_alone(kind, pooling, tiny_config):
-    # No position_ids: the model counts positions from each row's first real token and pools that token.
-    model = build(FeedbackForSequenceClassification,
-                  tiny_config(position_embedding_type=kind, pooling=pooling, initializer_range=0.5))
+    # No position_ids: the model counts positions from each row's first real token and pools that token; its
+    # n-grams start there too.
+    model = build(FeedbackForSequenceClassification, tiny_config(
+        position_embedding_type=kind, pooling=pooling, initializer_range=0.5, ngram_vocab_size=40))
     text = torch.tensor([5, 6, 7, 8, 9])
     input_ids = torch.zeros(2, 8, dtype=torch.long)
     input_ids[0, 3:], input_ids[1, :5] = text, text  # left-padded, right-padded
@@ -515,6 +555,79 @@ def test_sparse_prediction_saved_by_pretraining_leaves_inference_logits_whole(ti
 # --------------------------------------------------------------------------------------------------------------
 # Hugging Face conventions
 # --------------------------------------------------------------------------------------------------------------
+def _masked_lm_batch(batch, positions=(1, 3, 4), mask_id=98):
+    input_ids, attention_mask = batch
+    labels = torch.full_like(input_ids, -100)
+    labels[:, list(positions)] = input_ids[:, list(positions)]
+    masked = input_ids.clone()
+    masked[:, list(positions)] = mask_id
+    return masked, attention_mask, labels
+
+
+def test_generator_is_a_narrower_copy_of_the_model(tiny_config):
+    small = generator_config(tiny_config(generator_size=0.25, position_embedding_type="rotary", ngram_vocab_size=50))
+    assert (small.hidden_size, small.num_attention_heads, small.intermediate_size) == (8, 1, 12)
+    assert (small.num_hidden_layers, small.vocab_size, small.position_embedding_type) == (2, 99, "rotary")
+    assert small.ngram_vocab_size == 0 and small.sparse_prediction
+
+
+def test_replaced_token_detection_loss_is_generator_mlm_plus_weighted_discriminator_bce(tiny_config, batch):
+    model = build(FeedbackForPreTraining, tiny_config(discriminator_loss_weight=7.0, initializer_range=0.5))
+    input_ids, attention_mask, labels = _masked_lm_batch(batch)
+    torch.manual_seed(3)
+    out = model(input_ids, attention_mask, labels=labels)
+    masked = labels != -100
+    # Only masked positions can be replaced, and the discriminator ran on the corrupted text: its input there is the
+    # generator's sample, so `replaced` is true exactly where the sample differs from the original.
+    assert out.replaced.shape == input_ids.shape and not out.replaced[~masked].any() and out.replaced.any()
+    real = attention_mask.bool()
+    torch.testing.assert_close(out.discriminator_loss, F.binary_cross_entropy_with_logits(
+        out.logits[real], out.replaced[real].float()))
+    torch.testing.assert_close(out.loss, out.generator_loss + 7.0 * out.discriminator_loss)
+    hidden = model.generator(input_ids, attention_mask).last_hidden_state
+    torch.testing.assert_close(out.generator_loss, F.cross_entropy(model.generator_lm_head(hidden[masked]),
+                                                                   labels[masked]))
+    # The discriminator saw the corrupted text: the masked positions filled with Gumbel-max samples of the generator
+    # (drawn again here from the same random state).
+    torch.manual_seed(3)
+    generator_logits = model.generator_lm_head(hidden[masked])
+    noise = -torch.log(-torch.log(torch.rand_like(generator_logits).clamp(1e-9, 1 - 1e-9)))
+    corrupted = input_ids.masked_scatter(masked, (generator_logits + noise).argmax(-1))
+    assert torch.equal(out.replaced, corrupted != torch.where(masked, labels, input_ids))
+    torch.testing.assert_close(out.logits, model(corrupted, attention_mask).logits)
+    # Without labels only the discriminator runs, on the ids as given.
+    plain = model(input_ids, attention_mask)
+    assert plain.loss is None and plain.logits.shape == input_ids.shape
+
+
+def test_generator_learns_from_its_own_loss_only(tiny_config, batch):
+    # Samples carry no gradient: the generator's gradients are those of its MLM loss alone, and the encoder's come
+    # from the discriminator loss alone.
+    model = build(FeedbackForPreTraining, tiny_config(initializer_range=0.5)).train()
+    input_ids, attention_mask, labels = _masked_lm_batch(batch)
+    torch.manual_seed(0)
+    out = model(input_ids, attention_mask, labels=labels)
+    generator_grads = torch.autograd.grad(out.loss, list(model.generator.parameters()), retain_graph=True)
+    expected = torch.autograd.grad(out.generator_loss, list(model.generator.parameters()), retain_graph=True)
+    for got, want in zip(generator_grads, expected):
+        torch.testing.assert_close(got, want)
+    encoder_grad, = torch.autograd.grad(out.loss, [model.feedback.embeddings.word_embeddings.weight], retain_graph=True)
+    want, = torch.autograd.grad(model.config.discriminator_loss_weight * out.discriminator_loss,
+                                [model.feedback.embeddings.word_embeddings.weight])
+    torch.testing.assert_close(encoder_grad, want)
+
+
+def test_pretraining_checkpoint_fine_tunes_from_its_encoder(tiny_config, tmp_path):
+    model = FeedbackForPreTraining(tiny_config())
+    model.save_pretrained(tmp_path)
+    classifier = FeedbackForSequenceClassification.from_pretrained(tmp_path, num_labels=2)
+    for name, weight in model.feedback.state_dict().items():
+        torch.testing.assert_close(classifier.feedback.state_dict()[name], weight, atol=0, rtol=0)
+    reloaded = FeedbackForPreTraining.from_pretrained(tmp_path)
+    assert reloaded.generator_lm_head.decoder.weight is reloaded.generator.embeddings.word_embeddings.weight
+    torch.testing.assert_close(reloaded.generator_lm_head.dense.weight, model.generator_lm_head.dense.weight)
+
+
 def test_init_weights_follow_initializer_range(tiny_config):
     model = build(FeedbackModel, tiny_config(hidden_size=64, intermediate_size=256, initializer_range=0.05))
     weight = model.encoder.layers[0].feed_forward.up_proj.weight
@@ -621,9 +734,11 @@ def test_too_long_sequence_is_rejected(tiny_config):
         build(FeedbackModel, tiny_config())(torch.ones(1, 65, dtype=torch.long))
 
 
-@pytest.mark.parametrize("kind, pooling", [("absolute", "mean"), ("rotary", "cls")])
-def test_torch_export_matches_eager(kind, pooling, tiny_config, batch):
-    model = build(FeedbackModel, tiny_config(position_embedding_type=kind, pooling=pooling, initializer_range=0.5))
+@pytest.mark.parametrize("kind, pooling, ngram_vocab_size", [("absolute", "mean", 0), ("rotary", "cls", 0),
+                                                             ("rotary", "mean", 50)])
+def test_torch_export_matches_eager(kind, pooling, ngram_vocab_size, tiny_config, batch):
+    model = build(FeedbackModel, tiny_config(position_embedding_type=kind, pooling=pooling, initializer_range=0.5,
+                                             ngram_vocab_size=ngram_vocab_size))
     inputs = {"input_ids": batch[0], "attention_mask": batch[1]}  # (2, 9), the second row padded after 5 tokens
     rows, length = torch.export.Dim("rows", min=1, max=16), torch.export.Dim("length", min=2, max=64)
     left_padded = {"input_ids": torch.tensor([[0, 0, 7, 8], [5, 6, 7, 8], [0, 0, 0, 9]]),

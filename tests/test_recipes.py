@@ -77,6 +77,27 @@ def test_pretrain_lowers_the_masked_lm_loss_and_saves_a_checkpoint(pretrained):
     assert encoder.encode(["中国", "人民日报"]).shape == (2, 32) and encoder.max_seq_length == 128
 
 
+def test_electra_pretraining_lowers_its_loss_and_fine_tunes_from_the_encoder(tmp_path):
+    electra = tmp_path / "electra"
+    pretrain.main(["--output_dir", str(electra), "--objective", "electra", *PRETRAIN])
+    loss = losses(electra)
+    assert loss[-1] < loss[0] - 5, loss  # from ~log(vocab) + 50 x log(2)
+    config = json.loads((electra / "config.json").read_text())
+    assert config["architectures"] == ["FeedbackForPreTraining"] and config["generator_size"] == 0.25
+    card = (electra / "README.md").read_text()
+    assert "pretrained with replaced-token detection (ELECTRA" in card and "perplexity" not in card.lower()
+    encoder = load_file(electra / "model.safetensors")
+    output_dir = tmp_path / "classifier"
+    finetune.main(["--output_dir", str(output_dir), "--model_name_or_path", str(electra), *FINETUNE[:4],
+                   "--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true",
+                   "--learning_rate", "1e-9"])
+    classifier = load_file(output_dir / "model.safetensors")
+    # The discriminator's encoder is what fine-tuning starts from; the generator and its head are left behind.
+    assert not any(k.startswith(("generator", "discriminator_")) for k in classifier)
+    torch.testing.assert_close(classifier["feedback.encoder.layers.0.attention.qkv_proj.weight"],
+                               encoder["feedback.encoder.layers.0.attention.qkv_proj.weight"], atol=1e-6, rtol=0)
+
+
 def test_finetune_from_scratch_learns_and_writes_its_results(finetuned):
     loss = losses(finetuned)
     assert loss[-1] < 0.6 < 0.68 < loss[0], loss
@@ -397,8 +418,15 @@ def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
     assert (tmp_path / "a_file").read_text() == "mine"
     expect_exit(capsys, [*out, "--validation_split_percentage", "0"], "--validation_split_percentage must be in (0, 100)",
                 recipe=pretrain)
+    expect_exit(capsys, [*out, "--objective", "rtd"], "--objective must be one of ['mlm', 'electra'], got 'rtd'",
+                recipe=pretrain)
     expect_exit(capsys, [*out, *few, "--config_overrides", "hidden_size=abc"],
                 "--config_overrides hidden_size=abc: hidden_size is a finite number (int)")
+    expect_exit(capsys, [*out, *few, "--config_overrides", "ngram_sizes=2,3"],
+                "--config_overrides ngram_sizes=...,3: join the values of ngram_sizes with '+'")
+    expect_exit(capsys, [*out, *few, "--config_overrides", "ngram_sizes=2+x"],
+                "--config_overrides ngram_sizes=2+x: ngram_sizes is a list of integers joined by '+', e.g. ngram_sizes=2+3")
+    expect_exit(capsys, [*out, *few, "--config_overrides", "ngram_sizes=1+2"], "FeedbackConfig.ngram_sizes")
     expect_exit(capsys, [*out, "--model_name_or_path", str(tmp_path / "nowhere")],
                 f"{tmp_path / 'nowhere'}: no such folder (--model_name_or_path / --tokenizer_name)")
     # A checkpoint copied short: the file is named, not a bare SafetensorError.

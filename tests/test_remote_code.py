@@ -12,18 +12,20 @@ from helpers import WITHOUT_HF_FEEDBACK
 
 from hf_feedback import (
     FeedbackForMaskedLM,
+    FeedbackForPreTraining,
     FeedbackForSequenceClassification,
     FeedbackForTokenClassification,
     FeedbackModel,
 )
 
 AUTO_CLASSES = ["AutoModel", "AutoModelForSequenceClassification", "AutoModelForMaskedLM",
-                "AutoModelForTokenClassification"]
+                "AutoModelForTokenClassification", "AutoModelForPreTraining"]
 HEAD_OUTPUT = {  # the output each saved head is compared on when reopened with its own Auto class
     FeedbackModel: ("AutoModel", "pooler_output"),
     FeedbackForSequenceClassification: ("AutoModelForSequenceClassification", "logits"),
     FeedbackForMaskedLM: ("AutoModelForMaskedLM", "logits"),
     FeedbackForTokenClassification: ("AutoModelForTokenClassification", "logits"),
+    FeedbackForPreTraining: ("AutoModelForPreTraining", "logits"),
 }
 
 LOADER = WITHOUT_HF_FEEDBACK + textwrap.dedent(
@@ -87,7 +89,8 @@ def test_saved_heads_open_with_every_auto_class_without_hf_feedback(tiny_config,
             assert got["class"] == {"AutoModel": "FeedbackModel",
                                     "AutoModelForSequenceClassification": "FeedbackForSequenceClassification",
                                     "AutoModelForMaskedLM": "FeedbackForMaskedLM",
-                                    "AutoModelForTokenClassification": "FeedbackForTokenClassification"}[name]
+                                    "AutoModelForTokenClassification": "FeedbackForTokenClassification",
+                                    "AutoModelForPreTraining": "FeedbackForPreTraining"}[name]
             # Every Auto class shares the saved encoder exactly.
             torch.testing.assert_close(got["hidden"], hidden, atol=0, rtol=0)
         torch.testing.assert_close(reopened[head.__name__, own_class]["head"], expected_head, atol=0, rtol=0)
