@@ -136,8 +136,8 @@ DEFAULTS = dict(
 # What a new model (no --model_name_or_path) changes from FeedbackConfig's BERT-like defaults; --config_overrides
 # wins. Pre-norm: the residual stream stays an identity path at every depth, so a model from scratch trains at a
 # higher learning rate without the plateaus post-norm showed. Rotary positions: +0.65 test points over learned
-# absolute ones over three seeds (benchmarks/RECIPE_SEARCH.md, `rotary` against the earlier `default`), and the
-# architecture pretrain.py makes, so a model from scratch is the twin of a pretrained one.
+# absolute ones over three seeds (benchmarks/RECIPE_SEARCH.md, `rotary` against `absolute`, the earlier default),
+# and the architecture pretrain.py makes, so a model from scratch is the twin of a pretrained one.
 NEW_MODEL = dict(norm_position="pre", position_embedding_type="rotary")
 
 
