@@ -207,16 +207,25 @@ READING = [
     "What was tried (every lever with its mean ± std in `benchmarks/RECIPE_SEARCH.md`) and why targets fall short:",
     "- From scratch: tokens (WordPiece characters vs a 16k unigram vocabulary), batches (length-grouped vs random), "
     "norm position and learning rate, 1-3 epochs with and without early stopping, best-checkpoint selection, "
-    "rotary positions, max pooling, dropout. Validation accuracy levels off within the first epoch for every one "
-    "of them: 14k short reviews are not enough for a transformer from scratch to out-learn character n-grams; what "
-    "moves it is knowledge from outside the labels.",
+    "rotary positions (now the default: the `absolute` row is the default before them), max pooling, dropout and "
+    "weight decay, token masking and an auxiliary masked-LM loss during fine-tuning (benchmarks/probes), and hashed "
+    "bigram + trigram embeddings of the tokens (`rotary-ngram64k`: the baseline's own evidence in the input, which "
+    "the model memorised in its second epoch and tested below the default). Validation accuracy levels off within "
+    "the first epoch for every one of them: 14k short reviews are not enough for a transformer from scratch to "
+    "out-learn character n-grams; what moves it is knowledge from outside the labels.",
     "- Pretraining: task-adaptive masked-LM pretraining on the training texts (30% masking, rotary, pre-norm, ~11 "
     "epochs in 2,400 steps) is the first configuration to beat TF-IDF, and the gain over the same model from "
     "scratch grew from +0.3 (People's Daily + reviews, 15% masking, 1,200 steps, earlier defaults) to the row "
     "above. The budget is the limit: the validation masked-LM loss was still falling at the end, and 47 minutes "
-    "of a shared 2-core CPU leave no room for more steps inside the hour. Levers not yet measured: ELECTRA's "
-    "replaced-token detection (learns from every token, the most compute-efficient objective at small budgets), "
-    "15% vs 30% vs 40% masking, pretraining on People's Daily + reviews with the unigram tokenizer.",
+    "of a shared 2-core CPU leave no room for more steps inside the hour. ELECTRA's replaced-token detection "
+    "(`recipes/pretrain.py --objective electra`, ELECTRA-Small's settings, the same 2,400 steps) did not pay at "
+    "this budget: at the masked LM's learning rate of 1e-3 the discriminator fell back to calling every token "
+    "original within 400 steps and was stopped; at 5e-4 both networks learned, slowly: at the end the "
+    "quarter-width generator's masked-LM loss was still near the unigram plateau and the discriminator flagged "
+    "under a quarter of the replaced tokens (`benchmarks/probes/electra_checkpoints.py`, "
+    "results/electra_probe.txt), where the masked LM of the same budget had long left that plateau; fine-tuning "
+    "from it tested about level with the model from scratch. Levers not yet measured: 15% vs 30% vs 40% masking, pretraining on "
+    "People's Daily + reviews with the unigram tokenizer, a wider ELECTRA generator or a longer budget.",
     "- One GPU: size is the lever the GPU buys (BERT-medium's shape, 8 layers of 512, over the small default; it "
     "prefers a lower fine-tuning rate). The validation masked-LM loss of both sizes levelled off a third of the "
     "way into the pretraining while the training loss kept falling far below it (logs in the GPU run's folder): "

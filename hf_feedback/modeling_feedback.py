@@ -70,10 +70,17 @@ class _Layout(_Movable):
     real: torch.Tensor | None = None  # (B * T,) which positions are real, when padding is kept as tokens
 
     @classmethod
-    def from_mask(cls, attention_mask):
-        sequences, positions = attention_mask.nonzero(as_tuple=True)
-        indices = sequences * attention_mask.shape[1] + positions
-        return cls(indices, sequences, positions, attention_mask.shape[0], attention_mask.shape[1])
+    def from_mask(cls, attention_mask, num_real):
+        # `num_real` (N) comes from the host, so that finding the real positions needs no synchronisation (nonzero
+        # would wait for the device to learn N): scatter each real position to its rank among the real ones, and
+        # every padded one to a spare slot past the end.
+        batch_size, seq_len = attention_mask.shape
+        real = attention_mask.flatten()  # (B * T,) bool
+        rank = real.cumsum(0) - 1
+        slots = torch.where(real, rank, num_real)
+        every = torch.arange(batch_size * seq_len, device=real.device)
+        indices = every.new_empty(num_real + 1).scatter_(0, slots, every)[:num_real]  # (N,)
+        return cls(indices, indices // seq_len, indices % seq_len, batch_size, seq_len)
 
     def unpad(self, x):
         # (B, T, ...) -> (N, ...). Indexing by (sequence, position) gathers straight from a strided view, such as
@@ -113,20 +120,36 @@ class _Unpadding(_Movable):
     buckets: list[_Bucket]
     restore: torch.Tensor  # (N,) puts the buckets' concatenated tokens back in the batch's token order
 
-    @classmethod
-    def from_mask(cls, attention_mask):
-        layout = _Layout.from_mask(attention_mask)
-        batch_size, seq_len = attention_mask.shape
-        # Row of each real token in the (N, ...) tensor; extent = 1 + the last real position of each sequence.
-        token_rows = (attention_mask.flatten().cumsum(0) - 1).view(batch_size, seq_len)
+    @staticmethod
+    def lengths(attention_mask):
+        """(2, B) for the host: each sequence's extent (1 + its last real position) and its number of real tokens,
+        all that `from_mask` needs to know on the host to plan the buckets."""
+        seq_len = attention_mask.shape[1]
         extent = (attention_mask * torch.arange(1, seq_len + 1, device=attention_mask.device)).amax(1)
-        order = extent.argsort(descending=True)
-        buckets = []
-        for sequences in order.tensor_split(min(_ATTENTION_BUCKETS, batch_size)):
-            mask = attention_mask[sequences, : int(extent[sequences[0]])]  # (Bb, Tb)
-            bucket_layout = _Layout.from_mask(mask)
+        return torch.stack([extent, attention_mask.sum(1)]).long()
+
+    @classmethod
+    def from_mask(cls, attention_mask, extents, counts):
+        """`attention_mask` (B, T) bool; `extents` and `counts`: lists of B ints, `lengths` read on the host. Every
+        shape is planned from them, so building the buckets waits on the device for nothing."""
+        batch_size, seq_len = attention_mask.shape
+        layout = _Layout.from_mask(attention_mask, sum(counts))
+        # Row of each real token in the (N, ...) tensor.
+        token_rows = (attention_mask.flatten().cumsum(0) - 1).view(batch_size, seq_len)
+        order = sorted(range(batch_size), key=lambda b: -extents[b])  # longest first
+        order_on_device = torch.tensor(order, device=attention_mask.device)
+        buckets, start = [], 0
+        num_buckets = min(_ATTENTION_BUCKETS, batch_size)
+        for i in range(num_buckets):  # sizes as tensor_split gives them: the first B % k buckets one larger
+            size = batch_size // num_buckets + (i < batch_size % num_buckets)
+            members, sequences = order[start:start + size], order_on_device[start:start + size]
+            start += size
+            length = extents[members[0]]
+            mask = attention_mask[sequences, :length]  # (Bb, Tb)
+            bucket_layout = _Layout.from_mask(mask, sum(counts[b] for b in members))
             tokens = token_rows[sequences][bucket_layout.sequences, bucket_layout.positions]
-            buckets.append(_Bucket(tokens, sequences, bucket_layout, None if mask.all() else mask[:, None, None, :]))
+            unmasked = all(counts[b] == length for b in members)  # every sequence fills the bucket's length
+            buckets.append(_Bucket(tokens, sequences, bucket_layout, None if unmasked else mask[:, None, None, :]))
         restore = torch.cat([b.tokens for b in buckets]).argsort()
         return cls(layout, attention_mask[:, None, None, :], buckets, restore)
 
@@ -483,16 +506,29 @@ class FeedbackPreTrainedModel(PreTrainedModel):
         # works at any time. transformers' heuristic only trusts models that dispatch through ALL_ATTENTION_FUNCTIONS.
         return True
 
-    def _validate_input_ids(self, input_ids):
-        # Fail with a clear message here rather than with an index error deep in an embedding kernel. A check on
-        # values cannot be traced (torch.export, torch.compile), so a traced model goes without it.
-        if input_ids is None or not input_ids.numel() or torch.compiler.is_compiling():
-            return
-        if input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size:
-            raise ValueError(
-                f"input_ids must lie in [0, vocab_size={self.config.vocab_size}); got values in "
-                f"[{int(input_ids.min())}, {int(input_ids.max())}]. Does the tokenizer match the model?"
-            )
+    def _read_on_host(self, input_ids, attention_mask):
+        """What the forward needs to know on the host, read from the device in one synchronisation: the range of
+        `input_ids` (checked here, with a clear message rather than an index error deep in an embedding kernel) and
+        the mask's per-sequence lengths (`_Unpadding.lengths`; None without a mask). A traced model (torch.export,
+        torch.compile) cannot read values and goes without both: it keeps the padding instead."""
+        if torch.compiler.is_compiling():
+            return None
+        parts = []
+        check_ids = input_ids is not None and input_ids.numel() > 0
+        if check_ids:
+            parts.append(torch.stack([input_ids.min(), input_ids.max()]).long())
+        if attention_mask is not None:
+            parts.append(_Unpadding.lengths(attention_mask).flatten())
+        values = torch.cat(parts).tolist() if parts else []  # the forward's one synchronisation
+        if check_ids:
+            low, high, values = values[0], values[1], values[2:]
+            if low < 0 or high >= self.config.vocab_size:
+                raise ValueError(f"input_ids must lie in [0, vocab_size={self.config.vocab_size}); got values in "
+                                 f"[{low}, {high}]. Does the tokenizer match the model?")
+        if attention_mask is None:
+            return None
+        batch_size = attention_mask.shape[0]
+        return values[:batch_size], values[batch_size:]  # extents, counts
 
 
 class FeedbackModel(FeedbackPreTrainedModel):
@@ -529,7 +565,7 @@ class FeedbackModel(FeedbackPreTrainedModel):
         return_dict = config.return_dict if return_dict is None else return_dict
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
-        self._validate_input_ids(input_ids)
+        lengths = self._read_on_host(input_ids, attention_mask)
         if input_ids is not None:
             # A pad id at either end and no mask: the padding would be attended to; transformers warns once.
             self.warn_if_padding_and_no_attention_mask(input_ids, attention_mask)
@@ -560,9 +596,9 @@ class FeedbackModel(FeedbackPreTrainedModel):
         if attention_mask is not None and torch.compiler.is_compiling():
             attention_mask = attention_mask.bool()
             unpadding = _Unpadding.keeping_padding(attention_mask)
-        elif attention_mask is not None and not bool(attention_mask.all()):
+        elif attention_mask is not None and any(count < seq_len for count in lengths[1]):
             attention_mask = attention_mask.bool()
-            unpadding = _Unpadding.from_mask(attention_mask)
+            unpadding = _Unpadding.from_mask(attention_mask, *lengths)
         if unpadding is not None:
             hidden_states = unpadding.layout.unpad(hidden_states)  # (N, H), N = B * T when padding is kept
 
@@ -596,8 +632,9 @@ def _check_class_labels(labels, num_labels):
     # As for input_ids, a traced model (torch.export, torch.compile) goes without this check on values.
     if torch.compiler.is_compiling():
         return
-    valid = labels[labels != -100]
-    if valid.numel() and (valid.min() < 0 or valid.max() >= num_labels):
+    outside = ((labels < 0) | (labels >= num_labels)) & (labels != -100)
+    if outside.any():  # one synchronisation; the message's values are read only on failure
+        valid = labels[labels != -100]
         raise ValueError(
             f"labels must lie in [0, num_labels={num_labels}) (or be -100 to ignore); got values in "
             f"[{int(valid.min())}, {int(valid.max())}]"

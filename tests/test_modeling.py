@@ -17,6 +17,7 @@ from transformers import (
 )
 
 from accelerate.utils import send_to_device
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging as transformers_logging
 
@@ -409,7 +410,7 @@ def test_unpadding_indices_move_with_the_hidden_states(batch):
         items = value if isinstance(value, list) else vars(value).values() if dataclasses.is_dataclass(value) else []
         return [t for item in items for t in tensors(item)]
 
-    unpadding = _Unpadding.from_mask(batch[1].bool())  # 2 sequences: 2 buckets, no bucket needs a mask
+    unpadding = _Unpadding.from_mask(batch[1].bool(), *_Unpadding.lengths(batch[1]).tolist())  # 2 buckets, unmasked
     hidden_states, moved = send_to_device((torch.zeros(14, 32), unpadding), "meta")
     assert hidden_states.device.type == "meta"
     # layout (3 index tensors) + mask + 2 buckets x (tokens, sequences, layout's 3) + restore
@@ -417,6 +418,56 @@ def test_unpadding_indices_move_with_the_hidden_states(batch):
     assert {t.device.type for t in tensors(moved)} == {"meta"}
     assert {t.device.type for t in tensors(unpadding)} == {"cpu"}  # moved copies, the original stays
     assert [t.shape for t in tensors(moved)] == [t.shape for t in tensors(unpadding)]
+
+
+class _Synchronisations(TorchDispatchMode):
+    """Counts the calls that make the host wait for the device: reading a value (`item`, `bool`, `int`: aten's
+    _local_scalar_dense), `nonzero` and indexing with a boolean mask (their output's size is data), and `tolist`
+    (which on a CPU tensor dispatches nothing, so it is counted where it is called)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in ("_local_scalar_dense", "nonzero") or (
+                name == "index" and any(t is not None and t.dtype == torch.bool for t in args[1])):
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self):
+        tolist, calls = torch.Tensor.tolist, self.calls
+
+        def counted(tensor):
+            calls.append("tolist")
+            return tolist(tensor)
+
+        self._tolist, torch.Tensor.tolist = tolist, counted
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.Tensor.tolist = self._tolist
+        return super().__exit__(*exc)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max"])
+def test_a_forward_waits_for_the_device_once(pooling, tiny_config):
+    # A ragged batch (nine lengths, one row left-padded): one read of the ids' range and the sequence lengths plans
+    # every attention bucket; the label check is the second, in training only. (It was 22: one per bucket and check.)
+    model = build(FeedbackForSequenceClassification, tiny_config(position_embedding_type="rotary", pooling=pooling))
+    lengths = [9, 1, 4, 7, 2, 9, 5, 3, 6]
+    input_ids = torch.randint(1, 99, (9, 9), generator=torch.Generator().manual_seed(1))
+    attention_mask = (torch.arange(9)[None] < torch.tensor(lengths)[:, None]).long()
+    attention_mask[4] = attention_mask[4].flip(0)
+    for inputs, expected in (({}, ["tolist"]), ({"labels": torch.tensor([0, 1] * 4 + [0])}, ["tolist", "any"])):
+        with _Synchronisations() as counted:
+            model.train()(input_ids, attention_mask, **inputs)
+        assert [name.replace("_local_scalar_dense", "any") for name in counted.calls] == expected
+    # Unpadded, with or without a mask: the same one read (the ids' range), and no unpadding.
+    with _Synchronisations() as counted:
+        model(input_ids[:1], attention_mask[:1])
+    assert counted.calls == ["tolist"]
 
 
 def test_padded_ids_without_attention_mask_warn(tiny_config, batch):
