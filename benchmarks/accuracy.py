@@ -224,7 +224,7 @@ READING = [
     "quarter-width generator's masked-LM loss was still near the unigram plateau and the discriminator flagged "
     "under a quarter of the replaced tokens (`benchmarks/probes/electra_checkpoints.py`, "
     "results/electra_probe.txt), where the masked LM of the same budget had long left that plateau; fine-tuning "
-    "from it tested about level with the model from scratch. Levers not yet measured: 15% vs 30% vs 40% masking, pretraining on "
+    "from it tested between the model from scratch and the masked-LM pretraining, below TF-IDF. Levers not yet measured: 15% vs 30% vs 40% masking, pretraining on "
     "People's Daily + reviews with the unigram tokenizer, a wider ELECTRA generator or a longer budget.",
     "- One GPU: size is the lever the GPU buys (BERT-medium's shape, 8 layers of 512, over the small default; it "
     "prefers a lower fine-tuning rate). The validation masked-LM loss of both sizes levelled off a third of the "

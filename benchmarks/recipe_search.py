@@ -298,7 +298,7 @@ def write_table():
              "comparable between runs made on the otherwise idle 2-core CPU. Raw rows: "
              "`benchmarks/results/recipe_search.jsonl`. Arguments are those given on top of finetune.py's defaults at the "
              "time of the run; rows run under earlier defaults spell those out (`3ep-patience3*`: up to 3 epochs with "
-             "early stopping). Tasks (`benchmarks/tasks.py`): `reviews`, the bundled task; `reviews-imbalanced`, "
+             "early stopping; `position_embedding_type=absolute`: run before rotary positions became the default). Tasks (`benchmarks/tasks.py`): `reviews`, the bundled task; `reviews-imbalanced`, "
              "10% negatives; `longmix3`, three classes of long multi-part reviews with a 10% `mixed` class.", ""]
     for task in sorted({task for task, _ in groups}):
         lines += [f"## {task}", "", "| variant | tokenizer | arguments | seeds | test accuracy | test macro F1 | "
