@@ -228,6 +228,7 @@ def _apply_rotary(x, cos, sin):
 # ----------------------------------------------------------------------------------------------------------------
 _HASH_PRIME = 2_147_483_647  # 2**31 - 1: residues stay small enough that every product below fits in int64
 _HASH_BASE = 1_000_003
+_HASH_SIZE_OFFSET = 40_503  # times n, added to an n-gram's code: sizes hash apart
 
 
 def hashed_ngram_ids(input_ids, position_ids, sizes, num_buckets, pad_token_id):
@@ -241,15 +242,14 @@ def hashed_ngram_ids(input_ids, position_ids, sizes, num_buckets, pad_token_id):
     """
     ids = input_ids.long()  # (B, T)
     length = ids.shape[1]
-    pad = torch.full_like(ids, pad_token_id)
     code, order, out = ids, 1, []
     for n in sorted(sizes):
         for back in range(order, n):
             earlier = F.pad(ids, (back, 0), value=pad_token_id)[:, :length]  # (B, T): the token `back` places before
-            earlier = torch.where(position_ids >= back, earlier, pad)
+            earlier = torch.where(position_ids >= back, earlier, pad_token_id)
             code = (code * _HASH_BASE + earlier + 1) % _HASH_PRIME
         order = n
-        out.append((code + n * 40_503) % _HASH_PRIME % num_buckets)
+        out.append((code + n * _HASH_SIZE_OFFSET) % _HASH_PRIME % num_buckets)
     return torch.stack(out, dim=-1)  # order of `sorted(sizes)`; the embeddings are summed, so order does not matter
 
 
