@@ -94,6 +94,11 @@ VARIANTS = {
     # Regularisation: twice the dropout, weight decay 0.1.
     "dropout0.2-wd0.1": (UNIGRAM16K, ["--config_overrides", "hidden_dropout_prob=0.2,attention_probs_dropout_prob=0.2",
                                       "--weight_decay", "0.1"]),
+    # Session 8 screens under the rotary default: label smoothing, a smaller vocabulary (fewer rare tokens whose
+    # embeddings 14k reviews barely train), a third epoch.
+    "label-smoothing0.1": (UNIGRAM16K, ["--label_smoothing_factor", "0.1"]),
+    "unigram8k": (("unigram", 8000), []),
+    "3ep": (UNIGRAM16K, ["--num_train_epochs", "3"]),
     # Fine-tuning a checkpoint of PRETRAINS (third element): full, and LoRA.
     "tapt-mlm30-rotary-lr5e-4": (UNIGRAM16K, ["--learning_rate", "5e-4"], "tapt-mlm30-rotary"),
     "tapt-electra-rotary-lr5e-4": (UNIGRAM16K, ["--learning_rate", "5e-4"], "tapt-electra-rotary"),

@@ -12,7 +12,13 @@ import random
 from dataclasses import dataclass
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification, DataCollatorWithPadding
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    DataCollatorWithPadding,
+    ModernBertConfig,
+    ModernBertForSequenceClassification,
+)
 
 from hf_feedback import FeedbackConfig, FeedbackForSequenceClassification
 from hf_feedback.convert_bert import SHARED_CONFIG_FIELDS
@@ -65,12 +71,36 @@ def bert(config, attn_implementation):
     return BertForSequenceClassification._from_config(bert_config(config), attn_implementation=attn_implementation)
 
 
+def without_dropout(config):
+    return FeedbackConfig(**{**config.to_diff_dict(), "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+
+
+def modernbert(config, dropout):
+    """transformers' ModernBERT (unpadding, RoPE, GeGLU, pre-norm) at our width, depth, heads and feed-forward size
+    (its intermediate_size is the gated unit's inner width, so its feed-forward holds 1.5x the weights), sdpa
+    attention, with `dropout` on embeddings, attention and feed-forward (its default is 0)."""
+    torch.manual_seed(0)
+    modern = ModernBertConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
+        max_position_embeddings=config.max_position_embeddings, num_labels=config.num_labels,
+        pad_token_id=config.pad_token_id, bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3,
+        embedding_dropout=dropout, attention_dropout=dropout, mlp_dropout=dropout)
+    return ModernBertForSequenceClassification._from_config(modern, attn_implementation="sdpa")
+
+
 # Row name -> builder. The first row is ours; ratios are taken against it.
 MODELS = {
     "ours (sdpa)": ours,
     "BERT (sdpa)": lambda config: bert(config, "sdpa"),
     "BERT (eager)": lambda config: bert(config, "eager"),
+    "ModernBERT (dropout 0)": lambda config: modernbert(config, 0.0),
+    "ModernBERT (dropout 0.1)": lambda config: modernbert(config, 0.1),
+    # Dropout's own cost on the CPU: ours without it (ModernBERT's default).
+    "ours (sdpa, dropout 0)": lambda config: ours(without_dropout(config)),
 }
+# The peers the targets are judged against (the other rows are for reading).
+PEERS = ("BERT (sdpa)", "BERT (eager)", "ModernBERT (dropout 0)", "ModernBERT (dropout 0.1)")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
+from .collators import DataCollatorForPaddingFree
 from .configuration_feedback import FeedbackConfig
 from .modeling_feedback import (
     FeedbackForMaskedLM,
@@ -40,4 +41,5 @@ __all__ = [
     "FeedbackForMaskedLM",
     "FeedbackForTokenClassification",
     "FeedbackForPreTraining",
+    "DataCollatorForPaddingFree",
 ]

@@ -99,6 +99,11 @@ class FeedbackConfig(PretrainedConfig):
             width (hidden size, heads, feed-forward size) as a fraction of the model's; ELECTRA's best was 1/4-1/2.
         discriminator_loss_weight (`float`, defaults to 50.0): [`FeedbackForPreTraining`] only: weight of the
             replaced-token-detection loss against the generator's masked-LM loss (ELECTRA's lambda).
+        check_input_values (`bool`, defaults to `True`): check the values of each forward's inputs on the host:
+            `input_ids` within the vocabulary, labels within the classes, a packed row's boundaries against its
+            length, and transformers' warning about padded ids without a mask. On a GPU each check waits for the
+            device; with it off, a padded batch waits once (its lengths plan the attention buckets) and a packed row
+            with `cu_seq_lens` never: turn it off for training on data already checked. Traced models skip the checks.
     """
 
     model_type = "feedback"
@@ -129,6 +134,7 @@ class FeedbackConfig(PretrainedConfig):
     ngram_sizes: list[int] | tuple[int, ...] = (2, 3)
     generator_size: float = 0.25
     discriminator_loss_weight: float = 50.0
+    check_input_values: bool = True
 
     def __post_init__(self, **kwargs):
         if isinstance(self.ngram_sizes, tuple):
@@ -183,6 +189,8 @@ class FeedbackConfig(PretrainedConfig):
                 or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in sizes)):
             raise ValueError(f"FeedbackConfig.ngram_sizes must be a non-empty list of distinct integers >= 2, "
                              f"got {sizes!r}")
+        if not isinstance(self.check_input_values, bool):
+            raise ValueError(f"FeedbackConfig.check_input_values must be True or False, got {self.check_input_values!r}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             number(name, 0.0, 1.0)
         number("generator_size", 0.0, 1.0)

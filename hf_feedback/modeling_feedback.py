@@ -25,9 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
     MaskedLMOutput,
@@ -51,7 +53,7 @@ class _Movable:
 
     def to(self, device, non_blocking=False):
         def move(value):
-            if isinstance(value, (torch.Tensor, _Movable)):
+            if isinstance(value, (torch.Tensor, _Movable, BlockMask)):
                 return value.to(device, non_blocking=non_blocking)
             return [move(v) for v in value] if isinstance(value, list) else value
 
@@ -119,6 +121,30 @@ class _Unpadding(_Movable):
     mask: torch.Tensor  # (B, 1, 1, T) the whole batch's key mask, for attention that returns its probabilities
     buckets: list[_Bucket]
     restore: torch.Tensor  # (N,) puts the buckets' concatenated tokens back in the batch's token order
+    packed: bool = False  # the input was one packed row (1, N): outputs keep that shape, sequences pool apart
+    block_mask: BlockMask | None = None  # flex attention's, made by the first layer that needs it
+
+    def document_mask(self):
+        """Flex attention's BlockMask for the batch's N tokens as one row: each token attends to the real tokens of
+        its own sequence (block-diagonal, as the tokens come sequence by sequence). Made once per forward."""
+        if self.block_mask is None:
+            sequences, real = self.layout.sequences, self.layout.real  # (N,) each; real: padding kept as tokens
+
+            def same_sequence(batch, head, query, key):
+                keep = sequences[query] == sequences[key]
+                return keep if real is None else keep & real[key]
+
+            num_tokens = sequences.shape[0]
+            self.block_mask = create_block_mask(same_sequence, None, None, num_tokens, num_tokens,
+                                                device=sequences.device)
+        return self.block_mask
+
+    def to_output(self, x):
+        # (N, ...) -> the shape the input came in: (B, T, ...) padded, or the packed row (1, N, ...)
+        return x[None] if self.packed else self.layout.pad(x)
+
+    def from_output(self, x):
+        return x[0] if self.packed else self.layout.unpad(x)
 
     @staticmethod
     def lengths(attention_mask):
@@ -152,6 +178,26 @@ class _Unpadding(_Movable):
             buckets.append(_Bucket(tokens, sequences, bucket_layout, None if unmasked else mask[:, None, None, :]))
         restore = torch.cat([b.tokens for b in buckets]).argsort()
         return cls(layout, attention_mask[:, None, None, :], buckets, restore)
+
+    @classmethod
+    def from_packed(cls, cu_seq_lens, max_length, num_tokens):
+        """A packed row of N tokens (transformers' `DataCollatorWithFlattening`: a batch's S sequences end to end,
+        `cu_seq_lens` (S + 1,) their boundaries, `max_length` the longest) as the unpadding of the right-padded
+        (S, max_length) batch it stands for: the row's tokens already are that batch's real tokens, in order, so
+        they stay where they are and attention runs in one bucket of (S, max_length). Built on the device from shapes
+        that are known without reading values (S from cu_seq_lens' size, max_length a Python int): no
+        synchronisation, and traceable."""
+        device = cu_seq_lens.device
+        starts, ends = cu_seq_lens[:-1].long(), cu_seq_lens[1:].long()  # (S,) each
+        num_sequences = ends.shape[0]
+        token = torch.arange(num_tokens, device=device)  # (N,)
+        sequences = torch.searchsorted(ends, token, right=True)  # (N,) the sequence each token belongs to
+        positions = token - starts[sequences]
+        layout = _Layout(sequences * max_length + positions, sequences, positions, num_sequences, max_length)
+        mask = torch.arange(max_length, device=device) < (ends - starts)[:, None]  # (S, L)
+        mask = mask[:, None, None, :]  # (S, 1, 1, L)
+        bucket = _Bucket(token, torch.arange(num_sequences, device=device), layout, mask)
+        return cls(layout, mask, [bucket], token, packed=True)
 
     @classmethod
     def keeping_padding(cls, attention_mask):
@@ -300,14 +346,23 @@ class FeedbackEmbeddings(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 # Multi-head self-attention
 # ----------------------------------------------------------------------------------------------------------------
+# Backends that take a batch's real tokens as one row with a document mask, instead of padded length buckets.
+_TOKEN_ROW_ATTENTION = ("flex_attention",)
+
+
 class FeedbackSelfAttention(nn.Module):
     """softmax(Q K^T / sqrt(hs)) V over nh heads, with one fused projection for Q, K and V.
 
-    Two paths, chosen by `config._attn_implementation` (the standard `attn_implementation` argument):
-    "sdpa" calls `F.scaled_dot_product_attention` (fused kernels); "eager" spells the formula out and can return
-    the attention probabilities. They compute the same function, so a call with `output_attentions=True` takes
-    the eager path whatever the setting, and returns the probabilities.
+    The path is chosen by `config._attn_implementation` (the standard `attn_implementation` argument): "eager"
+    spells the formula out here and can return the attention probabilities; any other name is a function of
+    transformers' attention interface (`ALL_ATTENTION_FUNCTIONS`): "sdpa" (`F.scaled_dot_product_attention`'s fused
+    kernels), "flex_attention", or one a user registered with `AttentionInterface.register`. All compute the same
+    function, so a call with `output_attentions=True` takes the eager path whatever the setting. Padded-layout
+    backends attend in length buckets with a key mask; flex attention attends once over the batch's real tokens as
+    one row, with a document mask (`_Unpadding.document_mask`): no buckets, no padding at all.
     """
+
+    is_causal = False  # an encoder: every token sees its whole sequence (read by transformers' sdpa function)
 
     def __init__(self, config):
         super().__init__()
@@ -332,6 +387,13 @@ class FeedbackSelfAttention(nn.Module):
             context, probs = self._attend(layout.pad(qkv), unpadding.mask, rotary, output_attentions)
             return self.out_proj(layout.unpad(context).flatten(-2)), probs  # (N, H)
 
+        if self.config._attn_implementation in _TOKEN_ROW_ATTENTION:
+            # rotary: (B, 1, T, hs) -> each real token's, (1, 1, N, hs)
+            token_rotary = None if rotary is None else tuple(
+                r[layout.sequences, :, layout.positions].transpose(0, 1)[None] for r in rotary)
+            context, _ = self._attend(qkv[None], unpadding.document_mask(), token_rotary, False)  # (1, N, nh, hs)
+            return self.out_proj(context[0].flatten(-2)), None  # (N, H)
+
         contexts = []
         for bucket in unpadding.buckets:
             length = bucket.layout.seq_len
@@ -342,8 +404,8 @@ class FeedbackSelfAttention(nn.Module):
         return self.out_proj(context.flatten(-2)), None  # (N, H)
 
     def _attend(self, qkv, attention_mask, rotary, output_attentions):
-        # qkv: (B, T, 3H) padded; attention_mask: (B, 1, 1, T) bool or None. Returns (B, T, nh, hs) and, from
-        # the eager path, the probabilities (B, nh, T, T).
+        # qkv: (B, T, 3H) padded; attention_mask: (B, 1, 1, T) bool, a BlockMask (flex attention), or None. Returns
+        # (B, T, nh, hs) and, from the eager path, the probabilities (B, nh, T, T).
         batch_size, seq_len, _ = qkv.shape
         q, k, v = qkv.view(batch_size, seq_len, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
         if rotary is not None:
@@ -360,7 +422,10 @@ class FeedbackSelfAttention(nn.Module):
                 probs = probs.masked_fill(~attention_mask.transpose(-1, -2), 0.0)
             context = F.dropout(probs, p=dropout_p, training=self.training) @ v  # (B, nh, T, hs)
         else:
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout_p)
+            # (None: a block built outside a model, which sets the implementation, attends with sdpa)
+            attention = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation or "sdpa"]
+            context, _ = attention(self, q, k, v, attention_mask, dropout=dropout_p, scaling=self.head_size ** -0.5)
+            return context, None  # (B, T, nh, hs)
         return context.transpose(1, 2), probs  # (B, T, nh, hs), a strided view
 
 
@@ -458,9 +523,9 @@ class FeedbackEncoder(nn.Module):
         if unpadding is None:
             all_hidden_states.append(hidden_states)
             return hidden_states
-        padded = unpadding.layout.pad(hidden_states)  # (N, H) -> (B, T, H)
+        padded = unpadding.to_output(hidden_states)  # (N, H) -> (B, T, H), or (1, N, H) packed
         all_hidden_states.append(padded)
-        return unpadding.layout.unpad(padded)  # (N, H)
+        return unpadding.from_output(padded)  # (N, H)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -498,6 +563,8 @@ class FeedbackPreTrainedModel(PreTrainedModel):
     base_model_prefix = "feedback"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True  # any function registered with transformers' AttentionInterface
     _no_split_modules = ["FeedbackLayer"]
 
     @classmethod
@@ -506,29 +573,84 @@ class FeedbackPreTrainedModel(PreTrainedModel):
         # works at any time. transformers' heuristic only trusts models that dispatch through ALL_ATTENTION_FUNCTIONS.
         return True
 
-    def _read_on_host(self, input_ids, attention_mask):
-        """What the forward needs to know on the host, read from the device in one synchronisation: the range of
-        `input_ids` (checked here, with a clear message rather than an index error deep in an embedding kernel) and
-        the mask's per-sequence lengths (`_Unpadding.lengths`; None without a mask). A traced model (torch.export,
-        torch.compile) cannot read values and goes without both: it keeps the padding instead."""
+    def _read_on_host(self, input_ids, attention_mask, position_ids, cu_seq_lens, find_packing):
+        """What the forward needs to know on the host, read from the device in one synchronisation (none when there
+        is nothing to read: a packed row with `cu_seq_lens` and `config.check_input_values` off):
+        - with `config.check_input_values`: the range of `input_ids` (checked here, with a clear message rather than
+          an index error deep in an embedding kernel), whether a row without a mask starts or ends in the pad id
+          (transformers' warning), and that `cu_seq_lens` ends at the row's length;
+        - the mask's per-sequence lengths (`_Unpadding.lengths`), from which `from_mask` plans the attention buckets;
+        - with `find_packing` (one row with `position_ids`, and neither a mask nor `cu_seq_lens`): where the positions
+          restart, i.e. the boundaries of the sequences `DataCollatorWithFlattening` packed into it.
+        Returns (extents, counts) of the mask or None, and the packed row's boundaries as a list or None. A traced
+        model (torch.export, torch.compile) cannot read values and goes without all of them: it keeps padding as
+        masked tokens, and knows a packed row by its `cu_seq_lens` only."""
         if torch.compiler.is_compiling():
-            return None
-        parts = []
-        check_ids = input_ids is not None and input_ids.numel() > 0
-        if check_ids:
-            parts.append(torch.stack([input_ids.min(), input_ids.max()]).long())
+            return None, None
+        reads = {}
+        if self.config.check_input_values and input_ids is not None and input_ids.numel() > 0:
+            reads["range"] = torch.stack([input_ids.min(), input_ids.max()])
+            if attention_mask is None and self.config.pad_token_id is not None:
+                reads["padded"] = (input_ids[:, [0, -1]] == self.config.pad_token_id).any()[None]
+            if cu_seq_lens is not None:
+                reads["packed_length"] = cu_seq_lens[-1:]
         if attention_mask is not None:
-            parts.append(_Unpadding.lengths(attention_mask).flatten())
-        values = torch.cat(parts).tolist() if parts else []  # the forward's one synchronisation
-        if check_ids:
-            low, high, values = values[0], values[1], values[2:]
+            reads["lengths"] = _Unpadding.lengths(attention_mask).flatten()  # (2B,) extents, then counts
+        elif find_packing:
+            reads["restarts"] = position_ids[0, 1:] != position_ids[0, :-1] + 1  # (T - 1,)
+        if not reads:
+            return None, None
+        values = torch.cat([t.long() for t in reads.values()]).tolist()  # the forward's one synchronisation
+        read, at = {}, 0
+        for name, tensor in reads.items():
+            read[name], at = values[at:at + tensor.numel()], at + tensor.numel()
+
+        if "range" in read:
+            low, high = read["range"]
             if low < 0 or high >= self.config.vocab_size:
                 raise ValueError(f"input_ids must lie in [0, vocab_size={self.config.vocab_size}); got values in "
                                  f"[{low}, {high}]. Does the tokenizer match the model?")
-        if attention_mask is None:
-            return None
+        if "packed_length" in read and read["packed_length"][0] != input_ids.shape[1]:
+            raise ValueError(f"cu_seq_lens_q must end at the packed row's length {input_ids.shape[1]}, got "
+                             f"{read['packed_length'][0]}")
+        boundaries = None
+        if any(read.get("restarts", [])):
+            row_length = position_ids.shape[1]
+            boundaries = [0, *(at + 1 for at, restart in enumerate(read["restarts"]) if restart), row_length]
+        elif read.get("padded") == [1]:  # a pad id at either end and no mask: transformers warns once
+            self.warn_if_padding_and_no_attention_mask(input_ids, attention_mask)
+        if "lengths" not in read:
+            return None, boundaries
         batch_size = attention_mask.shape[0]
-        return values[:batch_size], values[batch_size:]  # extents, counts
+        return (read["lengths"][:batch_size], read["lengths"][batch_size:]), boundaries
+
+    def _check_labels(self, labels, num_labels):
+        # Cross-entropy on an out-of-range label fails with an opaque device-side assert on GPU; say what is wrong.
+        # As for input_ids, a traced model (torch.export, torch.compile) goes without this check on values, and so
+        # does one whose config.check_input_values is off.
+        if torch.compiler.is_compiling() or not self.config.check_input_values:
+            return
+        outside = ((labels < 0) | (labels >= num_labels)) & (labels != -100)
+        if outside.any():  # one synchronisation; the message's values are read only on failure
+            valid = labels[labels != -100]
+            raise ValueError(
+                f"labels must lie in [0, num_labels={num_labels}) (or be -100 to ignore); got values in "
+                f"[{int(valid.min())}, {int(valid.max())}]"
+            )
+
+
+# Keyword arguments of transformers' padding-free batches (FlashAttentionKwargs; `DataCollatorWithFlattening` with
+# return_flash_attn_kwargs=True): the boundaries of the sequences packed into one row, and the longest.
+_PACKING_ARGUMENTS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
+
+def _packing_arguments(model, kwargs, loss_arguments=()):
+    """A head's keyword arguments split: the packing ones, passed on to the encoder; `loss_arguments` the head uses
+    (Trainer's `num_items_in_batch`). Anything else is a mistake, reported as Python reports it."""
+    unknown = set(kwargs) - set(_PACKING_ARGUMENTS) - set(loss_arguments)
+    if unknown:
+        raise TypeError(f"{type(model).__name__}.forward() got unexpected keyword arguments {sorted(unknown)}")
+    return {name: kwargs[name] for name in _PACKING_ARGUMENTS if name in kwargs}
 
 
 class FeedbackModel(FeedbackPreTrainedModel):
@@ -558,25 +680,55 @@ class FeedbackModel(FeedbackPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
+        cu_seq_lens_q=None,
+        cu_seq_lens_k=None,
+        max_length_q=None,
+        max_length_k=None,
     ):
+        r"""
+        Padded batches take `attention_mask` (B, T). A padding-free batch is one row (1, N) of several sequences end
+        to end, as transformers' `DataCollatorWithFlattening` makes it: `position_ids` restarting at each sequence
+        and, optionally (`return_flash_attn_kwargs=True`), `cu_seq_lens_q` (S + 1,) the boundaries and `max_length_q`
+        the longest sequence (`_k`: the same, as self-attention's keys are its queries). Each sequence then attends
+        only within itself; `last_hidden_state` is (1, N, H) and `pooler_output` (S, H), one vector per sequence.
+        With the boundaries given, the model reads nothing from the device to place them (and compiles); from
+        `position_ids` alone it finds them in its one read, in eager mode only.
+        """
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = config.return_dict if return_dict is None else return_dict
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
-        lengths = self._read_on_host(input_ids, attention_mask)
-        if input_ids is not None:
-            # A pad id at either end and no mask: the padding would be attended to; transformers warns once.
-            self.warn_if_padding_and_no_attention_mask(input_ids, attention_mask)
         batch_size, seq_len = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
-        if config.position_embedding_type == "absolute" and seq_len > config.max_position_embeddings:
+        cu_seq_lens, max_length = self._packing(cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k,
+                                                attention_mask, batch_size)
+        find_packing = (cu_seq_lens is None and attention_mask is None and batch_size == 1
+                        and position_ids is not None and position_ids.dim() == 2)
+        lengths, boundaries = self._read_on_host(input_ids, attention_mask, position_ids, cu_seq_lens, find_packing)
+        if boundaries is not None:  # found from where position_ids restart
+            cu_seq_lens = torch.tensor(boundaries, device=position_ids.device)
+            max_length = max(end - start for start, end in zip(boundaries, boundaries[1:]))
+        longest = seq_len if cu_seq_lens is None else max_length
+        if config.position_embedding_type == "absolute" and longest > config.max_position_embeddings:
             # Only learned positions have a table to run past; rotary and sinusoidal ones are computed.
             raise ValueError(
-                f"Sequence length {seq_len} exceeds max_position_embeddings={config.max_position_embeddings}; "
+                f"Sequence length {longest} exceeds max_position_embeddings={config.max_position_embeddings}; "
                 "truncate the inputs (tokenizer(..., truncation=True, max_length=...))"
             )
         device = input_ids.device if input_ids is not None else inputs_embeds.device
+
+        unpadding = None
+        if cu_seq_lens is not None:
+            unpadding = _Unpadding.from_packed(cu_seq_lens, max_length, seq_len)
+            if position_ids is None:
+                position_ids = unpadding.layout.positions[None]  # (1, N), restarting at each sequence
+        elif attention_mask is not None and torch.compiler.is_compiling():
+            attention_mask = attention_mask.bool()
+            unpadding = _Unpadding.keeping_padding(attention_mask)
+        elif attention_mask is not None and any(count < seq_len for count in lengths[1]):
+            attention_mask = attention_mask.bool()
+            unpadding = _Unpadding.from_mask(attention_mask, *lengths)
         if position_ids is None and attention_mask is not None:
             # Count from each row's first real token, so a left-padded text gets the positions it has alone.
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
@@ -589,28 +741,27 @@ class FeedbackModel(FeedbackPreTrainedModel):
         hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, H)
         rotary = None
         if config.position_embedding_type == "rotary":
-            cos, sin = self.rotary_emb(hidden_states, position_ids)  # (B, T, hs) each
+            # Attention runs on the padded (B, T) layout, or the (S, max_length) one a packed row stands for.
+            padded_positions = position_ids if cu_seq_lens is None else unpadding.layout.pad(position_ids[0, :, None])[..., 0]
+            cos, sin = self.rotary_emb(hidden_states, padded_positions)  # (B, T, hs) each
             rotary = cos[:, None], sin[:, None]  # (B, 1, T, hs), broadcast over heads
-
-        unpadding = None
-        if attention_mask is not None and torch.compiler.is_compiling():
-            attention_mask = attention_mask.bool()
-            unpadding = _Unpadding.keeping_padding(attention_mask)
-        elif attention_mask is not None and any(count < seq_len for count in lengths[1]):
-            attention_mask = attention_mask.bool()
-            unpadding = _Unpadding.from_mask(attention_mask, *lengths)
         if unpadding is not None:
-            hidden_states = unpadding.layout.unpad(hidden_states)  # (N, H), N = B * T when padding is kept
+            hidden_states = unpadding.from_output(hidden_states)  # (N, H), N = B * T when padding is kept
 
         hidden_states, all_hidden_states, all_attentions = self.encoder(
             hidden_states, rotary, unpadding, output_attentions, output_hidden_states
         )
+        tokens = hidden_states
         if unpadding is not None:
-            hidden_states = unpadding.layout.pad(hidden_states)  # (B, T, H), zeros at padding
+            hidden_states = unpadding.to_output(tokens)  # (B, T, H) with zeros at padding, or packed (1, N, H)
 
-        if attention_mask is None:
-            attention_mask = torch.ones((batch_size, seq_len), dtype=torch.bool, device=device)
-        pooled = self.pooler(hidden_states, attention_mask) if self.pooler is not None else None
+        pooled = None
+        if self.pooler is not None and unpadding is not None and unpadding.packed:
+            pooled = self.pooler(unpadding.layout.pad(tokens), unpadding.mask[:, 0, 0])  # (S, H): each on its own
+        elif self.pooler is not None:
+            if attention_mask is None:
+                attention_mask = torch.ones((batch_size, seq_len), dtype=torch.bool, device=device)
+            pooled = self.pooler(hidden_states, attention_mask)
         output = BaseModelOutputWithPooling(
             last_hidden_state=hidden_states,
             pooler_output=pooled,
@@ -618,6 +769,31 @@ class FeedbackModel(FeedbackPreTrainedModel):
             attentions=tuple(all_attentions) if output_attentions else None,
         )
         return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def _packing(cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k, attention_mask, batch_size):
+        """The packed row's boundaries and longest length, checked against what else came with them (shapes only:
+        nothing is read from the device here)."""
+        if cu_seq_lens_q is None and cu_seq_lens_k is None:
+            if max_length_q is not None or max_length_k is not None:
+                raise ValueError("max_length_q / max_length_k come with cu_seq_lens_q: pass the packed row's "
+                                 "boundaries too")
+            return None, None
+        cu_seq_lens = cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k
+        other = cu_seq_lens_k if cu_seq_lens_q is not None else None
+        if other is not None and other is not cu_seq_lens and other.shape != cu_seq_lens.shape:
+            raise ValueError("cu_seq_lens_k must equal cu_seq_lens_q: the encoder's keys are its queries")
+        if attention_mask is not None or batch_size != 1:
+            raise ValueError("A packed batch (cu_seq_lens_q) is one row of input_ids of shape (1, N) without an "
+                             f"attention_mask; got {batch_size} rows" + (" and a mask" if attention_mask is not None
+                                                                         else ""))
+        if cu_seq_lens.dim() != 1 or cu_seq_lens.shape[0] < 2:
+            raise ValueError(f"cu_seq_lens_q must be a 1-D tensor of S + 1 boundaries, got shape "
+                             f"{tuple(cu_seq_lens.shape)}")
+        max_length = max_length_q if max_length_q is not None else max_length_k
+        if max_length is None:  # read it: one synchronisation more (DataCollatorWithFlattening always sends it)
+            max_length = int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
+        return cu_seq_lens, max_length
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -627,22 +803,11 @@ def _classifier_dropout(config):
     return nn.Dropout(config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob)
 
 
-def _check_class_labels(labels, num_labels):
-    # Cross-entropy on an out-of-range label fails with an opaque device-side assert on GPU; say what is wrong.
-    # As for input_ids, a traced model (torch.export, torch.compile) goes without this check on values.
-    if torch.compiler.is_compiling():
-        return
-    outside = ((labels < 0) | (labels >= num_labels)) & (labels != -100)
-    if outside.any():  # one synchronisation; the message's values are read only on failure
-        valid = labels[labels != -100]
-        raise ValueError(
-            f"labels must lie in [0, num_labels={num_labels}) (or be -100 to ignore); got values in "
-            f"[{int(valid.min())}, {int(valid.max())}]"
-        )
-
-
 class FeedbackForSequenceClassification(FeedbackPreTrainedModel):
-    """Pooled sentence vector -> dropout -> linear, with the loss chosen by `problem_type` as in BERT."""
+    """Pooled sentence vector -> dropout -> linear, with the loss chosen by `problem_type` as in BERT. A packed row
+    (padding-free batch) gives one prediction per sequence in it: logits (S, num_labels), labels (S,)."""
+
+    accepts_loss_kwargs = False  # **kwargs carries packing only: Trainer must average the loss over accumulation
 
     def __init__(self, config):
         super().__init__(config)
@@ -663,11 +828,14 @@ class FeedbackForSequenceClassification(FeedbackPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
+        **kwargs,
     ):
+        packing = _packing_arguments(self, kwargs)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.feedback(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+            **packing,
         )
         logits = self.classifier(self.dropout(outputs.pooler_output))  # (B, num_labels)
 
@@ -685,7 +853,7 @@ class FeedbackForSequenceClassification(FeedbackPreTrainedModel):
                 loss = MSELoss()(logits.squeeze(), labels.squeeze().to(logits.dtype)) if self.num_labels == 1 \
                     else MSELoss()(logits, labels.to(logits.dtype))
             elif self.config.problem_type == "single_label_classification":
-                _check_class_labels(labels, self.num_labels)
+                self._check_labels(labels, self.num_labels)
                 loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
             else:
                 if labels.shape != logits.shape:
@@ -699,12 +867,6 @@ class FeedbackForSequenceClassification(FeedbackPreTrainedModel):
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
         return output if return_dict else output.to_tuple()
-
-
-def _check_loss_kwargs(model, loss_kwargs):
-    unknown = set(loss_kwargs) - {"num_items_in_batch"}
-    if unknown:
-        raise TypeError(f"{type(model).__name__}.forward() got unexpected keyword arguments {sorted(unknown)}")
 
 
 class FeedbackLMHead(nn.Module):
@@ -750,18 +912,19 @@ class FeedbackForMaskedLM(FeedbackPreTrainedModel):
         return_dict=None,
         **loss_kwargs,
     ):
-        # loss_kwargs: `num_items_in_batch`, the masked-token count of the whole accumulated batch (over every
+        # loss_kwargs: packing boundaries (see FeedbackModel.forward), and `num_items_in_batch`, the masked-token count of the whole accumulated batch (over every
         # gradient-accumulation step and process), which Trainer passes to models that take **kwargs. Normalising by
         # it instead of by each micro-batch's own count makes accumulation and DDP give the update of one big batch.
-        _check_loss_kwargs(self, loss_kwargs)
+        packing = _packing_arguments(self, loss_kwargs, loss_arguments=("num_items_in_batch",))
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.feedback(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+            **packing,
         )
         hidden_states = outputs.last_hidden_state  # (B, T, H)
         if labels is not None:
-            _check_class_labels(labels, self.config.vocab_size)
+            self._check_labels(labels, self.config.vocab_size)
             if self.config.sparse_prediction and self.training:
                 # Only labelled tokens enter the loss, so only they need the (H x V) projection. A training-time
                 # saving only: evaluation keeps every position's logits, as any masked LM returns them.
@@ -827,6 +990,9 @@ class FeedbackForPreTraining(FeedbackPreTrainedModel):
     """
 
     _tied_weights_keys = {"generator_lm_head.decoder.weight": "generator.embeddings.word_embeddings.weight"}
+    # Each part of the loss is a mean over its own tokens, so Trainer's `num_items_in_batch` is not used, and Trainer
+    # must average the loss over gradient accumulation itself.
+    accepts_loss_kwargs = False
 
     def __init__(self, config):
         super().__init__(config)
@@ -858,17 +1024,17 @@ class FeedbackForPreTraining(FeedbackPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
-        **loss_kwargs,
+        **kwargs,
     ):
-        _check_loss_kwargs(self, loss_kwargs)  # Trainer's count is not needed: each part is a mean of its own tokens
+        packing = _packing_arguments(self, kwargs)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if input_ids is None:
             raise ValueError("FeedbackForPreTraining needs input_ids (the generator samples token ids)")
         generator_loss = discriminator_labels = None
         if labels is not None:
-            _check_class_labels(labels, self.config.vocab_size)
+            self._check_labels(labels, self.config.vocab_size)
             masked = labels != -100  # (B, T)
-            hidden = self.generator(input_ids, attention_mask, token_type_ids, position_ids).last_hidden_state
+            hidden = self.generator(input_ids, attention_mask, token_type_ids, position_ids, **packing).last_hidden_state
             generator_logits = self.generator_lm_head(hidden[masked])  # (num_masked, V)
             generator_loss = CrossEntropyLoss()(generator_logits.float(), labels[masked])
             with torch.no_grad():  # Gumbel-max: one sample of the generator's distribution at each masked token
@@ -880,7 +1046,7 @@ class FeedbackForPreTraining(FeedbackPreTrainedModel):
 
         outputs = self.feedback(input_ids, attention_mask, token_type_ids, position_ids,
                                 output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                                return_dict=True)
+                                return_dict=True, **packing)
         logits = self.discriminator_prediction(F.gelu(self.discriminator_dense(outputs.last_hidden_state)))
         logits = logits.squeeze(-1)  # (B, T)
         loss = discriminator_loss = None
@@ -897,6 +1063,8 @@ class FeedbackForPreTraining(FeedbackPreTrainedModel):
 
 class FeedbackForTokenClassification(FeedbackPreTrainedModel):
     """A label per token (e.g. word segmentation or named entities); -100 labels are ignored."""
+
+    accepts_loss_kwargs = False  # **kwargs carries packing only: Trainer must average the loss over accumulation
 
     def __init__(self, config):
         super().__init__(config)
@@ -917,16 +1085,19 @@ class FeedbackForTokenClassification(FeedbackPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
+        **kwargs,
     ):
+        packing = _packing_arguments(self, kwargs)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.feedback(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+            **packing,
         )
         logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, T, num_labels)
         loss = None
         if labels is not None:
-            _check_class_labels(labels, self.num_labels)
+            self._check_labels(labels, self.num_labels)
             loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
         output = TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions

@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
 from transformers.utils import logging
 
+from .collators import DataCollatorForPaddingFree
 from .configuration_feedback import FeedbackConfig
 from .failures import BadInput, bad_input_exits  # noqa: F401 (the recipes import it from here)
 from .tokenization import TOKENIZER_KINDS, train_tokenizer
@@ -44,6 +45,11 @@ class ModelArguments:
     noam_warmup_steps: int | None = field(default=None, metadata={
         "help": "Use the Transformer paper's Noam schedule with this many warmup steps (learning_rate is its factor)."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Write into a non-empty output_dir."})
+    padding_free: bool = field(default=False, metadata={
+        "help": "Train on padding-free batches (hf_feedback models): each batch's texts end to end in one row, "
+                "no padding at all (hf_feedback.collators.DataCollatorForPaddingFree). Same losses as padded batches; "
+                "on a GPU it skips the padding's work and the host reads that plan it (with --config_overrides "
+                "check_input_values=false none is left)."})
 
     def __post_init__(self):
         if self.noam_warmup_steps is not None and self.noam_warmup_steps < 1:
@@ -62,6 +68,18 @@ class FineTuningModelArguments(ModelArguments):
 
 class RecipeError(BadInput):
     """Bad input found by a recipe's own checks, before any work started."""
+
+
+def training_collator(padded, model, labels, padding_free):
+    """The collator of training batches: `padded` (the recipe's usual one), or with --padding_free the packing one
+    for the same task (`labels` as DataCollatorForPaddingFree takes them; a masked-LM collator's masking is kept)."""
+    if not padding_free:
+        return padded
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in ("feedback",):
+        raise RecipeError(f"--padding_free needs an hf_feedback model, which attends within each packed text; this "
+                          f"checkpoint is a {model_type!r} model")
+    return DataCollatorForPaddingFree(labels=labels, mlm=padded if labels is None else None)
 
 
 def check_data_limits(data_args):

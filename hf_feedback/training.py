@@ -88,10 +88,15 @@ class FeedbackTrainer(Trainer):
             must then stay at their defaults, and no scheduler may be passed in `optimizers`:
             they would be ignored, so setting them raises `ValueError`. When `None` (the
             default), Trainer's schedule is used unchanged.
+        eval_data_collator (*optional*):
+            The collator of evaluation and prediction batches, where it must differ from training's `data_collator`
+            (padding-free training of a tagger, whose metrics read each sentence's tags in a padded batch). `None`:
+            `data_collator` for both.
     """
 
-    def __init__(self, *args, noam_warmup_steps: int | None = None, **kwargs):
+    def __init__(self, *args, noam_warmup_steps: int | None = None, eval_data_collator=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.eval_data_collator = eval_data_collator
         if noam_warmup_steps is not None:
             if noam_warmup_steps <= 0:
                 raise ValueError(f"noam_warmup_steps must be a positive integer or None, got {noam_warmup_steps}.")
@@ -153,6 +158,16 @@ class FeedbackTrainer(Trainer):
             if isinstance(callback, ExportableState):
                 self.state.stateful_callbacks.setdefault(type(callback).__name__, {})
         super()._save_checkpoint(model, trial)
+
+    def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False,
+                        dataloader_key=None):
+        if is_training or self.eval_data_collator is None:
+            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
+        training_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
+        finally:
+            self.data_collator = training_collator
 
     def create_scheduler(
         self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None

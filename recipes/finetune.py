@@ -49,6 +49,7 @@ from hf_feedback.recipe_utils import (
     sample_splits,
     settle_evaluation,
     train_and_evaluate,
+    training_collator,
 )
 from hf_feedback.sentence_embeddings import write_sentence_transformers_files
 from hf_feedback.training import CLASS_WEIGHTINGS, FeedbackTrainer, WeightedCrossEntropy, class_weights
@@ -261,6 +262,7 @@ def main(argv=None):
         max_length = min(data_args.max_seq_length, getattr(model.config, "max_position_embeddings", 512))
         with training_args.main_process_first(desc="tokenizing"):
             tokenized = tokenize_dataset(raw, tokenizer, max_length, truncation=data_args.truncation)
+        collator = training_collator(DataCollatorWithPadding(tokenizer), model, "sequence", model_args.padding_free)
 
     trainer = FeedbackTrainer(
         model=model,
@@ -268,7 +270,7 @@ def main(argv=None):
         train_dataset=tokenized["train"],
         eval_dataset=tokenized.get("validation"),
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=collator,
         compute_metrics=build_compute_metrics(problem_type),
         noam_warmup_steps=model_args.noam_warmup_steps,
         compute_loss_func=WeightedCrossEntropy(weights) if weights is not None else None,

@@ -42,6 +42,7 @@ from hf_feedback.recipe_utils import (
     parse_config_overrides,
     release_output_dir,
     sample,
+    training_collator,
 )
 from hf_feedback.sentence_embeddings import write_sentence_transformers_files
 from hf_feedback.training import FeedbackTrainer
@@ -160,6 +161,8 @@ def main(argv=None):
             max_length = min(data_args.max_seq_length, model.config.max_position_embeddings)
             tokenized = tokenize_dataset(datasets.DatasetDict(train=splits["train"], validation=splits["test"]),
                                          tokenizer, max_length)
+        masking = DataCollatorForLanguageModeling(tokenizer, mlm_probability=data_args.mlm_probability)
+        collator = training_collator(masking, model, None, model_args.padding_free)
 
     trainer = FeedbackTrainer(
         model=model,
@@ -167,7 +170,7 @@ def main(argv=None):
         train_dataset=tokenized["train"],
         eval_dataset=tokenized["validation"],
         processing_class=tokenizer,
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=data_args.mlm_probability),
+        data_collator=collator,
         noam_warmup_steps=model_args.noam_warmup_steps,
     )
     train_result = trainer.train(resume_from_checkpoint=resume)

@@ -39,6 +39,7 @@ from hf_feedback.recipe_utils import (
     sample_splits,
     settle_evaluation,
     train_and_evaluate,
+    training_collator,
 )
 from hf_feedback.tagging import (
     TAG_TASKS,
@@ -145,6 +146,8 @@ def main(argv=None):
         max_length = min(data_args.max_seq_length, getattr(model.config, "max_position_embeddings", 512))
         with training_args.main_process_first(desc="tokenizing"):
             tokenized = {split: align_tags(data, tokenizer, max_length) for split, data in raw.items()}
+        padded = DataCollatorForTokenClassification(tokenizer)
+        collator = training_collator(padded, model, "token", model_args.padding_free)
 
     trainer = FeedbackTrainer(
         model=model,
@@ -152,7 +155,9 @@ def main(argv=None):
         train_dataset=tokenized["train"],
         eval_dataset=tokenized.get("validation"),
         processing_class=tokenizer,
-        data_collator=DataCollatorForTokenClassification(tokenizer),
+        data_collator=collator,
+        # Evaluated padded: the tag metrics read each sentence's own tags.
+        eval_data_collator=padded,
         compute_metrics=build_tagging_metrics(label_names),
         noam_warmup_steps=model_args.noam_warmup_steps,
     )
