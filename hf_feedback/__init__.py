@@ -7,6 +7,7 @@ Importing the package registers the model with transformers' Auto classes, so th
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForPreTraining,
     AutoModelForSequenceClassification,
@@ -16,6 +17,7 @@ from transformers import (
 from .collators import DataCollatorForPaddingFree
 from .configuration_feedback import FeedbackConfig
 from .modeling_feedback import (
+    FeedbackForCausalLM,
     FeedbackForMaskedLM,
     FeedbackForPreTraining,
     FeedbackForSequenceClassification,
@@ -30,6 +32,7 @@ AutoModelForSequenceClassification.register(FeedbackConfig, FeedbackForSequenceC
 AutoModelForMaskedLM.register(FeedbackConfig, FeedbackForMaskedLM, exist_ok=True)
 AutoModelForTokenClassification.register(FeedbackConfig, FeedbackForTokenClassification, exist_ok=True)
 AutoModelForPreTraining.register(FeedbackConfig, FeedbackForPreTraining, exist_ok=True)
+AutoModelForCausalLM.register(FeedbackConfig, FeedbackForCausalLM, exist_ok=True)
 
 __version__ = "0.1.0"
 
@@ -41,5 +44,6 @@ __all__ = [
     "FeedbackForMaskedLM",
     "FeedbackForTokenClassification",
     "FeedbackForPreTraining",
+    "FeedbackForCausalLM",
     "DataCollatorForPaddingFree",
 ]

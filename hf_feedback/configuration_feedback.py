@@ -28,6 +28,7 @@ FEEDBACK_AUTO_MAP = {
     "AutoModelForMaskedLM": "modeling_feedback.FeedbackForMaskedLM",
     "AutoModelForTokenClassification": "modeling_feedback.FeedbackForTokenClassification",
     "AutoModelForPreTraining": "modeling_feedback.FeedbackForPreTraining",
+    "AutoModelForCausalLM": "modeling_feedback.FeedbackForCausalLM",
 }
 
 
@@ -104,6 +105,10 @@ class FeedbackConfig(PretrainedConfig):
             length, and transformers' warning about padded ids without a mask. On a GPU each check waits for the
             device; with it off, a padded batch waits once (its lengths plan the attention buckets) and a packed row
             with `cu_seq_lens` never: turn it off for training on data already checked. Traced models skip the checks.
+        is_decoder (`bool`, defaults to `False`): attend causally (each token to itself and those before it) and keep
+            a cache of keys and values for generation, as `BertConfig.is_decoder`: the configuration of
+            [`FeedbackForCausalLM`]. Padding stays in place (no unpadding) and attention is eager or sdpa.
+        use_cache (`bool`, defaults to `True`): a decoder returns its cache for the next step (`generate()` uses it).
     """
 
     model_type = "feedback"
@@ -135,6 +140,8 @@ class FeedbackConfig(PretrainedConfig):
     generator_size: float = 0.25
     discriminator_loss_weight: float = 50.0
     check_input_values: bool = True
+    is_decoder: bool = False
+    use_cache: bool = True
 
     def __post_init__(self, **kwargs):
         if isinstance(self.ngram_sizes, tuple):
@@ -189,6 +196,9 @@ class FeedbackConfig(PretrainedConfig):
                 or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in sizes)):
             raise ValueError(f"FeedbackConfig.ngram_sizes must be a non-empty list of distinct integers >= 2, "
                              f"got {sizes!r}")
+        for name in ("is_decoder", "use_cache"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"FeedbackConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.check_input_values, bool):
             raise ValueError(f"FeedbackConfig.check_input_values must be True or False, got {self.check_input_values!r}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):

@@ -27,16 +27,21 @@ from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 from transformers import PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
     BaseModelOutputWithPooling,
+    CausalLMOutputWithPast,
     MaskedLMOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
 from transformers.utils import ModelOutput, logging
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_feedback import FeedbackConfig
 
@@ -217,6 +222,17 @@ class _Unpadding(_Movable):
         return cls(layout, mask, [bucket], every)
 
 
+@dataclass
+class _Causal(_Movable):
+    """How a decoder (config.is_decoder) attends: each new token to the cached tokens and the new ones up to itself.
+
+    Takes `_Unpadding`'s place in the attention: a decoder keeps its (B, T) padded layout, since generation appends
+    to every row at once."""
+
+    mask: torch.Tensor | None  # (B or 1, 1, T, K) which of the K cached + new keys each new token sees; None: all
+    cache: Cache | None  # the keys and values of earlier steps, extended by each layer (None: no cache)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Position encodings that are computed, not learned
 # ----------------------------------------------------------------------------------------------------------------
@@ -364,9 +380,10 @@ class FeedbackSelfAttention(nn.Module):
 
     is_causal = False  # an encoder: every token sees its whole sequence (read by transformers' sdpa function)
 
-    def __init__(self, config):
+    def __init__(self, config, layer_idx=None):
         super().__init__()
         self.config = config
+        self.layer_idx = layer_idx  # where a decoder's cache keeps this layer's keys and values
         self.num_heads = config.num_attention_heads
         self.head_size = config.hidden_size // config.num_attention_heads
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size)
@@ -374,8 +391,14 @@ class FeedbackSelfAttention(nn.Module):
         self.dropout_prob = config.attention_probs_dropout_prob
 
     def forward(self, hidden_states, rotary, unpadding, output_attentions=False):
-        # hidden_states: (N, H) when unpadded, else (B, T, H) with no padding at all
+        # hidden_states: (N, H) when unpadded, else (B, T, H) with no padding at all (or a decoder's, padded)
         qkv = self.qkv_proj(hidden_states)  # (N, 3H) or (B, T, 3H)
+        if isinstance(unpadding, _Causal):  # a decoder: new tokens attend to the cache and to themselves
+            q, k, v = self._heads(qkv, rotary)
+            if unpadding.cache is not None:
+                k, v = unpadding.cache.update(k, v, self.layer_idx)  # (B, nh, K, hs): earlier steps' and these
+            context, probs = self._attention(q, k, v, unpadding.mask, output_attentions)
+            return self.out_proj(context.flatten(-2)), probs  # (B, T, H)
         if unpadding is None:
             context, probs = self._attend(qkv, None, rotary, output_attentions)
             return self.out_proj(context.flatten(-2)), probs  # (B, T, H)
@@ -406,19 +429,27 @@ class FeedbackSelfAttention(nn.Module):
     def _attend(self, qkv, attention_mask, rotary, output_attentions):
         # qkv: (B, T, 3H) padded; attention_mask: (B, 1, 1, T) bool, a BlockMask (flex attention), or None. Returns
         # (B, T, nh, hs) and, from the eager path, the probabilities (B, nh, T, T).
+        return self._attention(*self._heads(qkv, rotary), attention_mask, output_attentions)
+
+    def _heads(self, qkv, rotary):
+        # (B, T, 3H) -> q, k, v: (B, nh, T, hs) each, q and k rotated when positions are rotary
         batch_size, seq_len, _ = qkv.shape
-        q, k, v = qkv.view(batch_size, seq_len, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
+        q, k, v = qkv.view(batch_size, seq_len, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)
         if rotary is not None:
             q, k = _apply_rotary(q, *rotary), _apply_rotary(k, *rotary)
+        return q, k, v
 
+    def _attention(self, q, k, v, attention_mask, output_attentions):
+        # q: (B, nh, T, hs); k, v: (B, nh, K, hs); attention_mask: (B, 1, 1 or T, K) bool, a BlockMask, or None
         dropout_p = self.dropout_prob if self.training else 0.0
         probs = None
         if output_attentions or self.config._attn_implementation == "eager":
-            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_size)  # (B, nh, T, T)
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_size)  # (B, nh, T, K)
             if attention_mask is not None:
                 scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
             probs = scores.softmax(dim=-1)
-            if attention_mask is not None:  # padded queries attend nowhere: all-zero rows, as the returned map shows
+            if attention_mask is not None and attention_mask.shape[-2] == 1 and q.shape[-2] == k.shape[-2]:
+                # a key mask: padded queries attend nowhere, all-zero rows, as the returned map shows
                 probs = probs.masked_fill(~attention_mask.transpose(-1, -2), 0.0)
             context = F.dropout(probs, p=dropout_p, training=self.training) @ v  # (B, nh, T, hs)
         else:
@@ -467,10 +498,10 @@ class FeedbackFeedForward(nn.Module):
 # Encoder layer: attention and feed-forward, each with residual + LayerNorm
 # ----------------------------------------------------------------------------------------------------------------
 class FeedbackLayer(GradientCheckpointingLayer):
-    def __init__(self, config):
+    def __init__(self, config, layer_idx=None):
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
-        self.attention = FeedbackSelfAttention(config)
+        self.attention = FeedbackSelfAttention(config, layer_idx)
         self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.feed_forward = FeedbackFeedForward(config)
         self.feed_forward_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -493,7 +524,7 @@ class FeedbackLayer(GradientCheckpointingLayer):
 class FeedbackEncoder(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.layers = nn.ModuleList(FeedbackLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(FeedbackLayer(config, i) for i in range(config.num_hidden_layers))
         # Pre-norm leaves the residual stream un-normalised; one LayerNorm at the end fixes its scale.
         self.final_norm = (
             nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm_position == "pre" else None
@@ -520,7 +551,7 @@ class FeedbackEncoder(nn.Module):
     def _record(hidden_states, unpadding, all_hidden_states):
         # A returned hidden state must be on the autograd graph (attribution methods take gradients with respect
         # to it), so an unpadded model continues from the (B, T, H) copy it returns rather than beside it.
-        if unpadding is None:
+        if not isinstance(unpadding, _Unpadding):  # (B, T, H) already: no padding removed
             all_hidden_states.append(hidden_states)
             return hidden_states
         padded = unpadding.to_output(hidden_states)  # (N, H) -> (B, T, H), or (1, N, H) packed
@@ -590,7 +621,7 @@ class FeedbackPreTrainedModel(PreTrainedModel):
         reads = {}
         if self.config.check_input_values and input_ids is not None and input_ids.numel() > 0:
             reads["range"] = torch.stack([input_ids.min(), input_ids.max()])
-            if attention_mask is None and self.config.pad_token_id is not None:
+            if attention_mask is None and self.config.pad_token_id is not None and not self.config.is_decoder:
                 reads["padded"] = (input_ids[:, [0, -1]] == self.config.pad_token_id).any()[None]
             if cu_seq_lens is not None:
                 reads["packed_length"] = cu_seq_lens[-1:]
@@ -670,6 +701,7 @@ class FeedbackModel(FeedbackPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # transformers' name for it before 5.24
     def forward(
         self,
         input_ids=None,
@@ -684,6 +716,8 @@ class FeedbackModel(FeedbackPreTrainedModel):
         cu_seq_lens_k=None,
         max_length_q=None,
         max_length_k=None,
+        cache=None,
+        use_cache=None,
     ):
         r"""
         Padded batches take `attention_mask` (B, T). A padding-free batch is one row (1, N) of several sequences end
@@ -693,6 +727,10 @@ class FeedbackModel(FeedbackPreTrainedModel):
         only within itself; `last_hidden_state` is (1, N, H) and `pooler_output` (S, H), one vector per sequence.
         With the boundaries given, the model reads nothing from the device to place them (and compiles); from
         `position_ids` alone it finds them in its one read, in eager mode only.
+
+        A decoder (`config.is_decoder`, as [`FeedbackForCausalLM`] is built) attends causally and takes `cache` (a
+        transformers `Cache` of earlier steps' keys and values, extended in place; `use_cache` makes one) and an
+        `attention_mask` (B, K) over the cached and new tokens.
         """
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
@@ -700,6 +738,13 @@ class FeedbackModel(FeedbackPreTrainedModel):
         return_dict = config.return_dict if return_dict is None else return_dict
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        if config.is_decoder:
+            if cu_seq_lens_q is not None or cu_seq_lens_k is not None:
+                raise ValueError("A decoder (config.is_decoder) takes padded batches, not packed rows")
+            return self._decode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                                output_attentions, output_hidden_states, return_dict, cache, use_cache)
+        if cache is not None:  # (use_cache means nothing to an encoder, as to BERT's: nothing is cached)
+            raise ValueError("cache is for a decoder (FeedbackConfig(is_decoder=True)); this model is an encoder")
         batch_size, seq_len = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         cu_seq_lens, max_length = self._packing(cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k,
                                                 attention_mask, batch_size)
@@ -765,6 +810,60 @@ class FeedbackModel(FeedbackPreTrainedModel):
         output = BaseModelOutputWithPooling(
             last_hidden_state=hidden_states,
             pooler_output=pooled,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _decode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions,
+                output_hidden_states, return_dict, cache, use_cache):
+        """The decoder's forward: T new tokens per row, attending causally to the K = past + T cached and new ones."""
+        config = self.config
+        if config._attn_implementation in _TOKEN_ROW_ATTENTION:
+            raise ValueError(f"A decoder attends with 'eager' or 'sdpa', not {config._attn_implementation!r}")
+        self._read_on_host(input_ids, None, None, None, False)  # the ids' range (and transformers' padding warning)
+        batch_size, seq_len = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+        device = input_ids.device if input_ids is not None else inputs_embeds.device
+        use_cache = config.use_cache if use_cache is None else use_cache
+        if use_cache and cache is None:
+            cache = DynamicCache(config=config)
+        past = cache.get_seq_length() if cache is not None else 0
+        key_length = past + seq_len
+        if attention_mask is not None and attention_mask.shape != (batch_size, key_length):
+            raise ValueError(f"A decoder's attention_mask covers the {past} cached and {seq_len} new tokens: shape "
+                             f"({batch_size}, {key_length}), got {tuple(attention_mask.shape)}")
+        if position_ids is None and attention_mask is not None:
+            # Count from each row's first real token, so a left-padded prompt gets the positions it has alone.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # (B, T)
+        elif position_ids is None:
+            position_ids = torch.arange(past, key_length, device=device)[None]
+        position_ids = position_ids.expand(batch_size, seq_len)
+        if config.position_embedding_type == "absolute" and key_length > config.max_position_embeddings:
+            raise ValueError(f"Sequence length {key_length} (cached and new tokens) exceeds "
+                             f"max_position_embeddings={config.max_position_embeddings}")
+        if token_type_ids is None:
+            token_type_ids = torch.zeros((batch_size, seq_len), dtype=torch.long, device=device)
+
+        mask = None
+        if attention_mask is not None or seq_len > 1:
+            query_at = torch.arange(past, key_length, device=device)[:, None]  # (T, 1) each new token's place
+            keys = torch.arange(key_length, device=device)[None]  # (1, K)
+            mask = keys <= query_at  # (T, K): causal
+            if attention_mask is not None:
+                mask = mask & attention_mask.bool()[:, None, :]  # (B, T, K): and no padding
+            mask = (mask | (keys == query_at)).view(-1, 1, seq_len, key_length)  # a token always sees itself
+            # (so a padded query has a key: no row of -inf, no NaN; its output is never read)
+
+        hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, H)
+        rotary = None
+        if config.position_embedding_type == "rotary":
+            cos, sin = self.rotary_emb(hidden_states, position_ids)  # (B, T, hs) each
+            rotary = cos[:, None], sin[:, None]
+        hidden_states, all_hidden_states, all_attentions = self.encoder(
+            hidden_states, rotary, _Causal(mask, cache), output_attentions, output_hidden_states)
+        output = BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            cache=cache if use_cache else None,
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
             attentions=tuple(all_attentions) if output_attentions else None,
         )
@@ -1061,6 +1160,75 @@ class FeedbackForPreTraining(FeedbackPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+class FeedbackForCausalLM(FeedbackPreTrainedModel, GenerationMixin):
+    """A left-to-right language model (GPT-style): the encoder's blocks as a decoder (`config.is_decoder`: each token
+    attends to those before it, with a cache of their keys and values), and the masked LM's head, tied to the input
+    embeddings, predicting the next token. `generate()`, the `text-generation` pipeline and Trainer work as for any
+    causal LM of transformers; the loss shifts `labels` by one inside."""
+
+    _tied_weights_keys = {"lm_head.decoder.weight": "feedback.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config):
+        if not config.is_decoder:
+            raise ValueError("FeedbackForCausalLM needs a decoder configuration: FeedbackConfig(is_decoder=True, ...) "
+                             "(an encoder's tokens see the whole text, so it cannot learn to predict the next one)")
+        super().__init__(config)
+        self.feedback = FeedbackModel(config, add_pooling_layer=False)
+        self.lm_head = FeedbackLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head.decoder = new_embeddings
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        cache=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        logits_to_keep=0,
+        **loss_kwargs,
+    ):
+        r"""
+        labels (B, T): the ids to predict, the inputs themselves (shifted inside: position t predicts t + 1); -100
+            is ignored. logits_to_keep: compute logits for the last this many positions only (0: all), as
+            `generate()` asks for 1.
+        """
+        packing = _packing_arguments(self, loss_kwargs, loss_arguments=("num_items_in_batch",))  # (refused below)
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.feedback(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+            cache=cache, use_cache=False if labels is not None else use_cache,  # training keeps no cache
+            **packing,
+        )
+        hidden_states = outputs.last_hidden_state  # (B, T, H)
+        if logits_to_keep:
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        logits = self.lm_head(hidden_states)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            self._check_labels(labels, self.config.vocab_size)
+            # transformers' causal-LM loss: shifts the labels, ignores -100, and divides by Trainer's
+            # num_items_in_batch (the token count of the whole accumulated batch) when given.
+            loss = self.loss_function(logits=logits.float(), labels=labels, vocab_size=self.config.vocab_size,
+                                      **loss_kwargs)
+        output = CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
+                                        hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return output if return_dict else output.to_tuple()
+
+
 class FeedbackForTokenClassification(FeedbackPreTrainedModel):
     """A label per token (e.g. word segmentation or named entities); -100 labels are ignored."""
 
@@ -1112,6 +1280,7 @@ FeedbackForSequenceClassification.register_for_auto_class("AutoModelForSequenceC
 FeedbackForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
 FeedbackForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
 FeedbackForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+FeedbackForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 __all__ = [
     "FeedbackModel",
@@ -1120,4 +1289,5 @@ __all__ = [
     "FeedbackForMaskedLM",
     "FeedbackForTokenClassification",
     "FeedbackForPreTraining",
+    "FeedbackForCausalLM",
 ]

@@ -17,12 +17,14 @@ from transformers import (
 )
 
 from accelerate.utils import send_to_device
+from transformers import DynamicCache
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging as transformers_logging
 
 from hf_feedback import (
     FeedbackConfig,
+    FeedbackForCausalLM,
     FeedbackForMaskedLM,
     FeedbackForPreTraining,
     FeedbackForSequenceClassification,
@@ -852,6 +854,7 @@ def _gradients(model):
     (FeedbackForTokenClassification, dict(position_embedding_type="sinusoidal")),
     (FeedbackForMaskedLM, dict()),
     (FeedbackForMaskedLM, dict(sparse_prediction=True)),
+    (FeedbackForPreTraining, dict()),  # the generator's samples follow the same seed in the same token order
 ])
 def test_a_packed_row_gives_the_padded_batch_losses_and_gradients(model_class, overrides, flash_kwargs, tiny_config):
     # DataCollatorWithFlattening's output (one row, position_ids restarting, optionally cu_seq_lens / max_length):
@@ -865,10 +868,12 @@ def test_a_packed_row_gives_the_padded_batch_losses_and_gradients(model_class, o
         padded_labels = torch.where(attention_mask.bool(), (input_ids * 7) % 2, -100)
         padded_labels[:, 2] = -100
         packed_labels = padded_labels[attention_mask.bool()][None]  # (1, N) in the row's order
+    torch.manual_seed(0)
     padded = model(input_ids, attention_mask, labels=padded_labels)
     padded.loss.backward()
     expected = _gradients(model)
     model.zero_grad()
+    torch.manual_seed(0)
     out = model(**packed, labels=packed_labels)
     out.loss.backward()
     torch.testing.assert_close(out.loss, padded.loss)
@@ -877,7 +882,7 @@ def test_a_packed_row_gives_the_padded_batch_losses_and_gradients(model_class, o
         torch.testing.assert_close(gradient, expected[name], msg=name)
     if model_class is FeedbackForSequenceClassification:  # one prediction per packed sequence
         torch.testing.assert_close(out.logits, padded.logits)
-    elif not config.sparse_prediction:  # per-token outputs keep the packed row's shape
+    elif not config.sparse_prediction and model_class is not FeedbackForPreTraining:  # per-token: the row's shape
         torch.testing.assert_close(out.logits[0], padded.logits[attention_mask.bool()])
 
 
@@ -934,15 +939,16 @@ def test_with_value_checks_off_a_packed_row_never_waits_for_the_device(tiny_conf
 
 def test_trainer_averages_the_loss_over_accumulation_for_heads_that_ignore_the_token_count(tiny_config):
     # A head whose forward takes **kwargs tells Trainer it normalises by num_items_in_batch itself, unless it says
-    # otherwise: only the masked LM does.
+    # otherwise: only the language models do.
     from transformers import Trainer, TrainingArguments
 
     arguments = TrainingArguments(output_dir="unused", report_to=[], use_cpu=True)
-    accepts = {cls.__name__: Trainer(build(cls, tiny_config()), arguments).model_accepts_loss_kwargs
+    accepts = {cls.__name__: Trainer(build(cls, tiny_config(is_decoder=cls is FeedbackForCausalLM)),
+                                     arguments).model_accepts_loss_kwargs
                for cls in (FeedbackForSequenceClassification, FeedbackForTokenClassification, FeedbackForMaskedLM,
-                           FeedbackForPreTraining)}
+                           FeedbackForPreTraining, FeedbackForCausalLM)}
     assert accepts == {"FeedbackForSequenceClassification": False, "FeedbackForTokenClassification": False,
-                       "FeedbackForMaskedLM": True, "FeedbackForPreTraining": False}
+                       "FeedbackForMaskedLM": True, "FeedbackForPreTraining": False, "FeedbackForCausalLM": True}
 
 
 @pytest.mark.parametrize("model_class, backend", [
@@ -1003,3 +1009,113 @@ def test_every_attention_backend_gives_the_same_outputs(tiny_config):
     assert len(calls) == 2 * (4 + 1 + 1)  # two layers: four length buckets, the packed row's one, the unpadded row
     with pytest.raises(ValueError, match="does not support Flash Attention 2"):  # not claimed: never run here
         build(FeedbackModel, config, attn="flash_attention_2")
+
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The decoder: a causal language model
+# --------------------------------------------------------------------------------------------------------------
+def causal_lm(tiny_config, **overrides):
+    config = tiny_config(**{"is_decoder": True, "norm_position": "pre", "position_embedding_type": "rotary",
+                            "bos_token_id": 2, "eos_token_id": 3, **overrides})
+    return build(FeedbackForCausalLM, config, attn=overrides.pop("attn", "sdpa"))
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("kind", ["rotary", "absolute", "sinusoidal"])
+def test_a_decoder_token_sees_only_itself_and_the_tokens_before_it(kind, attn, tiny_config):
+    model = causal_lm(tiny_config, position_embedding_type=kind, attn=attn)
+    input_ids = torch.randint(4, 99, (2, 8), generator=torch.Generator().manual_seed(0))
+    changed = input_ids.clone()
+    changed[:, 5:] = torch.randint(4, 99, (2, 3), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, changed_logits = model(input_ids).logits, model(changed).logits
+    torch.testing.assert_close(changed_logits[:, :5], logits[:, :5])  # the past does not see the future
+    assert not torch.allclose(changed_logits[:, 5:], logits[:, 5:])
+
+
+def test_causal_lm_loss_is_the_next_token_cross_entropy(tiny_config):
+    model = causal_lm(tiny_config)
+    input_ids = torch.randint(4, 99, (2, 7), generator=torch.Generator().manual_seed(0))
+    labels = input_ids.clone()
+    labels[1, :3] = -100  # a prompt that is not learned
+    out = model(input_ids, labels=labels)
+    expected = F.cross_entropy(out.logits[:, :-1].reshape(-1, 99), labels[:, 1:].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.loss, expected)
+    assert out.cache is None  # training keeps no cache
+    with pytest.raises(ValueError, match="num_labels=99"):
+        model(input_ids, labels=torch.full_like(input_ids, 120))
+
+
+@pytest.mark.parametrize("kind", ["rotary", "absolute"])
+def test_greedy_generation_with_the_cache_equals_generation_without_it(kind, tiny_config):
+    model = causal_lm(tiny_config, position_embedding_type=kind)
+    prompt = torch.tensor([[2, 15, 27, 33], [2, 40, 41, 42]])
+    with_cache = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=True)
+    without = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=False)
+    assert with_cache.shape == (2, 16) and torch.equal(with_cache, without)
+    # Step by step by hand: the cache's logits equal those of the whole sequence at every position.
+    with torch.no_grad():
+        whole = model(with_cache).logits
+        step = model(with_cache[:, :4], use_cache=True)
+        stepped = [step.logits]
+        for t in range(4, 16):
+            step = model(with_cache[:, t:t + 1], cache=step.cache, use_cache=True)
+            stepped.append(step.logits)
+    assert step.cache.get_seq_length() == 16
+    torch.testing.assert_close(torch.cat(stepped, dim=1), whole, atol=1e-5, rtol=1e-5)
+
+
+def test_batched_generation_with_left_padding_equals_one_by_one(tiny_config):
+    model = causal_lm(tiny_config)
+    prompts = [[2, 15], [2, 40, 41, 42, 43], [2, 7, 8]]
+    width = max(map(len, prompts))
+    input_ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    batched = model.generate(input_ids, attention_mask=(input_ids != 0).long(), max_new_tokens=8, do_sample=False)
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)
+        assert batched[row, width - len(prompt):].tolist() == alone[0].tolist()
+
+
+def test_beam_search_and_sampling_generate(tiny_config):
+    model = causal_lm(tiny_config)
+    prompt = torch.tensor([[2, 15, 27]])
+    beams = model.generate(prompt, max_new_tokens=6, num_beams=4, num_return_sequences=2, do_sample=False)
+    assert beams.shape == (2, 9) and torch.equal(beams[:, :3], prompt.expand(2, 3))
+    # Beam search's best scores at least as well as greedy under the model (length-normalised log-likelihood).
+    greedy = model.generate(prompt, max_new_tokens=6, do_sample=False)
+
+    def log_likelihood(sequence):
+        with torch.no_grad():
+            return -model(sequence, labels=sequence).loss
+
+    assert log_likelihood(beams[:1]) >= log_likelihood(greedy) - 1e-6
+    torch.manual_seed(5)
+    first = model.generate(prompt, max_new_tokens=6, do_sample=True, top_k=20)
+    torch.manual_seed(5)
+    assert torch.equal(first, model.generate(prompt, max_new_tokens=6, do_sample=True, top_k=20))
+
+
+def test_decoder_and_encoder_refuse_each_others_inputs(tiny_config, batch):
+    with pytest.raises(ValueError, match="needs a decoder configuration"):
+        FeedbackForCausalLM(tiny_config())
+    with pytest.raises(ValueError, match="is_decoder must be True or False"):
+        tiny_config(is_decoder="yes")
+    with pytest.raises(ValueError, match="this model is an encoder"):
+        build(FeedbackModel, tiny_config())(*batch, cache=DynamicCache())
+    assert build(FeedbackModel, tiny_config())(*batch, use_cache=True).get("cache") is None  # BERT's way
+    model = causal_lm(tiny_config)
+    with pytest.raises(ValueError, match=r"covers the 0 cached and 9 new tokens: shape \(2, 9\)"):
+        model(batch[0], batch[1][:, :5])
+    with pytest.raises(ValueError, match="takes padded batches, not packed rows"):
+        model(batch[0][:1], cu_seq_lens_q=torch.tensor([0, 4, 9]), max_length_q=5)
+
+
+def test_the_cache_also_comes_by_its_earlier_name(tiny_config):
+    model = causal_lm(tiny_config)
+    prompt = torch.tensor([[2, 15, 27]])
+    with torch.no_grad():
+        first = model(prompt, use_cache=True)
+        with pytest.warns(FutureWarning, match="past_key_values"):
+            by_old_name = model(torch.tensor([[30]]), past_key_values=first.cache, use_cache=True)
+    assert by_old_name.cache.get_seq_length() == 4

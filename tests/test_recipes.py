@@ -484,25 +484,32 @@ def test_pretraining_corpus_choices(capsys, tmp_path):
 NO_DROPOUT = TINY_MODEL + ",hidden_dropout_prob=0,attention_probs_dropout_prob=0"
 
 
-@pytest.mark.parametrize("recipe, data", [
-    ("finetune", ["--max_train_samples", "640", "--max_eval_samples", "100"]),
-    ("token_classification", ["--max_train_samples", "300", "--max_eval_samples", "60"]),
+PADDED, PACKED = ["--padding_free", "false"], ["--padding_free", "true"]
+COMPILED = ["--torch_compile", "true", "--torch_compile_backend", "aot_eager"]  # dynamo + autograd tracing, no C++
+
+
+@pytest.mark.parametrize("recipe, data, variants", [
+    ("finetune", ["--max_train_samples", "640", "--max_eval_samples", "100"], [PACKED, PACKED + COMPILED]),
+    ("token_classification", ["--max_train_samples", "300", "--max_eval_samples", "60"], [PACKED]),
 ])
-def test_padding_free_training_repeats_the_padded_run(recipe, data, tmp_path):
+def test_padding_free_and_compiled_training_repeat_the_padded_run(recipe, data, variants, tmp_path):
     # Without dropout (whose random draws follow tensor shapes), the same batches packed into one row train the same
-    # model: the same loss at every logged step and the same test metrics (a tagger is evaluated padded either way).
-    runs = {}
-    for padding_free in ("false", "true"):
-        output_dir = tmp_path / padding_free
+    # model, compiled (TrainingArguments.torch_compile) or not: the same loss at every logged step and the same test
+    # metrics (a tagger is evaluated padded either way).
+    runs = []
+    for number, variant in enumerate([PADDED, *variants]):
+        output_dir = tmp_path / str(number)
         load_recipe(recipe).main([
             "--output_dir", str(output_dir), "--config_overrides", NO_DROPOUT, "--tokenizer_vocab_size", "2000",
             *data, "--max_steps", "20", "--learning_rate", "3e-3", "--logging_steps", "5", "--eval_steps", "10",
-            "--save_steps", "10", "--disable_tqdm", "true", "--padding_free", padding_free])
-        runs[padding_free] = losses(output_dir), json.loads((output_dir / "test_results.json").read_text())
-    (padded_losses, padded_test), (packed_losses, packed_test) = runs["false"], runs["true"]
-    assert len(packed_losses) == 5 and packed_losses == pytest.approx(padded_losses, abs=2e-4)
-    for name in ("test_accuracy", "test_f1"):
-        assert packed_test[name] == pytest.approx(padded_test[name], abs=1e-6), name
+            "--save_steps", "10", "--disable_tqdm", "true", *variant])
+        runs.append((losses(output_dir), json.loads((output_dir / "test_results.json").read_text())))
+    (padded_losses, padded_test), *others = runs
+    assert len(padded_losses) == 5
+    for variant, (variant_losses, variant_test) in zip(variants, others, strict=True):
+        assert variant_losses == pytest.approx(padded_losses, abs=2e-4), variant
+        for name in ("test_accuracy", "test_f1"):
+            assert variant_test[name] == pytest.approx(padded_test[name], abs=1e-6), (variant, name)
 
 
 def test_padding_free_pretraining_lowers_the_loss(tmp_path, capsys):

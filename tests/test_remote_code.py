@@ -11,6 +11,7 @@ import torch
 from helpers import WITHOUT_HF_FEEDBACK
 
 from hf_feedback import (
+    FeedbackForCausalLM,
     FeedbackForMaskedLM,
     FeedbackForPreTraining,
     FeedbackForSequenceClassification,
@@ -63,7 +64,7 @@ def test_saved_heads_open_with_every_auto_class_without_hf_feedback(tiny_config,
         assert sorted(p.name for p in folder.iterdir()) == [
             "config.json", "configuration_feedback.py", "model.safetensors", "modeling_feedback.py"]
         auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
-        assert set(auto_map) == {"AutoConfig", *AUTO_CLASSES}
+        assert set(auto_map) == {"AutoConfig", *AUTO_CLASSES, "AutoModelForCausalLM"}
         for source in ("configuration_feedback.py", "modeling_feedback.py"):
             tree = ast.parse((folder / source).read_text())
             for node in ast.walk(tree):
@@ -94,3 +95,56 @@ def test_saved_heads_open_with_every_auto_class_without_hf_feedback(tiny_config,
             # Every Auto class shares the saved encoder exactly.
             torch.testing.assert_close(got["hidden"], hidden, atol=0, rtol=0)
         torch.testing.assert_close(reopened[head.__name__, own_class]["head"], expected_head, atol=0, rtol=0)
+
+
+CAUSAL_LOADER = WITHOUT_HF_FEEDBACK + textwrap.dedent(
+    """
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM, pipeline
+    folder = sys.argv[1]
+    inputs = torch.load(folder + "/../inputs.pt")
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    generator = pipeline("text-generation", model=folder, trust_remote_code=True)
+    with torch.no_grad():
+        results = {"class": type(model).__name__, "base": type(base).__name__, "logits": model(**inputs).logits,
+                   "hidden": base(**inputs).last_hidden_state,
+                   "greedy": model.generate(**inputs, max_new_tokens=6, do_sample=False),
+                   "text": generator("今天天气", max_new_tokens=4, do_sample=False)[0]["generated_text"]}
+    torch.save(results, folder + "/../causal.pt")
+    """
+)
+
+
+def test_a_saved_causal_lm_generates_without_hf_feedback(tiny_config, tmp_path):
+    # AutoModelForCausalLM, AutoModel (the decoder's base) and the text-generation pipeline from the folder's own
+    # code: the same logits, the same greedy tokens and the same text as the model that saved it.
+    from transformers import pipeline
+
+    from hf_feedback.data import load_sentiment_reviews
+    from hf_feedback.tokenization import train_tokenizer
+
+    tokenizer = train_tokenizer(load_sentiment_reviews()["train"]["text"][:300], vocab_size=600, kind="wordpiece")
+    torch.manual_seed(0)
+    model = FeedbackForCausalLM(tiny_config(is_decoder=True, vocab_size=len(tokenizer), norm_position="pre",
+                                            position_embedding_type="rotary", eos_token_id=tokenizer.sep_token_id,
+                                            bos_token_id=tokenizer.cls_token_id)).eval()
+    folder = tmp_path / "causal"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    inputs = tokenizer(["今天天气很好", "不好"], padding=True, return_tensors="pt")
+    inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    torch.save(inputs, tmp_path / "inputs.pt")
+    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", CAUSAL_LOADER, str(folder)], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reopened = torch.load(tmp_path / "causal.pt")
+    assert (reopened["class"], reopened["base"]) == ("FeedbackForCausalLM", "FeedbackModel")
+    with torch.no_grad():
+        torch.testing.assert_close(reopened["logits"], model(**inputs).logits, atol=0, rtol=0)
+        torch.testing.assert_close(reopened["hidden"], model.feedback(**inputs).last_hidden_state, atol=0, rtol=0)
+        assert torch.equal(reopened["greedy"], model.generate(**inputs, max_new_tokens=6, do_sample=False))
+    text = pipeline("text-generation", model=model, tokenizer=tokenizer)("今天天气", max_new_tokens=4, do_sample=False)
+    assert reopened["text"] == text[0]["generated_text"] and reopened["text"].startswith("今天天气")
