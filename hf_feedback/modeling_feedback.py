@@ -981,8 +981,8 @@ class FeedbackLMHead(nn.Module):
         return self.decoder(self.norm(F.gelu(self.dense(hidden_states))))  # (..., V)
 
 
-class FeedbackForMaskedLM(FeedbackPreTrainedModel):
-    """Masked-language modelling, used to pretrain the encoder from scratch."""
+class _FeedbackWithLMHead(FeedbackPreTrainedModel):
+    """The base model and a head onto the vocabulary, tied to the input embeddings: the language models' shape."""
 
     _tied_weights_keys = {"lm_head.decoder.weight": "feedback.embeddings.word_embeddings.weight"}
 
@@ -997,6 +997,10 @@ class FeedbackForMaskedLM(FeedbackPreTrainedModel):
 
     def set_output_embeddings(self, new_embeddings):
         self.lm_head.decoder = new_embeddings
+
+
+class FeedbackForMaskedLM(_FeedbackWithLMHead):
+    """Masked-language modelling, used to pretrain the encoder from scratch."""
 
     def forward(
         self,
@@ -1160,28 +1164,17 @@ class FeedbackForPreTraining(FeedbackPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class FeedbackForCausalLM(FeedbackPreTrainedModel, GenerationMixin):
+class FeedbackForCausalLM(_FeedbackWithLMHead, GenerationMixin):
     """A left-to-right language model (GPT-style): the encoder's blocks as a decoder (`config.is_decoder`: each token
     attends to those before it, with a cache of their keys and values), and the masked LM's head, tied to the input
     embeddings, predicting the next token. `generate()`, the `text-generation` pipeline and Trainer work as for any
     causal LM of transformers; the loss shifts `labels` by one inside."""
-
-    _tied_weights_keys = {"lm_head.decoder.weight": "feedback.embeddings.word_embeddings.weight"}
 
     def __init__(self, config):
         if not config.is_decoder:
             raise ValueError("FeedbackForCausalLM needs a decoder configuration: FeedbackConfig(is_decoder=True, ...) "
                              "(an encoder's tokens see the whole text, so it cannot learn to predict the next one)")
         super().__init__(config)
-        self.feedback = FeedbackModel(config, add_pooling_layer=False)
-        self.lm_head = FeedbackLMHead(config)
-        self.post_init()
-
-    def get_output_embeddings(self):
-        return self.lm_head.decoder
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head.decoder = new_embeddings
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
