@@ -42,6 +42,7 @@ _HEADS = {
     "ForSequenceClassification": ("text-classification", "AutoModelForSequenceClassification"),
     "ForMaskedLM": ("fill-mask", "AutoModelForMaskedLM"),
     "ForTokenClassification": ("token-classification", "AutoModelForTokenClassification"),
+    "ForCausalLM": ("text-generation", "AutoModelForCausalLM"),
 }
 _BARE_ENCODER = ("feature-extraction", "AutoModel")
 
@@ -56,6 +57,7 @@ _INDEXED_METRICS = {
                             "micro_f1": ("Micro F1", {"average": "micro"}),
                             "macro_f1": ("Macro F1", {"average": "macro"})},
     "fill-mask": {"perplexity": ("Perplexity", None)},
+    "text-generation": {"perplexity": ("Perplexity", None)},
     "token-classification": {"accuracy": ("Token accuracy", None), "f1": ("Entity F1 (seqeval)", None)},
 }
 _METRIC_TITLES = {"f1": "macro F1", "mse": "MSE", "mae": "MAE", "pearson": "Pearson r", "spearman": "Spearman rho",
@@ -63,7 +65,8 @@ _METRIC_TITLES = {"f1": "macro F1", "mse": "MSE", "mae": "MAE", "pearson": "Pear
 _TAGGING_TITLES = {"accuracy": "token accuracy", "f1": "entity F1", "precision": "entity precision",
                    "recall": "entity recall"}
 _TASK_TITLES = {"text-classification": "Text classification", "fill-mask": "Masked language modelling",
-                "token-classification": "Token classification"}
+                "token-classification": "Token classification", "text-generation": "Causal language modelling"}
+_LANGUAGE_MODELLING = ("fill-mask", "text-generation")  # pretraining: perplexity, the corpus, no labels
 _SPLIT_PREFIXES = (("validation", "eval"), ("test", "test"))
 # Pictures written by hf_feedback.plots that the card shows when the run made them.
 _PICTURES = (("Training and validation loss", "loss.png"), ("Learning rate", "learning_rate.png"),
@@ -80,6 +83,7 @@ def write_model_card(
     base_model: str | None = None,
     corpora: Sequence[str | None] = (),
     template_path: str | os.PathLike | None = None,
+    sample: tuple[str, str] | None = None,
 ) -> Path:
     """Render the model card of a finished run into `output_dir/README.md` and return its path.
 
@@ -96,6 +100,7 @@ def write_model_card(
             or the bundled corpora `BUNDLED_REVIEWS` / `BUNDLED_PEOPLES_DAILY`; `None` entries are skipped. Empty:
             the bundled corpus of the task (the reviews for classification, People's Daily for masked LM).
         template_path: a Jinja2 template; defaults to the project's `model_card.md`.
+        sample: (prompt, text) a causal language model generated from the prompt, shown in the card.
 
     Raises `FileNotFoundError` when the template is missing, `ValueError` when a split size is not a count.
     """
@@ -131,7 +136,8 @@ def write_model_card(
         language="zh" if bundled else None,
         datasets=(bundled + hub_datasets) or None,
         base_model=base_hub_id,
-        tags=["hf_feedback", "custom_code", "transformer-encoder", pipeline_tag] + (["lora"] if lora else []),
+        tags=["hf_feedback", "custom_code", "transformer-decoder" if getattr(config, "is_decoder", False)
+              else "transformer-encoder", pipeline_tag] + (["lora"] if lora else []),
         eval_results=_eval_results(evaluations, pipeline_tag, corpora) or None,
     )
     card = ModelCard.from_template(
@@ -155,6 +161,7 @@ def write_model_card(
         metric_names=metric_names,
         results=results,
         pictures=[(title, name) for title, name in _PICTURES if (output_dir / name).is_file()],
+        sample=sample,
     )
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "README.md"
@@ -170,7 +177,8 @@ def _unwrap(model):
 
 
 def _default_corpora(pipeline_tag):
-    return {"text-classification": [BUNDLED_REVIEWS], "fill-mask": [BUNDLED_PEOPLES_DAILY]}.get(pipeline_tag, [])
+    return {"text-classification": [BUNDLED_REVIEWS], "fill-mask": [BUNDLED_PEOPLES_DAILY],
+            "text-generation": [BUNDLED_PEOPLES_DAILY]}.get(pipeline_tag, [])
 
 
 def _is_data_file(name):
@@ -208,6 +216,8 @@ def _head_path(config, head, pipeline_tag):
         return f"pooling ({pooling}) ─► dense + tanh ─► dropout ─► linear: {config.num_labels} labels ({head})"
     if pipeline_tag == "fill-mask":
         return f"per token: dense ─► GELU ─► LayerNorm ─► vocabulary logits, tied to the embeddings ({head})"
+    if pipeline_tag == "text-generation":
+        return f"per token: dense ─► GELU ─► LayerNorm ─► next-token logits, tied to the embeddings ({head})"
     if head.endswith("ForPreTraining"):
         return (f"per token: dense ─► GELU ─► linear: replaced or original ({head}; its generator, "
                 f"{config.generator_size:g} of the width, is saved beside it under `generator`)")
@@ -217,7 +227,8 @@ def _head_path(config, head, pipeline_tag):
 
 
 def _summary(config, head, pipeline_tag, base_model, lora, adapter_only):
-    size = f"a {config.num_hidden_layers}-layer, {config.hidden_size}-wide encoder"
+    size = (f"a {config.num_hidden_layers}-layer, {config.hidden_size}-wide "
+            f"{'decoder' if getattr(config, 'is_decoder', False) else 'encoder'}")
     start = f"fine-tuned from `{_local_or_hub(base_model)}`" if base_model else "trained from scratch"
     if pipeline_tag == "text-classification":
         labels = " / ".join(config.id2label[i] for i in sorted(config.id2label))
@@ -226,6 +237,8 @@ def _summary(config, head, pipeline_tag, base_model, lora, adapter_only):
         what = f"{size} pretrained with masked-language modelling ({start})"
     elif head.endswith("ForPreTraining"):
         what = f"{size} pretrained with replaced-token detection (ELECTRA; {start})"
+    elif pipeline_tag == "text-generation":
+        what = f"{size} pretrained as a causal language model, predicting each next token ({start})"
     elif pipeline_tag == "token-classification":
         what = f"{size} {start} to tag each token with one of {config.num_labels} tags"
     else:
@@ -266,6 +279,11 @@ def _procedure(trainer, model, pipeline_tag, base_model, lora, adapter_only):
                 "(80% replaced by [MASK], 10% by a random token, 10% kept) and predicted with cross-entropy; the "
                 f"output projection is tied to the input embeddings. The tokenizer ({_vocabulary(trainer.processing_class)}) "
                 "was trained on the corpus.")
+    elif pipeline_tag == "text-generation":
+        text = ("Causal language modelling (`recipes/pretrain.py --objective clm`): every token predicts the next "
+                "one with cross-entropy, attending only to the tokens before it; the output projection is tied to "
+                f"the input embeddings. The tokenizer ({_vocabulary(trainer.processing_class)}) was trained on the "
+                "corpus.")
     elif type(model).__name__.endswith("ForPreTraining"):
         probability = getattr(trainer.data_collator, "mlm_probability", None)
         masked = f"{probability:.0%} of the tokens" if probability is not None else "tokens"
@@ -291,7 +309,7 @@ def _procedure(trainer, model, pipeline_tag, base_model, lora, adapter_only):
                 f"and {batches} batches, {evaluated}.")
     if base_model:
         text += f" Starting point: `{_local_or_hub(base_model)}`."
-    elif pipeline_tag != "fill-mask" and not type(model).__name__.endswith("ForPreTraining"):
+    elif pipeline_tag not in _LANGUAGE_MODELLING and not type(model).__name__.endswith("ForPreTraining"):
         text += " The weights started from random initialisation and the tokenizer was trained on the train split."
     if lora:
         targets = lora.target_modules
@@ -388,8 +406,8 @@ def _evaluations(metrics, split_sizes, pipeline_tag):
         if pipeline_tag in ("text-classification", "token-classification"):
             values = {name: metrics[f"{prefix}_{name}"] for name in _CLASSIFICATION_METRICS
                       if f"{prefix}_{name}" in metrics}
-        elif pipeline_tag == "fill-mask":
-            # Perplexity is exp(mean masked-token cross-entropy); recipes/pretrain.py reports it for validation.
+        elif pipeline_tag in _LANGUAGE_MODELLING:
+            # Perplexity is exp(mean (masked or next) token cross-entropy); recipes/pretrain.py reports it.
             reported = metrics.get("perplexity") if prefix == "eval" else None
             values = {"loss": loss, "perplexity": reported if reported is not None else math.exp(min(loss, 50))}
         else:

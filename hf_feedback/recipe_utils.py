@@ -76,6 +76,8 @@ def training_collator(padded, model, labels, padding_free):
     if not padding_free:
         return padded
     model_type = getattr(model.config, "model_type", None)
+    if getattr(model.config, "is_decoder", False):
+        raise RecipeError("--padding_free: a decoder (--objective clm) takes padded batches")
     if model_type not in ("feedback",):
         raise RecipeError(f"--padding_free needs an hf_feedback model, which attends within each packed text; this "
                           f"checkpoint is a {model_type!r} model")
@@ -251,8 +253,12 @@ def check_vocabulary(config, tokenizer):
                           f"{vocab_size}: drop a vocab_size override, or pass a tokenizer that matches the model")
 
 
-def check_masked_lm(config, folder):
-    """pretrain.py continues masked-LM pretraining of hf_feedback encoders only."""
+def check_masked_lm(config, folder, decoder=False):
+    """pretrain.py continues pretraining of hf_feedback models only: encoders (masked LM, ELECTRA), or with
+    `decoder` a causal LM."""
+    if config.model_type == FeedbackConfig.model_type and config.is_decoder != decoder:
+        wanted, got = ("a causal LM (is_decoder)", "an encoder") if decoder else ("an encoder", "a causal LM (decoder)")
+        raise RecipeError(f"--model_name_or_path {folder} holds {got}; this objective continues {wanted}")
     if config.model_type != FeedbackConfig.model_type:
         raise RecipeError(
             f"--model_name_or_path {folder} holds a {config.model_type!r} model ({', '.join(config.architectures or [])}"

