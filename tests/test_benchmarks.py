@@ -2,6 +2,7 @@
 section's command lines."""
 
 import json
+import math
 
 import pytest
 
@@ -107,3 +108,22 @@ def test_gpu_run_is_read_from_its_files_and_the_rate_is_chosen_on_validation(tmp
     report = "\n".join(accuracy.render({"rows": {}, "gpu": gpu}))
     assert "| ours, medium, pretrained + full fine-tuning | 2e-4 | 5e-4: 95.0 ± 0.0 | 86.0 ± 1.4 |" in report
     assert "- **Met**: one GPU: medium 86.0%, +6.0 points over TF-IDF (target ≥ +4), in at least 7.0 min" in report
+
+
+def test_bigram_baseline_perplexity_follows_its_formula():
+    """Section 7's n-gram floor: on a corpus of one repeated sentence every bigram is certain, the held-out slice
+    picks the largest bigram weight, and each predicted token gets w + (1 - w) x its add-one unigram probability."""
+    from benchmarks.causal_lm import LAMBDAS, bigram_perplexity
+
+    class Characters:  # [CLS]=1, one id per letter, [SEP]=2, ten ids in all
+        def __call__(self, texts, truncation, max_length):
+            return {"input_ids": [[1, *(ord(c) - ord("a") + 3 for c in text), 2][:max_length] for text in texts]}
+
+        def __len__(self):
+            return 10
+
+    result = bigram_perplexity(Characters(), ["abc"] * 20, ["abc"] * 3)
+    weight = max(LAMBDAS)
+    unigram = (20 + 1) / (4 * 20 + 10)  # each of a, b, c, [SEP] predicted once per text
+    assert result["weight"] == weight and result["tokens"] == 3 * 4
+    assert math.isclose(result["perplexity"], 1 / (weight + (1 - weight) * unigram), rel_tol=1e-12)
