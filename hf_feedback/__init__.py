@@ -10,20 +10,23 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForPreTraining,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
 
 from .collators import DataCollatorForPaddingFree
-from .configuration_feedback import FeedbackConfig
+from .configuration_feedback import FeedbackConfig, FeedbackSeq2SeqConfig
 from .modeling_feedback import (
     FeedbackForCausalLM,
+    FeedbackForConditionalGeneration,
     FeedbackForMaskedLM,
     FeedbackForPreTraining,
     FeedbackForSequenceClassification,
     FeedbackForTokenClassification,
     FeedbackModel,
     FeedbackPreTrainedModel,
+    FeedbackSeq2SeqModel,
 )
 
 AutoConfig.register(FeedbackConfig.model_type, FeedbackConfig, exist_ok=True)
@@ -33,6 +36,9 @@ AutoModelForMaskedLM.register(FeedbackConfig, FeedbackForMaskedLM, exist_ok=True
 AutoModelForTokenClassification.register(FeedbackConfig, FeedbackForTokenClassification, exist_ok=True)
 AutoModelForPreTraining.register(FeedbackConfig, FeedbackForPreTraining, exist_ok=True)
 AutoModelForCausalLM.register(FeedbackConfig, FeedbackForCausalLM, exist_ok=True)
+AutoConfig.register(FeedbackSeq2SeqConfig.model_type, FeedbackSeq2SeqConfig, exist_ok=True)
+AutoModel.register(FeedbackSeq2SeqConfig, FeedbackSeq2SeqModel, exist_ok=True)
+AutoModelForSeq2SeqLM.register(FeedbackSeq2SeqConfig, FeedbackForConditionalGeneration, exist_ok=True)
 
 __version__ = "0.1.0"
 
@@ -45,5 +51,8 @@ __all__ = [
     "FeedbackForTokenClassification",
     "FeedbackForPreTraining",
     "FeedbackForCausalLM",
+    "FeedbackSeq2SeqConfig",
+    "FeedbackSeq2SeqModel",
+    "FeedbackForConditionalGeneration",
     "DataCollatorForPaddingFree",
 ]

@@ -30,6 +30,12 @@ FEEDBACK_AUTO_MAP = {
     "AutoModelForPreTraining": "modeling_feedback.FeedbackForPreTraining",
     "AutoModelForCausalLM": "modeling_feedback.FeedbackForCausalLM",
 }
+# An encoder-decoder checkpoint is another model type: AutoModel gives its encoder-decoder, not a lone encoder.
+SEQ2SEQ_AUTO_MAP = {
+    "AutoConfig": "configuration_feedback.FeedbackSeq2SeqConfig",
+    "AutoModel": "modeling_feedback.FeedbackSeq2SeqModel",
+    "AutoModelForSeq2SeqLM": "modeling_feedback.FeedbackForConditionalGeneration",
+}
 
 
 class FeedbackConfig(PretrainedConfig):
@@ -109,9 +115,13 @@ class FeedbackConfig(PretrainedConfig):
             a cache of keys and values for generation, as `BertConfig.is_decoder`: the configuration of
             [`FeedbackForCausalLM`]. Padding stays in place (no unpadding) and attention is eager or sdpa.
         use_cache (`bool`, defaults to `True`): a decoder returns its cache for the next step (`generate()` uses it).
+        add_cross_attention (`bool`, defaults to `False`): a decoder's layers also attend to an encoder's output
+            (`encoder_hidden_states`), as `BertConfig.add_cross_attention`: the decoder inside
+            [`FeedbackForConditionalGeneration`], which sets it itself.
     """
 
     model_type = "feedback"
+    _default_auto_map = FEEDBACK_AUTO_MAP
 
     vocab_size: int = 10000
     hidden_size: int = 256
@@ -142,6 +152,7 @@ class FeedbackConfig(PretrainedConfig):
     check_input_values: bool = True
     is_decoder: bool = False
     use_cache: bool = True
+    add_cross_attention: bool = False
 
     def __post_init__(self, **kwargs):
         if isinstance(self.ngram_sizes, tuple):
@@ -150,7 +161,7 @@ class FeedbackConfig(PretrainedConfig):
         super().__post_init__(**kwargs)  # also fills rope_parameters, from a legacy rope_theta if there is one
         self._validate_rope()
         if getattr(self, "auto_map", None) is None:
-            self.auto_map = dict(FEEDBACK_AUTO_MAP)
+            self.auto_map = dict(self._default_auto_map)
 
     def __setattr__(self, name, value):
         # A config also changes after construction: `from_pretrained(folder, hidden_act=...)` sets its keyword
@@ -196,9 +207,12 @@ class FeedbackConfig(PretrainedConfig):
                 or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in sizes)):
             raise ValueError(f"FeedbackConfig.ngram_sizes must be a non-empty list of distinct integers >= 2, "
                              f"got {sizes!r}")
-        for name in ("is_decoder", "use_cache"):
+        for name in ("is_decoder", "use_cache", "add_cross_attention"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"FeedbackConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        if self.add_cross_attention and not self.is_decoder:
+            raise ValueError("FeedbackConfig.add_cross_attention needs is_decoder=True: only a decoder reads an "
+                             "encoder's output")
         if not isinstance(self.check_input_values, bool):
             raise ValueError(f"FeedbackConfig.check_input_values must be True or False, got {self.check_input_values!r}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
@@ -254,4 +268,33 @@ class FeedbackConfig(PretrainedConfig):
             raise ValueError(f"FeedbackConfig.rope_parameters: {error.args[0]}") from None
 
 
-__all__ = ["FeedbackConfig"]
+class FeedbackSeq2SeqConfig(FeedbackConfig):
+    r"""
+    Configuration of [`FeedbackForConditionalGeneration`] (and [`FeedbackSeq2SeqModel`]): an encoder and a decoder
+    with one vocabulary and one set of sizes and switches, BART's arrangement. Every [`FeedbackConfig`] field applies
+    to both halves (the decoder attends causally, with a cache, and to the encoder's output); `is_decoder` and
+    `add_cross_attention` are set per half by the model and stay False here.
+
+    Args:
+        decoder_start_token_id (`int`, *optional*): the id every decoded sequence starts from (labels are shifted
+            right behind it); the recipes use the tokenizer's [CLS]. Needed to train or generate.
+    """
+
+    model_type = "feedback_seq2seq"
+    _default_auto_map = SEQ2SEQ_AUTO_MAP
+
+    decoder_start_token_id: int | None = None
+    is_encoder_decoder: bool = True
+
+    def _validate(self):
+        super()._validate()
+        if self.is_decoder or self.add_cross_attention:
+            raise ValueError("FeedbackSeq2SeqConfig: is_decoder and add_cross_attention are set per half by the "
+                             "model; leave them False")
+        start = self.decoder_start_token_id
+        if start is not None and (isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < self.vocab_size):
+            raise ValueError(f"FeedbackSeq2SeqConfig.decoder_start_token_id must be None or in [0, vocab_size="
+                             f"{self.vocab_size}), got {start!r}")
+
+
+__all__ = ["FeedbackConfig", "FeedbackSeq2SeqConfig"]

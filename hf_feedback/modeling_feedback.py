@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 from transformers import PreTrainedModel
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
@@ -36,6 +36,8 @@ from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
     BaseModelOutputWithPooling,
     CausalLMOutputWithPast,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
     MaskedLMOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
@@ -43,7 +45,7 @@ from transformers.modeling_outputs import (
 from transformers.utils import ModelOutput, logging
 from transformers.utils.deprecation import deprecate_kwarg
 
-from .configuration_feedback import FeedbackConfig
+from .configuration_feedback import FeedbackConfig, FeedbackSeq2SeqConfig
 
 logger = logging.get_logger(__name__)
 
@@ -231,6 +233,12 @@ class _Causal(_Movable):
 
     mask: torch.Tensor | None  # (B or 1, 1, T, K) which of the K cached + new keys each new token sees; None: all
     cache: Cache | None  # the keys and values of earlier steps, extended by each layer (None: no cache)
+    encoder_states: torch.Tensor | None = None  # (B, S, H) what cross-attention reads (config.add_cross_attention)
+    encoder_mask: torch.Tensor | None = None  # (B, 1, 1, S) which of them are real; None: all
+
+    @property
+    def self_attention_cache(self):
+        return self.cache.self_attention_cache if isinstance(self.cache, EncoderDecoderCache) else self.cache
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -366,7 +374,44 @@ class FeedbackEmbeddings(nn.Module):
 _TOKEN_ROW_ATTENTION = ("flex_attention",)
 
 
-class FeedbackSelfAttention(nn.Module):
+class _MultiHeadAttention(nn.Module):
+    """What self- and cross-attention share: nh heads of size hs, and softmax(Q K^T / sqrt(hs)) V computed by the
+    configured backend (`_attention`)."""
+
+    is_causal = False  # causality comes as a mask (read by transformers' sdpa function when there is none)
+    keys_are_queries = True  # self-attention: a key mask also says which queries are padding
+
+    def __init__(self, config, layer_idx=None):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx  # where a decoder's cache keeps this layer's keys and values
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.hidden_size // config.num_attention_heads
+        self.dropout_prob = config.attention_probs_dropout_prob
+
+    def _attention(self, q, k, v, attention_mask, output_attentions):
+        # q: (B, nh, T, hs); k, v: (B, nh, K, hs); attention_mask: (B, 1, 1 or T, K) bool, a BlockMask, or None
+        dropout_p = self.dropout_prob if self.training else 0.0
+        probs = None
+        if output_attentions or self.config._attn_implementation == "eager":
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_size)  # (B, nh, T, K)
+            if attention_mask is not None:
+                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            probs = scores.softmax(dim=-1)
+            if (self.keys_are_queries and attention_mask is not None and attention_mask.shape[-2] == 1
+                    and q.shape[-2] == k.shape[-2]):
+                # a key mask: padded queries attend nowhere, all-zero rows, as the returned map shows
+                probs = probs.masked_fill(~attention_mask.transpose(-1, -2), 0.0)
+            context = F.dropout(probs, p=dropout_p, training=self.training) @ v  # (B, nh, T, hs)
+        else:
+            # (None: a block built outside a model, which sets the implementation, attends with sdpa)
+            attention = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation or "sdpa"]
+            context, _ = attention(self, q, k, v, attention_mask, dropout=dropout_p, scaling=self.head_size ** -0.5)
+            return context, None  # (B, T, nh, hs)
+        return context.transpose(1, 2), probs  # (B, T, nh, hs), a strided view
+
+
+class FeedbackSelfAttention(_MultiHeadAttention):
     """softmax(Q K^T / sqrt(hs)) V over nh heads, with one fused projection for Q, K and V.
 
     The path is chosen by `config._attn_implementation` (the standard `attn_implementation` argument): "eager"
@@ -378,25 +423,18 @@ class FeedbackSelfAttention(nn.Module):
     one row, with a document mask (`_Unpadding.document_mask`): no buckets, no padding at all.
     """
 
-    is_causal = False  # an encoder: every token sees its whole sequence (read by transformers' sdpa function)
-
     def __init__(self, config, layer_idx=None):
-        super().__init__()
-        self.config = config
-        self.layer_idx = layer_idx  # where a decoder's cache keeps this layer's keys and values
-        self.num_heads = config.num_attention_heads
-        self.head_size = config.hidden_size // config.num_attention_heads
+        super().__init__(config, layer_idx)
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout_prob = config.attention_probs_dropout_prob
 
     def forward(self, hidden_states, rotary, unpadding, output_attentions=False):
         # hidden_states: (N, H) when unpadded, else (B, T, H) with no padding at all (or a decoder's, padded)
         qkv = self.qkv_proj(hidden_states)  # (N, 3H) or (B, T, 3H)
         if isinstance(unpadding, _Causal):  # a decoder: new tokens attend to the cache and to themselves
             q, k, v = self._heads(qkv, rotary)
-            if unpadding.cache is not None:
-                k, v = unpadding.cache.update(k, v, self.layer_idx)  # (B, nh, K, hs): earlier steps' and these
+            if unpadding.cache is not None:  # (B, nh, K, hs): earlier steps' and these
+                k, v = unpadding.self_attention_cache.update(k, v, self.layer_idx)
             context, probs = self._attention(q, k, v, unpadding.mask, output_attentions)
             return self.out_proj(context.flatten(-2)), probs  # (B, T, H)
         if unpadding is None:
@@ -439,25 +477,38 @@ class FeedbackSelfAttention(nn.Module):
             q, k = _apply_rotary(q, *rotary), _apply_rotary(k, *rotary)
         return q, k, v
 
-    def _attention(self, q, k, v, attention_mask, output_attentions):
-        # q: (B, nh, T, hs); k, v: (B, nh, K, hs); attention_mask: (B, 1, 1 or T, K) bool, a BlockMask, or None
-        dropout_p = self.dropout_prob if self.training else 0.0
-        probs = None
-        if output_attentions or self.config._attn_implementation == "eager":
-            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_size)  # (B, nh, T, K)
-            if attention_mask is not None:
-                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-            probs = scores.softmax(dim=-1)
-            if attention_mask is not None and attention_mask.shape[-2] == 1 and q.shape[-2] == k.shape[-2]:
-                # a key mask: padded queries attend nowhere, all-zero rows, as the returned map shows
-                probs = probs.masked_fill(~attention_mask.transpose(-1, -2), 0.0)
-            context = F.dropout(probs, p=dropout_p, training=self.training) @ v  # (B, nh, T, hs)
+
+
+class FeedbackCrossAttention(_MultiHeadAttention):
+    """A decoder's attention to the encoder's output: queries from the decoder, keys and values from the encoder
+    (no positions: each decoder token may read any source token). The source's keys and values are computed once
+    per sequence and kept in the cache's cross-attention half for the later steps of generation."""
+
+    keys_are_queries = False
+
+    def __init__(self, config, layer_idx=None):
+        super().__init__(config, layer_idx)
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.kv_proj = nn.Linear(config.hidden_size, 2 * config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states, plan, output_attentions=False):
+        # hidden_states: (B, T, H) the decoder's; plan: _Causal with encoder_states (B, S, H)
+        batch_size, seq_len, _ = hidden_states.shape
+        q = self.q_proj(hidden_states).view(batch_size, seq_len, self.num_heads, self.head_size).transpose(1, 2)
+        cache = plan.cache if isinstance(plan.cache, EncoderDecoderCache) else None
+        if cache is not None and cache.is_updated.get(self.layer_idx):
+            layer = cache.cross_attention_cache.layers[self.layer_idx]
+            k, v = layer.keys, layer.values  # (B, nh, S, hs), from the first step
         else:
-            # (None: a block built outside a model, which sets the implementation, attends with sdpa)
-            attention = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation or "sdpa"]
-            context, _ = attention(self, q, k, v, attention_mask, dropout=dropout_p, scaling=self.head_size ** -0.5)
-            return context, None  # (B, T, nh, hs)
-        return context.transpose(1, 2), probs  # (B, T, nh, hs), a strided view
+            source = plan.encoder_states
+            kv = self.kv_proj(source).view(source.shape[0], source.shape[1], 2, self.num_heads, self.head_size)
+            k, v = kv.permute(2, 0, 3, 1, 4)  # (B, nh, S, hs) each
+            if cache is not None:
+                k, v = cache.cross_attention_cache.update(k, v, self.layer_idx)
+                cache.is_updated[self.layer_idx] = True
+        context, probs = self._attention(q, k, v, plan.encoder_mask, output_attentions)
+        return self.out_proj(context.flatten(-2)), probs  # (B, T, H)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -498,6 +549,9 @@ class FeedbackFeedForward(nn.Module):
 # Encoder layer: attention and feed-forward, each with residual + LayerNorm
 # ----------------------------------------------------------------------------------------------------------------
 class FeedbackLayer(GradientCheckpointingLayer):
+    """Self-attention, then (a decoder of an encoder-decoder: config.add_cross_attention) attention to the encoder's
+    output, then the feed-forward layer, each inside a residual connection with its LayerNorm."""
+
     def __init__(self, config, layer_idx=None):
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
@@ -506,19 +560,25 @@ class FeedbackLayer(GradientCheckpointingLayer):
         self.feed_forward = FeedbackFeedForward(config)
         self.feed_forward_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        if config.add_cross_attention:
+            self.cross_attention = FeedbackCrossAttention(config, layer_idx)
+            self.cross_attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states, rotary=None, unpadding=None, output_attentions=False):
-        if self.pre_norm:  # x + f(norm(x)): the residual stream is never normalised
-            attended, probs = self.attention(
-                self.attention_norm(hidden_states), rotary, unpadding, output_attentions
-            )
-            hidden_states = hidden_states + self.dropout(attended)
-            hidden_states = hidden_states + self.dropout(self.feed_forward(self.feed_forward_norm(hidden_states)))
-        else:  # norm(x + f(x)): BERT and the original Transformer
-            attended, probs = self.attention(hidden_states, rotary, unpadding, output_attentions)
-            hidden_states = self.attention_norm(hidden_states + self.dropout(attended))
-            hidden_states = self.feed_forward_norm(hidden_states + self.dropout(self.feed_forward(hidden_states)))
+        hidden_states, probs = self._residual(
+            hidden_states, self.attention_norm, lambda x: self.attention(x, rotary, unpadding, output_attentions))
+        if hasattr(self, "cross_attention"):
+            hidden_states, _ = self._residual(hidden_states, self.cross_attention_norm,
+                                              lambda x: self.cross_attention(x, unpadding))
+        hidden_states, _ = self._residual(hidden_states, self.feed_forward_norm, lambda x: (self.feed_forward(x), None))
         return hidden_states, probs
+
+    def _residual(self, hidden_states, norm, sublayer):
+        if self.pre_norm:  # x + f(norm(x)): the residual stream is never normalised
+            out, probs = sublayer(norm(hidden_states))
+            return hidden_states + self.dropout(out), probs
+        out, probs = sublayer(hidden_states)  # norm(x + f(x)): BERT and the original Transformer
+        return norm(hidden_states + self.dropout(out)), probs
 
 
 class FeedbackEncoder(nn.Module):
@@ -718,6 +778,8 @@ class FeedbackModel(FeedbackPreTrainedModel):
         max_length_k=None,
         cache=None,
         use_cache=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
     ):
         r"""
         Padded batches take `attention_mask` (B, T). A padding-free batch is one row (1, N) of several sequences end
@@ -730,7 +792,9 @@ class FeedbackModel(FeedbackPreTrainedModel):
 
         A decoder (`config.is_decoder`, as [`FeedbackForCausalLM`] is built) attends causally and takes `cache` (a
         transformers `Cache` of earlier steps' keys and values, extended in place; `use_cache` makes one) and an
-        `attention_mask` (B, K) over the cached and new tokens.
+        `attention_mask` (B, K) over the cached and new tokens. The decoder of an encoder-decoder
+        (`config.add_cross_attention`) also reads `encoder_hidden_states` (B, S, H), masked by `encoder_attention_mask`
+        (B, S).
         """
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
@@ -742,7 +806,11 @@ class FeedbackModel(FeedbackPreTrainedModel):
             if cu_seq_lens_q is not None or cu_seq_lens_k is not None:
                 raise ValueError("A decoder (config.is_decoder) takes padded batches, not packed rows")
             return self._decode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                                output_attentions, output_hidden_states, return_dict, cache, use_cache)
+                                output_attentions, output_hidden_states, return_dict, cache, use_cache,
+                                encoder_hidden_states, encoder_attention_mask)
+        if encoder_hidden_states is not None:
+            raise ValueError("encoder_hidden_states are for a decoder with cross-attention "
+                             "(FeedbackConfig(is_decoder=True, add_cross_attention=True))")
         if cache is not None:  # (use_cache means nothing to an encoder, as to BERT's: nothing is cached)
             raise ValueError("cache is for a decoder (FeedbackConfig(is_decoder=True)); this model is an encoder")
         batch_size, seq_len = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
@@ -816,7 +884,7 @@ class FeedbackModel(FeedbackPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     def _decode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions,
-                output_hidden_states, return_dict, cache, use_cache):
+                output_hidden_states, return_dict, cache, use_cache, encoder_hidden_states, encoder_attention_mask):
         """The decoder's forward: T new tokens per row, attending causally to the K = past + T cached and new ones."""
         config = self.config
         if config._attn_implementation in _TOKEN_ROW_ATTENTION:
@@ -824,9 +892,13 @@ class FeedbackModel(FeedbackPreTrainedModel):
         self._read_on_host(input_ids, None, None, None, False)  # the ids' range (and transformers' padding warning)
         batch_size, seq_len = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         device = input_ids.device if input_ids is not None else inputs_embeds.device
+        if config.add_cross_attention and encoder_hidden_states is None:
+            raise ValueError("This decoder attends to an encoder's output (config.add_cross_attention): pass "
+                             "encoder_hidden_states")
         use_cache = config.use_cache if use_cache is None else use_cache
-        if use_cache and cache is None:
-            cache = DynamicCache(config=config)
+        if use_cache and cache is None:  # (an encoder-decoder's keeps the source's keys and values beside)
+            cache = (EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+                     if config.add_cross_attention else DynamicCache(config=config))
         past = cache.get_seq_length() if cache is not None else 0
         key_length = past + seq_len
         if attention_mask is not None and attention_mask.shape != (batch_size, key_length):
@@ -859,8 +931,10 @@ class FeedbackModel(FeedbackPreTrainedModel):
         if config.position_embedding_type == "rotary":
             cos, sin = self.rotary_emb(hidden_states, position_ids)  # (B, T, hs) each
             rotary = cos[:, None], sin[:, None]
+        encoder_mask = None if encoder_attention_mask is None else encoder_attention_mask.bool()[:, None, None, :]
+        plan = _Causal(mask, cache, encoder_hidden_states, encoder_mask)
         hidden_states, all_hidden_states, all_attentions = self.encoder(
-            hidden_states, rotary, _Causal(mask, cache), output_attentions, output_hidden_states)
+            hidden_states, rotary, plan, output_attentions, output_hidden_states)
         output = BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
             cache=cache if use_cache else None,
@@ -1222,6 +1296,175 @@ class FeedbackForCausalLM(_FeedbackWithLMHead, GenerationMixin):
         return output if return_dict else output.to_tuple()
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Encoder-decoder: the encoder, and a decoder that also attends to its output
+# ----------------------------------------------------------------------------------------------------------------
+def _half_config(config, is_decoder):
+    """The FeedbackConfig of one half of an encoder-decoder: every field of `config`, as an encoder or as a decoder
+    with cross-attention."""
+    half = FeedbackConfig(**{**config.to_diff_dict(), "is_decoder": is_decoder, "add_cross_attention": is_decoder,
+                             "is_encoder_decoder": False, "auto_map": None, "architectures": None})
+    half._attn_implementation = config._attn_implementation
+    return half
+
+
+def shift_tokens_right(labels, pad_token_id, decoder_start_token_id):
+    """The decoder's inputs for `labels` (B, T): the start id, then the labels but the last, -100 read as padding.
+    Decoding position t sees the labels before t and predicts label t (teacher forcing)."""
+    if decoder_start_token_id is None:
+        raise ValueError("config.decoder_start_token_id is needed to train or generate: the id each decoded "
+                         "sequence starts from (the recipes use the tokenizer's [CLS])")
+    shifted = labels.new_full(labels.shape, decoder_start_token_id)
+    shifted[:, 1:] = labels[:, :-1]
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+class FeedbackSeq2SeqModel(FeedbackPreTrainedModel):
+    """The encoder and the decoder (`config.is_decoder` and `add_cross_attention` set on its half), sharing the word
+    embeddings; returns the decoder's last hidden states beside the encoder's (`Seq2SeqModelOutput`)."""
+
+    config_class = FeedbackSeq2SeqConfig
+    base_model_prefix = "model"
+    _tied_weights_keys = {"decoder.embeddings.word_embeddings.weight": "encoder.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.encoder = FeedbackModel(_half_config(config, is_decoder=False), add_pooling_layer=False)
+        self.decoder = FeedbackModel(_half_config(config, is_decoder=True), add_pooling_layer=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.encoder.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.encoder.embeddings.word_embeddings = self.decoder.embeddings.word_embeddings = value
+
+    def get_encoder(self):
+        return self.encoder
+
+    def get_decoder(self):
+        return self.decoder
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        decoder_input_ids=None,
+        decoder_attention_mask=None,
+        encoder_outputs=None,
+        cache=None,
+        use_cache=None,
+        token_type_ids=None,
+        decoder_position_ids=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if encoder_outputs is None:  # generate() runs the encoder once and passes its outputs at every step
+            encoder_outputs = self.encoder(input_ids, attention_mask, token_type_ids,
+                                           output_attentions=output_attentions,
+                                           output_hidden_states=output_hidden_states, return_dict=True)
+        elif not isinstance(encoder_outputs, ModelOutput):
+            encoder_outputs = BaseModelOutputWithPooling(*encoder_outputs)
+        if decoder_input_ids is None:
+            raise ValueError("Pass decoder_input_ids (or labels, to FeedbackForConditionalGeneration)")
+        decoder_outputs = self.decoder(
+            decoder_input_ids, decoder_attention_mask, position_ids=decoder_position_ids, cache=cache,
+            use_cache=use_cache, encoder_hidden_states=encoder_outputs.last_hidden_state,
+            encoder_attention_mask=attention_mask, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True)
+        output = Seq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state, cache=decoder_outputs.cache,
+            decoder_hidden_states=decoder_outputs.hidden_states, decoder_attentions=decoder_outputs.attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states, encoder_attentions=encoder_outputs.attentions)
+        return output if return_dict else output.to_tuple()
+
+
+class FeedbackForConditionalGeneration(FeedbackPreTrainedModel, GenerationMixin):
+    """Sequence to sequence (translation, transliteration, summarisation): the encoder reads the source, the decoder
+    writes the target token by token, attending to what it wrote (causally, with a cache) and to the source; the
+    LM head, tied to the shared embeddings, gives each next token's distribution. `labels` (B, T) are the target
+    ids, -100 ignored; they are shifted right into `decoder_input_ids` (teacher forcing). `generate()`,
+    `Seq2SeqTrainer` and the `text2text-generation` pipeline work as for BART."""
+
+    config_class = FeedbackSeq2SeqConfig
+    base_model_prefix = "model"
+    _tied_weights_keys = {
+        "lm_head.decoder.weight": "model.encoder.embeddings.word_embeddings.weight",
+        "model.decoder.embeddings.word_embeddings.weight": "model.encoder.embeddings.word_embeddings.weight",
+    }
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = FeedbackSeq2SeqModel(config)
+        self.lm_head = FeedbackLMHead(config)
+        self.post_init()
+
+    def get_encoder(self):
+        return self.model.encoder
+
+    def get_decoder(self):
+        return self.model.decoder
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head.decoder = new_embeddings
+
+    def prepare_decoder_input_ids_from_labels(self, labels):
+        # DataCollatorForSeq2Seq(model=...) asks for them, so that batches carry decoder_input_ids
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        decoder_input_ids=None,
+        decoder_attention_mask=None,
+        encoder_outputs=None,
+        cache=None,
+        use_cache=None,
+        labels=None,
+        token_type_ids=None,
+        decoder_position_ids=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        **loss_kwargs,
+    ):
+        if _packing_arguments(self, loss_kwargs, loss_arguments=("num_items_in_batch",)):
+            raise ValueError("An encoder-decoder takes padded batches, not packed rows")
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if labels is not None:
+            self._check_labels(labels, self.config.vocab_size)
+            use_cache = False  # training keeps no cache
+            if decoder_input_ids is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        outputs = self.model(
+            input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, encoder_outputs, cache, use_cache,
+            token_type_ids, decoder_position_ids, output_attentions, output_hidden_states, return_dict=True)
+        logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            # Divided by Trainer's num_items_in_batch (the target-token count of the whole accumulated batch) when
+            # given, so gradient accumulation gives the update of one large batch.
+            num_items = loss_kwargs.get("num_items_in_batch")
+            loss = CrossEntropyLoss(reduction="mean" if num_items is None else "sum")(
+                logits.view(-1, self.config.vocab_size).float(), labels.view(-1))
+            if num_items is not None:
+                loss = loss / num_items
+        output = Seq2SeqLMOutput(
+            loss=loss, logits=logits, cache=outputs.cache, decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions, encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states, encoder_attentions=outputs.encoder_attentions)
+        return output if return_dict else output.to_tuple()
+
+
 class FeedbackForTokenClassification(FeedbackPreTrainedModel):
     """A label per token (e.g. word segmentation or named entities); -100 labels are ignored."""
 
@@ -1274,6 +1517,9 @@ FeedbackForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
 FeedbackForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
 FeedbackForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 FeedbackForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+FeedbackSeq2SeqConfig.register_for_auto_class()
+FeedbackSeq2SeqModel.register_for_auto_class("AutoModel")
+FeedbackForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
 
 __all__ = [
     "FeedbackModel",
@@ -1283,4 +1529,6 @@ __all__ = [
     "FeedbackForTokenClassification",
     "FeedbackForPreTraining",
     "FeedbackForCausalLM",
+    "FeedbackSeq2SeqModel",
+    "FeedbackForConditionalGeneration",
 ]

@@ -25,6 +25,8 @@ from transformers.utils import logging as transformers_logging
 from hf_feedback import (
     FeedbackConfig,
     FeedbackForCausalLM,
+    FeedbackForConditionalGeneration,
+    FeedbackSeq2SeqConfig,
     FeedbackForMaskedLM,
     FeedbackForPreTraining,
     FeedbackForSequenceClassification,
@@ -1119,3 +1121,86 @@ def test_the_cache_also_comes_by_its_earlier_name(tiny_config):
         with pytest.warns(FutureWarning, match="past_key_values"):
             by_old_name = model(torch.tensor([[30]]), past_key_values=first.cache, use_cache=True)
     assert by_old_name.cache.get_seq_length() == 4
+
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Encoder-decoder
+# --------------------------------------------------------------------------------------------------------------
+def seq2seq(tiny_config, attn="sdpa", **overrides):
+    fields = {**tiny_config().to_diff_dict(), "norm_position": "pre", "position_embedding_type": "rotary",
+              "decoder_start_token_id": 2, "eos_token_id": 3, "initializer_range": 0.5, **overrides}
+    fields = {k: v for k, v in fields.items() if k not in ("auto_map", "model_type", "transformers_version")}
+    return build(FeedbackForConditionalGeneration, FeedbackSeq2SeqConfig(**fields), attn=attn)
+
+
+SOURCES = [[5, 6, 7, 8, 9], [10, 11, 12], [40, 41]]
+
+
+def _padded_sources():
+    width = max(map(len, SOURCES))
+    input_ids = torch.tensor([s + [0] * (width - len(s)) for s in SOURCES])
+    return input_ids, (input_ids != 0).long()
+
+
+def test_seq2seq_loss_is_teacher_forced_cross_entropy_and_the_source_matters(tiny_config):
+    model = seq2seq(tiny_config)
+    input_ids, attention_mask = _padded_sources()
+    labels = torch.tensor([[20, 21, 22, 3], [30, 31, 3, -100], [44, 3, -100, -100]])
+    out = model(input_ids, attention_mask, labels=labels)
+    decoder_input_ids = torch.tensor([[2, 20, 21, 22], [2, 30, 31, 3], [2, 44, 3, 0]])  # shifted right, -100 -> pad
+    forced = model(input_ids, attention_mask, decoder_input_ids=decoder_input_ids)
+    torch.testing.assert_close(out.logits, forced.logits)
+    torch.testing.assert_close(out.loss, F.cross_entropy(forced.logits.reshape(-1, 99), labels.reshape(-1)))
+    other_source = model(input_ids.flip(0), attention_mask.flip(0), decoder_input_ids=decoder_input_ids).logits
+    assert not torch.allclose(other_source, forced.logits)  # the decoder reads the source through cross-attention
+    # Padding of the source is invisible: each row alone gives its own logits.
+    for row, source in enumerate(SOURCES):
+        alone = model(torch.tensor([source]), decoder_input_ids=decoder_input_ids[row:row + 1]).logits
+        torch.testing.assert_close(alone, forced.logits[row:row + 1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_seq2seq_greedy_generation_with_the_cache_equals_without_and_batches_equal_rows(attn, tiny_config):
+    model = seq2seq(tiny_config, attn=attn)
+    input_ids, attention_mask = _padded_sources()
+    with_cache = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=10, do_sample=False)
+    without = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=10, do_sample=False,
+                             use_cache=False)
+    assert torch.equal(with_cache, without) and torch.equal(with_cache[:, 0], torch.full((3,), 2))
+    for row, source in enumerate(SOURCES):
+        alone = model.generate(torch.tensor([source]), max_new_tokens=10, do_sample=False)
+        assert alone[0].tolist() == with_cache[row, :alone.shape[1]].tolist()
+    assert len({tuple(row) for row in with_cache.tolist()}) > 1  # different sources, different outputs
+
+
+def test_seq2seq_eager_and_sdpa_agree_and_beam_search_and_sampling_run(tiny_config):
+    input_ids, attention_mask = _padded_sources()
+    decoder_input_ids = torch.tensor([[2, 20, 21]] * 3)
+    eager, sdpa = seq2seq(tiny_config, attn="eager"), seq2seq(tiny_config)
+    assert eager.get_decoder().config._attn_implementation == "eager"
+    torch.testing.assert_close(eager(input_ids, attention_mask, decoder_input_ids=decoder_input_ids).logits,
+                               sdpa(input_ids, attention_mask, decoder_input_ids=decoder_input_ids).logits,
+                               atol=1e-5, rtol=1e-5)
+    beams = sdpa.generate(input_ids, attention_mask=attention_mask, max_new_tokens=6, num_beams=3)
+    assert beams.shape[0] == 3 and bool((beams[:, 0] == 2).all())
+    torch.manual_seed(1)
+    sampled = sdpa.generate(input_ids, attention_mask=attention_mask, max_new_tokens=6, do_sample=True, top_k=10)
+    torch.manual_seed(1)
+    assert torch.equal(sampled, sdpa.generate(input_ids, attention_mask=attention_mask, max_new_tokens=6,
+                                              do_sample=True, top_k=10))
+
+
+def test_seq2seq_shares_one_embedding_table_and_refuses_what_it_cannot_do(tiny_config):
+    model = seq2seq(tiny_config)
+    table = model.get_input_embeddings().weight
+    assert model.get_decoder().embeddings.word_embeddings.weight is table
+    assert model.get_output_embeddings().weight is table
+    with pytest.raises(ValueError, match="decoder_start_token_id is needed"):
+        seq2seq(tiny_config, decoder_start_token_id=None)(*_padded_sources(), labels=torch.tensor([[5]] * 3))
+    with pytest.raises(ValueError, match="leave them False"):
+        FeedbackSeq2SeqConfig(is_decoder=True)
+    with pytest.raises(ValueError, match="add_cross_attention needs is_decoder=True"):
+        tiny_config(add_cross_attention=True)
+    with pytest.raises(ValueError, match="pass encoder_hidden_states"):
+        model.get_decoder()(torch.tensor([[2, 5]]))

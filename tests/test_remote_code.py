@@ -97,6 +97,21 @@ def test_saved_heads_open_with_every_auto_class_without_hf_feedback(tiny_config,
         torch.testing.assert_close(reopened[head.__name__, own_class]["head"], expected_head, atol=0, rtol=0)
 
 
+def _reopened_without_hf_feedback(model, tokenizer, folder, loader):
+    """Save `model` and `tokenizer` to `folder`, run `loader` on it in a fresh interpreter where hf_feedback cannot
+    be imported, and return what the loader saved and the two texts' inputs it ran on."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    encoded = tokenizer(["今天天气很好", "不好"], padding=True, return_tensors="pt")
+    inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+    torch.save(inputs, folder.parent / "inputs.pt")
+    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(folder.parent / "modules"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", loader, str(folder)], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(folder.parent / "reopened.pt"), inputs
+
+
 CAUSAL_LOADER = WITHOUT_HF_FEEDBACK + textwrap.dedent(
     """
     import torch
@@ -112,7 +127,7 @@ CAUSAL_LOADER = WITHOUT_HF_FEEDBACK + textwrap.dedent(
                    "hidden": base(**inputs).last_hidden_state,
                    "greedy": model.generate(**inputs, max_new_tokens=6, do_sample=False),
                    "text": generator("今天天气", max_new_tokens=4, do_sample=False)[0]["generated_text"]}
-    torch.save(results, folder + "/../causal.pt")
+    torch.save(results, folder + "/../reopened.pt")
     """
 )
 
@@ -130,17 +145,7 @@ def test_a_saved_causal_lm_generates_without_hf_feedback(tiny_config, tmp_path):
     model = FeedbackForCausalLM(tiny_config(is_decoder=True, vocab_size=len(tokenizer), norm_position="pre",
                                             position_embedding_type="rotary", eos_token_id=tokenizer.sep_token_id,
                                             bos_token_id=tokenizer.cls_token_id)).eval()
-    folder = tmp_path / "causal"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    inputs = tokenizer(["今天天气很好", "不好"], padding=True, return_tensors="pt")
-    inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-    torch.save(inputs, tmp_path / "inputs.pt")
-    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-c", CAUSAL_LOADER, str(folder)], capture_output=True, text=True,
-                            env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    reopened = torch.load(tmp_path / "causal.pt")
+    reopened, inputs = _reopened_without_hf_feedback(model, tokenizer, tmp_path / "causal", CAUSAL_LOADER)
     assert (reopened["class"], reopened["base"]) == ("FeedbackForCausalLM", "FeedbackModel")
     with torch.no_grad():
         torch.testing.assert_close(reopened["logits"], model(**inputs).logits, atol=0, rtol=0)
@@ -148,3 +153,47 @@ def test_a_saved_causal_lm_generates_without_hf_feedback(tiny_config, tmp_path):
         assert torch.equal(reopened["greedy"], model.generate(**inputs, max_new_tokens=6, do_sample=False))
     text = pipeline("text-generation", model=model, tokenizer=tokenizer)("今天天气", max_new_tokens=4, do_sample=False)
     assert reopened["text"] == text[0]["generated_text"] and reopened["text"].startswith("今天天气")
+
+
+SEQ2SEQ_LOADER = WITHOUT_HF_FEEDBACK + textwrap.dedent(
+    """
+    import torch
+    from transformers import AutoModel, AutoModelForSeq2SeqLM
+    folder = sys.argv[1]
+    inputs = torch.load(folder + "/../inputs.pt")
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    with torch.no_grad():
+        results = {"class": type(model).__name__, "base": type(base).__name__,
+                   "greedy": model.generate(**inputs, max_new_tokens=6, do_sample=False),
+                   "hidden": base(**inputs, decoder_input_ids=torch.full((2, 1), 2)).last_hidden_state}
+    torch.save(results, folder + "/../reopened.pt")
+    """
+)
+
+
+def test_a_saved_encoder_decoder_generates_without_hf_feedback(tiny_config, tmp_path):
+    # AutoModelForSeq2SeqLM and AutoModel (the bare encoder-decoder) from the folder's own code, as the model that
+    # saved it. (transformers 5 removed the text2text-generation pipeline: generate() is the way.)
+    from hf_feedback import FeedbackForConditionalGeneration, FeedbackSeq2SeqConfig
+    from hf_feedback.configuration_feedback import SEQ2SEQ_AUTO_MAP
+    from hf_feedback.data import load_sentiment_reviews
+    from hf_feedback.tokenization import train_tokenizer
+
+    tokenizer = train_tokenizer(load_sentiment_reviews()["train"]["text"][:300], vocab_size=600, kind="wordpiece")
+    fields = {k: v for k, v in tiny_config().to_diff_dict().items()
+              if k not in ("auto_map", "model_type", "transformers_version")}
+    config = FeedbackSeq2SeqConfig(**{**fields, "vocab_size": len(tokenizer), "norm_position": "pre",
+                                      "position_embedding_type": "rotary", "initializer_range": 0.5,
+                                      "decoder_start_token_id": tokenizer.cls_token_id,
+                                      "eos_token_id": tokenizer.sep_token_id})
+    torch.manual_seed(0)
+    model = FeedbackForConditionalGeneration(config).eval()
+    reopened, inputs = _reopened_without_hf_feedback(model, tokenizer, tmp_path / "seq2seq", SEQ2SEQ_LOADER)
+    assert json.loads((tmp_path / "seq2seq" / "config.json").read_text())["auto_map"] == SEQ2SEQ_AUTO_MAP
+    assert (reopened["class"], reopened["base"]) == ("FeedbackForConditionalGeneration", "FeedbackSeq2SeqModel")
+    with torch.no_grad():
+        assert torch.equal(reopened["greedy"], model.generate(**inputs, max_new_tokens=6, do_sample=False))
+        torch.testing.assert_close(reopened["hidden"], model.model(**inputs, decoder_input_ids=torch.full(
+            (2, 1), 2)).last_hidden_state, atol=0, rtol=0)
