@@ -1,6 +1,6 @@
 """Run the hf_feedback benchmarks and write the report.
 
-    python benchmarks/run.py [--quick] [--only speed,mfu,memory,accuracy,serving,tagging,causal_lm] [--recorded] [--json benchmarks/results.json]
+    python benchmarks/run.py [--quick] [--only speed,mfu,memory,accuracy,serving,tagging,causal_lm,seq2seq] [--recorded] [--json benchmarks/results.json]
                              [--markdown benchmarks/RESULTS.md] [--compile] [--threads N] [--device cpu]
 
 Runs the chosen sections (all four by default; accuracy alone takes hours on a small CPU machine), then prints
@@ -27,7 +27,7 @@ import datasets  # noqa: E402
 import torch  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
-from benchmarks import accuracy, causal_lm, efficiency, memory, serving, speed, tagging, workloads  # noqa: E402
+from benchmarks import accuracy, causal_lm, efficiency, memory, seq2seq, serving, speed, tagging, workloads  # noqa: E402
 from benchmarks.common import ROOT, RUNS, describe_machine, load_warning, run_info  # noqa: E402
 
 SECTIONS = {
@@ -38,6 +38,7 @@ SECTIONS = {
     "serving": ("5. Serving on the CPU: ONNX Runtime and int8", serving.render),
     "tagging": ("6. Token classification: word segmentation and part of speech", tagging.render),
     "causal_lm": ("7. The decoder: a causal language model", causal_lm.render),
+    "seq2seq": ("8. The encoder-decoder: pinyin to characters", seq2seq.render),
 }
 DEFAULT_JSON, DEFAULT_MARKDOWN = ROOT / "benchmarks" / "results.json", ROOT / "benchmarks" / "RESULTS.md"
 QUICK_DIR = RUNS / "quick"
@@ -86,6 +87,8 @@ def run_section(name, args):
         return tagging.run(args.quick)
     if name == "causal_lm":
         return causal_lm.run(args.quick)
+    if name == "seq2seq":
+        return seq2seq.run(args.quick)
     return accuracy.run(args.quick or args.recorded)
 
 

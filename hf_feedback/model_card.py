@@ -43,6 +43,7 @@ _HEADS = {
     "ForMaskedLM": ("fill-mask", "AutoModelForMaskedLM"),
     "ForTokenClassification": ("token-classification", "AutoModelForTokenClassification"),
     "ForCausalLM": ("text-generation", "AutoModelForCausalLM"),
+    "ForConditionalGeneration": ("text2text-generation", "AutoModelForSeq2SeqLM"),
 }
 _BARE_ENCODER = ("feature-extraction", "AutoModel")
 
@@ -58,14 +59,19 @@ _INDEXED_METRICS = {
                             "macro_f1": ("Macro F1", {"average": "macro"})},
     "fill-mask": {"perplexity": ("Perplexity", None)},
     "text-generation": {"perplexity": ("Perplexity", None)},
+    "text2text-generation": {"cer": ("Character error rate", None), "sentence_accuracy": ("Sentence accuracy", None),
+                             "bleu": ("BLEU", None), "chrf": ("chrF", None)},
     "token-classification": {"accuracy": ("Token accuracy", None), "f1": ("Entity F1 (seqeval)", None)},
 }
-_METRIC_TITLES = {"f1": "macro F1", "mse": "MSE", "mae": "MAE", "pearson": "Pearson r", "spearman": "Spearman rho",
+_GENERATION_METRICS = ("cer", "sentence_accuracy", "bleu", "chrf", "loss")
+_METRIC_TITLES = {"cer": "CER", "sentence_accuracy": "sentence accuracy", "bleu": "BLEU", "chrf": "chrF",
+                  "f1": "macro F1", "mse": "MSE", "mae": "MAE", "pearson": "Pearson r", "spearman": "Spearman rho",
                   "subset_accuracy": "subset accuracy", "micro_f1": "micro F1", "macro_f1": "macro F1"}
 _TAGGING_TITLES = {"accuracy": "token accuracy", "f1": "entity F1", "precision": "entity precision",
                    "recall": "entity recall"}
 _TASK_TITLES = {"text-classification": "Text classification", "fill-mask": "Masked language modelling",
-                "token-classification": "Token classification", "text-generation": "Causal language modelling"}
+                "token-classification": "Token classification", "text-generation": "Causal language modelling",
+                "text2text-generation": "Sequence to sequence"}
 _LANGUAGE_MODELLING = ("fill-mask", "text-generation")  # pretraining: perplexity, the corpus, no labels
 _SPLIT_PREFIXES = (("validation", "eval"), ("test", "test"))
 # Pictures written by hf_feedback.plots that the card shows when the run made them.
@@ -178,7 +184,8 @@ def _unwrap(model):
 
 def _default_corpora(pipeline_tag):
     return {"text-classification": [BUNDLED_REVIEWS], "fill-mask": [BUNDLED_PEOPLES_DAILY],
-            "text-generation": [BUNDLED_PEOPLES_DAILY]}.get(pipeline_tag, [])
+            "text-generation": [BUNDLED_PEOPLES_DAILY], "text2text-generation": [BUNDLED_PEOPLES_DAILY]}.get(
+        pipeline_tag, [])
 
 
 def _is_data_file(name):
@@ -218,6 +225,10 @@ def _head_path(config, head, pipeline_tag):
         return f"per token: dense ─► GELU ─► LayerNorm ─► vocabulary logits, tied to the embeddings ({head})"
     if pipeline_tag == "text-generation":
         return f"per token: dense ─► GELU ─► LayerNorm ─► next-token logits, tied to the embeddings ({head})"
+    if pipeline_tag == "text2text-generation":
+        return (f"the decoder: {config.num_hidden_layers} × [ causal self-attention ─► attention to the encoder's "
+                "output ─► feed-forward ] over the target so far ─► next-token logits, tied to the shared "
+                f"embeddings ({head})")
     if head.endswith("ForPreTraining"):
         return (f"per token: dense ─► GELU ─► linear: replaced or original ({head}; its generator, "
                 f"{config.generator_size:g} of the width, is saved beside it under `generator`)")
@@ -239,6 +250,9 @@ def _summary(config, head, pipeline_tag, base_model, lora, adapter_only):
         what = f"{size} pretrained with replaced-token detection (ELECTRA; {start})"
     elif pipeline_tag == "text-generation":
         what = f"{size} pretrained as a causal language model, predicting each next token ({start})"
+    elif pipeline_tag == "text2text-generation":
+        what = (f"an encoder-decoder ({config.num_hidden_layers} layers each, {config.hidden_size} wide) {start} to "
+                "write target texts from source texts")
     elif pipeline_tag == "token-classification":
         what = f"{size} {start} to tag each token with one of {config.num_labels} tags"
     else:
@@ -284,6 +298,14 @@ def _procedure(trainer, model, pipeline_tag, base_model, lora, adapter_only):
                 "one with cross-entropy, attending only to the tokens before it; the output projection is tied to "
                 f"the input embeddings. The tokenizer ({_vocabulary(trainer.processing_class)}) was trained on the "
                 "corpus.")
+    elif pipeline_tag == "text2text-generation":
+        beams = getattr(trainer.args, "generation_num_beams", None) or 1
+        text = ("Sequence-to-sequence training (`recipes/seq2seq.py`) with teacher forcing: the decoder reads the "
+                "target shifted right behind its start token and the cross-entropy of each next target token is "
+                "minimised; evaluation generates ("
+                + ("greedy decoding" if beams == 1 else f"beam search, {beams} beams") + ") and compares the texts. "
+                f"One tokenizer ({_vocabulary(trainer.processing_class)}), trained on the source and target texts "
+                "together, serves both sides.")
     elif type(model).__name__.endswith("ForPreTraining"):
         probability = getattr(trainer.data_collator, "mlm_probability", None)
         masked = f"{probability:.0%} of the tokens" if probability is not None else "tokens"
@@ -406,6 +428,8 @@ def _evaluations(metrics, split_sizes, pipeline_tag):
         if pipeline_tag in ("text-classification", "token-classification"):
             values = {name: metrics[f"{prefix}_{name}"] for name in _CLASSIFICATION_METRICS
                       if f"{prefix}_{name}" in metrics}
+        elif pipeline_tag == "text2text-generation":
+            values = {name: metrics[f"{prefix}_{name}"] for name in _GENERATION_METRICS if f"{prefix}_{name}" in metrics}
         elif pipeline_tag in _LANGUAGE_MODELLING:
             # Perplexity is exp(mean (masked or next) token cross-entropy); recipes/pretrain.py reports it.
             reported = metrics.get("perplexity") if prefix == "eval" else None
@@ -426,7 +450,8 @@ def _evaluation_table(evaluations, pipeline_tag=None):
     names = [titles.get(name, name) for name in evaluations[0][2]]
     rows = [
         {"split": split, "texts": f"{texts:,}" if texts is not None else "n/a",
-         "values": [f"{value:.2f}" if name == "perplexity" else f"{value:.4f}" for name, value in values.items()]}
+         "values": [f"{value:.2f}" if name in ("perplexity", "bleu", "chrf") else f"{value:.4f}"
+                    for name, value in values.items()]}
         for split, texts, values in evaluations
     ]
     return names, rows

@@ -1396,6 +1396,9 @@ class FeedbackForConditionalGeneration(FeedbackPreTrainedModel, GenerationMixin)
         "lm_head.decoder.weight": "model.encoder.embeddings.word_embeddings.weight",
         "model.decoder.embeddings.word_embeddings.weight": "model.encoder.embeddings.word_embeddings.weight",
     }
+    # Copies of the shared table are never saved; Trainer reloading the best checkpoint then ties them again
+    # instead of warning that they are missing.
+    _keys_to_ignore_on_save = list(_tied_weights_keys)
 
     def __init__(self, config):
         super().__init__(config)

@@ -85,12 +85,14 @@ def training_collator(padded, model, labels, padding_free):
 
 
 def check_data_limits(data_args):
-    """--max_train_samples / --max_eval_samples (at least 1 where given) and --max_seq_length (at least 4)."""
+    """--max_train_samples / --max_eval_samples (at least 1 where given) and the recipe's length limits
+    (--max_seq_length, or a sequence-to-sequence recipe's --max_source_length / --max_target_length: at least 4)."""
     for name in ("max_train_samples", "max_eval_samples"):
         if getattr(data_args, name, None) is not None and getattr(data_args, name) < 1:
             raise RecipeError(f"--{name} must be at least 1 (or left out for all rows), got {getattr(data_args, name)}")
-    if data_args.max_seq_length < 4:
-        raise RecipeError(f"--max_seq_length must be at least 4 tokens, got {data_args.max_seq_length}")
+    for name in ("max_seq_length", "max_source_length", "max_target_length"):
+        if getattr(data_args, name, 4) < 4:
+            raise RecipeError(f"--{name} must be at least 4 tokens, got {getattr(data_args, name)}")
 
 
 def claim_run(set_up, training_args, overwrite_output_dir):

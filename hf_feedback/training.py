@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import SchedulerType, TrainOutput, get_last_checkpoint
 from transformers.utils import logging
@@ -205,6 +205,11 @@ class FeedbackTrainer(Trainer):
         return push_folder(self.args.output_dir, self.hub_model_id, token=token, commit_message=commit_message,
                            revision=revision if revision is not None else self.args.hub_revision,
                            run_as_future=not blocking)
+
+
+class FeedbackSeq2SeqTrainer(FeedbackTrainer, Seq2SeqTrainer):
+    """`FeedbackTrainer` (the Noam schedule, the whole run's loss, the Hub upload) with `Seq2SeqTrainer`'s evaluation
+    by generation (`predict_with_generate`, `generation_max_length`, `generation_num_beams`)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------

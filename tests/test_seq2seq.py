@@ -1,0 +1,107 @@
+"""hf_feedback/seq2seq.py and recipes/seq2seq.py: the pinyin task, its baseline, the generation metrics, and tiny
+real runs of the encoder-decoder recipe."""
+
+import hashlib
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+from helpers import load_recipe, losses
+
+from hf_feedback.metrics import load_metric_module
+from hf_feedback.seq2seq import detokenize, load_pinyin_task, most_frequent_character_baseline, pinyin_of
+
+seq2seq = load_recipe("seq2seq")
+TINY_MODEL = "hidden_size=64,num_hidden_layers=2,num_attention_heads=4,intermediate_size=128"
+
+
+@pytest.fixture(scope="module")
+def pinyin_task():
+    return load_pinyin_task(max_sentences=1500)
+
+
+def test_pinyin_items_align_with_characters_and_read_in_context(pinyin_task):
+    # One item per character: toneless syllables (ü as v), and characters that are not Chinese as themselves.
+    assert pinyin_of("１９９８年，中国人民银行决定下调利率。") == [
+        "１", "９", "９", "８", "nian", "，", "zhong", "guo", "ren", "min", "yin", "hang", "jue", "ding", "xia",
+        "tiao", "li", "lv", "。"]
+    assert pinyin_of("银行") == ["yin", "hang"] and pinyin_of("行走") == ["xing", "zou"]  # the phrase decides
+    for split, data in pinyin_task.items():
+        for source, target in zip(data["source"], data["target"]):
+            assert len(source.split(" ")) == len(target)
+            bucket = int(hashlib.md5(target.encode("utf-8")).hexdigest(), 16) % 10
+            assert split == {0: "test", 1: "validation"}.get(bucket, "train")
+    assert sum(map(len, pinyin_task.values())) == 1500 and len(pinyin_task["test"]) > 100
+
+
+def test_the_baseline_writes_each_syllable_as_its_most_frequent_character():
+    train = {"source": ["shi shi", "shi jie", "jie shi"], "target": ["事实", "世界", "解释"]}
+    test = {"source": ["shi jie ， ok", "jie"], "target": ["", ""]}
+    # shi: 事 1, 实 1, 世 1, 释 1 -> the first counted wins ties (事); jie: 界 1, 解 1 -> 界
+    assert most_frequent_character_baseline(train, test) == ["事界，ok", "界"]
+
+
+def test_generation_metrics_count_edits_exact_sentences_and_sacrebleu_scores():
+    metric = load_metric_module("generation")
+    scores = metric.compute(predictions=["今天天气很好", "你好", "猫"], references=["今天天气不好", "你好", "小猫"])
+    assert scores["cer"] == pytest.approx((1 + 0 + 1) / (6 + 2 + 2))  # one substitution, one deletion
+    assert scores["sentence_accuracy"] == pytest.approx(1 / 3)
+    perfect = metric.compute(predictions=["今天天气很好"], references=["今天天气很好"])
+    assert perfect["cer"] == 0 and perfect["bleu"] == pytest.approx(100) and perfect["chrf"] == pytest.approx(100)
+    assert detokenize(" 今 天 ， 1998 年 ") == "今天， 1998 年"  # decode's spaces between Chinese tokens go
+
+
+@pytest.fixture(scope="module")
+def pinyin_files(pinyin_task, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pinyin")
+    for split, data in pinyin_task.items():
+        data.rename_columns({"source": "pinyin", "target": "hanzi"}).to_csv(str(folder / f"{split}.csv"))
+    return folder
+
+
+def test_the_recipe_learns_to_write_characters_and_its_folder_generates(pinyin_files, tmp_path, capsys):
+    output_dir = tmp_path / "run"
+    seq2seq.main(["--output_dir", str(output_dir), "--train_file", str(pinyin_files / "train.csv"),
+                  "--validation_file", str(pinyin_files / "validation.csv"),
+                  "--test_file", str(pinyin_files / "test.csv"), "--source_column", "pinyin",
+                  "--target_column", "hanzi", "--config_overrides", TINY_MODEL, "--tokenizer_vocab_size", "3000",
+                  "--max_eval_samples", "24", "--max_steps", "60", "--learning_rate", "3e-3", "--logging_steps", "10",
+                  "--eval_steps", "30", "--save_steps", "30", "--generation_max_length", "40",
+                  "--disable_tqdm", "true"])
+    assert "test character error rate:" in capsys.readouterr().out
+    loss = losses(output_dir)
+    assert loss[-1] < loss[0] - 1, loss  # from ~log(vocabulary): it learns which characters a syllable can be
+    predictions = (output_dir / "generated_predictions.txt").read_text().splitlines()
+    assert len(predictions) == 24  # one line per test pair, special tokens dropped
+    assert not any(token in text for text in predictions for token in ("[CLS]", "[SEP]", "[PAD]"))
+    results = json.loads((output_dir / "test_results.json").read_text())
+    assert {"test_cer", "test_sentence_accuracy", "test_bleu", "test_chrf"} <= set(results)
+    assert 0 < results["test_cer"] <= 1.5 and results["test_samples"] == 24
+    card = (output_dir / "README.md").read_text()
+    assert "pipeline_tag: text2text-generation" in card and "Character error rate" in card
+    model = AutoModelForSeq2SeqLM.from_pretrained(output_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    assert type(model).__name__ == "FeedbackForConditionalGeneration"
+    with torch.no_grad():
+        generated = model.generate(**tokenizer(["zhong guo ren min"], return_tensors="pt"), max_new_tokens=8)
+    assert generated[0, 0] == tokenizer.cls_token_id and generated.shape[1] > 1
+
+
+def test_bad_seq2seq_input_fails_before_training(pinyin_files, tmp_path, capsys):
+    def refused(args, *words):
+        output_dir = tmp_path / str(len(list(tmp_path.iterdir())))
+        with pytest.raises(SystemExit) as exit_info:
+            seq2seq.main(["--output_dir", str(output_dir), *args, "--max_steps", "1"])
+        assert exit_info.value.code == 2 and not output_dir.exists()
+        message = capsys.readouterr().err
+        assert all(word in message for word in words), message
+
+    train = str(pinyin_files / "train.csv")
+    refused(["--train_file", train], "has no column(s) ['source', 'target']", "--source_column")
+    refused(["--train_file", train, "--source_column", "pinyin", "--target_column", "hanzi", "--padding_free",
+             "true"], "an encoder-decoder takes padded batches")
+    refused(["--validation_file", train], "--validation_file / --test_file come with --train_file")
+    refused(["--train_file", train, "--source_column", "pinyin", "--target_column", "hanzi", "--max_target_length",
+             "2"], "--max_target_length must be at least 4")
