@@ -4,6 +4,7 @@
     cat reviews.txt | python -m hf_feedback predict outputs/finetune            # one text per line on stdin
     python -m hf_feedback predict outputs/pairs "天气怎么样	今天会下雨吗"            # a pair: two texts, a tab between
     python -m hf_feedback predict outputs/token_classification "迈向充满希望的新世纪"  # words of a segmentation model
+    python -m hf_feedback predict outputs/seq2seq "zhong guo ren min"            # text<TAB>what the model writes
     python -m hf_feedback attention outputs/finetune "质量很好" --output attention.png
     python -m hf_feedback predict --int8 outputs/finetune "还行"                  # Linear layers in int8 (CPU)
     python -m hf_feedback export bert outputs/finetune outputs/finetune-bert      # a plain BERT folder (BERT's case)
@@ -22,7 +23,9 @@ from pathlib import Path
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -36,6 +39,10 @@ _AUTO_CLASSES = {  # saved head (class-name suffix) -> Auto class that reopens i
     "ForMaskedLM": AutoModelForMaskedLM,
     "ForTokenClassification": AutoModelForTokenClassification,
 }
+
+
+# Saved heads that write text (class-name suffix -> Auto class): predict prints what they write.
+_GENERATORS = {"ForCausalLM": AutoModelForCausalLM, "ForConditionalGeneration": AutoModelForSeq2SeqLM}
 
 
 class CommandError(BadInput):
@@ -70,14 +77,20 @@ def predict(folder, texts, batch_size=32, int8=False):
     config = _load_config(folder)
     architectures = config.architectures or []
     tagger = any(name.endswith("ForTokenClassification") for name in architectures)
-    if not tagger and not any(name.endswith("ForSequenceClassification") for name in architectures):
+    generator = next((auto for suffix, auto in _GENERATORS.items() if any(a.endswith(suffix) for a in architectures)),
+                     None)
+    if not tagger and generator is None and not any(name.endswith("ForSequenceClassification")
+                                                    for name in architectures):
         raise CommandError(
-            f"{folder} holds {', '.join(architectures) or 'a model without a saved head'}, not a sequence or token "
-            "classifier; predict needs one (e.g. the output of recipes/finetune.py or token_classification.py)"
+            f"{folder} holds {', '.join(architectures) or 'a model without a saved head'}, not a classifier, tagger "
+            "or generator; predict needs one (e.g. the output of recipes/finetune.py, token_classification.py, "
+            "seq2seq.py or pretrain.py --objective clm)"
         )
     if not texts:
         raise CommandError("no texts: give them as arguments or one per line on stdin")
     tokenizer = _load_tokenizer(folder)
+    if generator is not None:
+        return write(load_pretrained(generator.from_pretrained, folder).eval(), tokenizer, texts, batch_size)
     model = load_pretrained((AutoModelForTokenClassification if tagger else AutoModelForSequenceClassification)
                             .from_pretrained, folder).eval()
     if int8:
@@ -104,6 +117,32 @@ def predict(folder, texts, batch_size=32, int8=False):
     for text, result in zip(texts, results):
         result = result[0] if isinstance(result, list) else result  # a regression's one number comes in a list
         print(f"{result['label']}\t{result['score']:.4f}\t{text}")
+
+
+def write(model, tokenizer, texts, batch_size, max_new_tokens=64):
+    """Print `text<TAB>generated` for each text, greedily: an encoder-decoder's output for it, or a causal language
+    model's continuation of it (from [CLS] and the text, as it was trained, without a closing [SEP])."""
+    import torch
+
+    from .seq2seq import decode_generated
+
+    for start in range(0, len(texts), batch_size):
+        batch = texts[start:start + batch_size]
+        if model.config.is_encoder_decoder:
+            inputs = tokenizer(batch, padding=True, truncation=True, return_tensors="pt")
+        else:  # left-padded prompts, so that every row continues from its own last token
+            rows = [[tokenizer.cls_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"]] for text in batch]
+            width = max(map(len, rows))
+            inputs = {"input_ids": torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows]),
+                      "attention_mask": torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])}
+        inputs = {name: inputs[name] for name in ("input_ids", "attention_mask")}
+        with torch.no_grad():
+            generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                       pad_token_id=tokenizer.pad_token_id)
+        if not model.config.is_encoder_decoder:
+            generated = generated[:, inputs["input_ids"].shape[1]:]  # the continuation only
+        for text, output in zip(batch, decode_generated(generated.numpy(), tokenizer)):
+            print(f"{text}\t{output}")
 
 
 def tag(model, tokenizer, texts, batch_size, max_length):
@@ -171,9 +210,11 @@ def _parser():
     parser = argparse.ArgumentParser(prog="python -m hf_feedback", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    predict_parser = commands.add_parser("predict", help="classify texts (label, score and text per line) or tag "
-                                                         "them (words, or token/tag pairs)")
-    predict_parser.add_argument("folder", help="a saved sequence or token classifier (model + tokenizer)")
+    predict_parser = commands.add_parser("predict", help="classify texts (label, score and text per line), tag "
+                                                         "them (words, or token/tag pairs) or write from them (text "
+                                                         "and output)")
+    predict_parser.add_argument("folder", help="a saved classifier, tagger, encoder-decoder or causal LM (model + "
+                                               "tokenizer)")
     predict_parser.add_argument("texts", nargs="*", help="texts to classify; without any, one per line from stdin")
     predict_parser.add_argument("--batch_size", type=int, default=32)
     predict_parser.add_argument("--int8", action="store_true",

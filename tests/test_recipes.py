@@ -22,6 +22,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipe
 from helpers import ROOT, load_recipe, losses
 
 from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification
+from hf_feedback.__main__ import main as cli
 from hf_feedback.convert_bert import convert_bert
 from hf_feedback.data import load_sentiment_reviews
 from hf_feedback.recipe_utils import FineTuningModelArguments, resolve_resume
@@ -541,6 +542,10 @@ def test_causal_lm_pretraining_lowers_perplexity_and_its_folder_generates(tmp_pa
     text = generate("中国", max_new_tokens=5, do_sample=False)[0]["generated_text"]
     assert text.startswith("中国") and len(text) > 2
     capsys.readouterr()
+    cli(["predict", str(output_dir), "中国", "今天的新闻"])  # each prompt and its greedy continuation
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["中国", "今天的新闻"]
+    assert all(len(line.split("\t")) == 2 for line in lines)
     # A decoder keeps its padding, and each objective continues its own kind of checkpoint.
     expect_exit(capsys, ["--output_dir", str(tmp_path / "packed"), "--objective", "clm", *PRETRAIN,
                          "--padding_free", "true"], "a decoder (--objective clm) takes padded batches", recipe=pretrain)

@@ -10,8 +10,15 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from helpers import load_recipe, losses
 
+from hf_feedback.__main__ import main as cli
 from hf_feedback.metrics import load_metric_module
-from hf_feedback.seq2seq import detokenize, load_pinyin_task, most_frequent_character_baseline, pinyin_of
+from hf_feedback.seq2seq import (
+    decode_generated,
+    detokenize,
+    load_pinyin_task,
+    most_frequent_character_baseline,
+    pinyin_of,
+)
 
 seq2seq = load_recipe("seq2seq")
 TINY_MODEL = "hidden_size=64,num_hidden_layers=2,num_attention_heads=4,intermediate_size=128"
@@ -87,6 +94,13 @@ def test_the_recipe_learns_to_write_characters_and_its_folder_generates(pinyin_f
     with torch.no_grad():
         generated = model.generate(**tokenizer(["zhong guo ren min"], return_tensors="pt"), max_new_tokens=8)
     assert generated[0, 0] == tokenizer.cls_token_id and generated.shape[1] > 1
+    capsys.readouterr()
+    cli(["predict", str(output_dir), "zhong guo ren min", "jin tian"])  # text<TAB>what it writes, per line
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["zhong guo ren min", "jin tian"]
+    with torch.no_grad():  # greedy, 64 new tokens at most, as predict writes
+        alone = model.generate(**tokenizer(["zhong guo ren min"], return_tensors="pt"), max_new_tokens=64)
+    assert lines[0].split("\t")[1] == decode_generated(alone.numpy(), tokenizer)[0]
 
 
 def test_bad_seq2seq_input_fails_before_training(pinyin_files, tmp_path, capsys):
