@@ -81,7 +81,7 @@ def test_a_folder_that_is_not_a_classifier_exits_with_status_2(classifier, tiny_
     FeedbackForMaskedLM(tiny_config()).save_pretrained(masked_lm)
     (tmp_path / "empty").mkdir()
     for folder, words in [(tmp_path / "missing", "is not a folder"), (tmp_path / "empty", "no config.json"),
-                          (masked_lm, "FeedbackForMaskedLM, not a sequence or token classifier")]:
+                          (masked_lm, "FeedbackForMaskedLM, not a classifier, tagger or generator")]:
         with pytest.raises(SystemExit) as exit_info:
             main(["predict", str(folder), "text"])
         assert exit_info.value.code == 2
