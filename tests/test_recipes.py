@@ -420,7 +420,7 @@ def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
     assert (tmp_path / "a_file").read_text() == "mine"
     expect_exit(capsys, [*out, "--validation_split_percentage", "0"], "--validation_split_percentage must be in (0, 100)",
                 recipe=pretrain)
-    expect_exit(capsys, [*out, "--objective", "rtd"], "--objective must be one of ['mlm', 'electra'], got 'rtd'",
+    expect_exit(capsys, [*out, "--objective", "rtd"], "--objective must be one of ['mlm', 'electra', 'clm'], got 'rtd'",
                 recipe=pretrain)
     expect_exit(capsys, [*out, *few, "--config_overrides", "hidden_size=abc"],
                 "--config_overrides hidden_size=abc: hidden_size is a finite number (int)")
@@ -492,6 +492,7 @@ COMPILED = ["--torch_compile", "true", "--torch_compile_backend", "aot_eager"]  
 
 @pytest.mark.parametrize("recipe, data, variants", [
     ("finetune", ["--max_train_samples", "640", "--max_eval_samples", "100"], [PACKED, PACKED + COMPILED]),
+    # A tagger's labels travel per token in the packed row; it is evaluated padded (eval_data_collator).
     ("token_classification", ["--max_train_samples", "300", "--max_eval_samples", "60"], [PACKED]),
 ])
 def test_padding_free_and_compiled_training_repeat_the_padded_run(recipe, data, variants, tmp_path):
