@@ -76,14 +76,17 @@ def _log_likelihood(model, rows, weight):
 
 def bigram_perplexity(tokenizer, train_texts, validation_texts):
     """Validation perplexity of an interpolated bigram model of the tokenizer's tokens, its weight chosen on the
-    last 5% of the training texts (fitted on the rest), then refitted on all of them."""
+    last 5% of the training texts (fitted on the rest), then refitted on all of them; and of its add-one unigram
+    part alone (weight 0), the floor below it."""
     train_rows = _token_rows(tokenizer, train_texts)
     held_out = max(1, len(train_rows) // 20)
     fitted = _bigram_model(train_rows[:-held_out], len(tokenizer))
     weight = max(LAMBDAS, key=lambda w: _log_likelihood(fitted, train_rows[-held_out:], w)[0])
-    log_sum, count = _log_likelihood(_bigram_model(train_rows, len(tokenizer)),
-                                     _token_rows(tokenizer, validation_texts), weight)
-    return {"perplexity": math.exp(-log_sum / count), "weight": weight, "tokens": count}
+    model, validation_rows = _bigram_model(train_rows, len(tokenizer)), _token_rows(tokenizer, validation_texts)
+    log_sum, count = _log_likelihood(model, validation_rows, weight)
+    unigram_log_sum, _ = _log_likelihood(model, validation_rows, 0.0)
+    return {"perplexity": math.exp(-log_sum / count), "weight": weight, "tokens": count,
+            "unigram_perplexity": math.exp(-unigram_log_sum / count)}
 
 
 def run(quick):
@@ -107,6 +110,8 @@ def render(result):
         ["ours, causal LM from scratch (`recipes/pretrain.py --objective clm --max_steps "
          f"{result['steps']}`)", f"{ours['perplexity']:.2f}", f"{ours['wall_s'] / 60:.1f}"],
         [f"interpolated bigram (weight {bigram['weight']:g}) + add-one unigram", f"{bigram['perplexity']:.2f}", "n/a"],
+        *([["add-one unigram alone", f"{bigram['unigram_perplexity']:.2f}", "n/a"]]
+          if "unigram_perplexity" in bigram else []),
     ]
     lines = [
         f"People's Daily, January 1998: {result['train_texts']:,} training and {result['validation_texts']:,} "
