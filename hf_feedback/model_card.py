@@ -302,8 +302,8 @@ def _procedure(trainer, model, pipeline_tag, base_model, lora, adapter_only):
         beams = getattr(trainer.args, "generation_num_beams", None) or 1
         text = ("Sequence-to-sequence training (`recipes/seq2seq.py`) with teacher forcing: the decoder reads the "
                 "target shifted right behind its start token and the cross-entropy of each next target token is "
-                "minimised; evaluation generates ("
-                + ("greedy decoding" if beams == 1 else f"beam search, {beams} beams") + ") and compares the texts. "
+                "minimised; the validation loss chooses the checkpoint, and the final evaluations generate ("
+                + ("greedy decoding" if beams == 1 else f"beam search, {beams} beams") + ") and compare the texts. "
                 f"One tokenizer ({_vocabulary(trainer.processing_class)}), trained on the source and target texts "
                 "together, serves both sides.")
     elif type(model).__name__.endswith("ForPreTraining"):

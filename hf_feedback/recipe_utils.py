@@ -431,11 +431,14 @@ def sample_splits(raw, data_args, seed):
     return raw
 
 
-def train_and_evaluate(trainer, tokenized, resume):
+def train_and_evaluate(trainer, tokenized, resume, after_training=None):
     """Train (resuming from `resume`), evaluate on validation and predict the test split where `tokenized` has
-    them, saving each split's metrics and the trainer state; returns the test prediction (None without test)."""
+    them, saving each split's metrics and the trainer state; returns the test prediction (None without test).
+    `after_training(trainer)`, if given, runs between training and the final evaluation."""
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_metrics("train", train_result.metrics)
+    if after_training is not None:
+        after_training(trainer)
     if "validation" in tokenized:
         trainer.save_metrics("eval", trainer.evaluate())
     prediction = None

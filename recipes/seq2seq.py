@@ -7,8 +7,9 @@
 The bundled task (hf_feedback.seq2seq) is the input method's: People's Daily sentences written as toneless pinyin,
 to be written back in characters, where each syllable stands for many characters and the context decides. Your own
 data: csv / json / jsonl / parquet files with a source and a target text column. The arguments follow finetune.py's:
-every `Seq2SeqTrainingArguments` flag works (`--generation_num_beams 4` for beam search); evaluation generates
-(greedy by default) and reports character error rate, sentence accuracy, BLEU and chrF.
+every `Seq2SeqTrainingArguments` flag works (`--generation_num_beams 4` for beam search). Evaluation during
+training measures the validation loss (it picks the best checkpoint); the final validation and test evaluations
+generate (greedy by default) and report character error rate, sentence accuracy, BLEU and chrF.
 The run: parse -> data -> tokenizer -> model -> Seq2SeqTrainer -> train -> evaluate -> save.
 """
 
@@ -81,7 +82,6 @@ DEFAULTS = dict(
     eval_steps=200,
     save_steps=200,
     train_sampling_strategy="random",
-    predict_with_generate=True,
     generation_max_length=128,
     # BERT's pre-tokenisation keeps each pinyin syllable a word and each Chinese character a token: the input
     # method's units on both sides. (The validation loss chooses the best checkpoint.)
@@ -111,6 +111,17 @@ def load_model(model_args, tokenizer, max_length):
     return load_pretrained(AutoModelForSeq2SeqLM.from_pretrained, model_args.model_name_or_path,
                            attn_implementation=model_args.attn_implementation,
                            trust_remote_code=model_args.trust_remote_code)
+
+
+def generate_from_now_on(compute_metrics):
+    """Evaluation during training measures the loss only (it chooses the best checkpoint); the final evaluation and
+    the test prediction generate and are scored. Generating a validation split at every evaluation would cost a
+    CPU run many minutes each time."""
+    def switch(trainer):
+        trainer.args.predict_with_generate = True
+        trainer.compute_metrics = compute_metrics
+
+    return switch
 
 
 def main(argv=None):
@@ -150,10 +161,10 @@ def main(argv=None):
         eval_dataset=tokenized.get("validation"),
         processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
-        compute_metrics=build_generation_metrics(tokenizer),
         noam_warmup_steps=model_args.noam_warmup_steps,
     )
-    prediction = train_and_evaluate(trainer, tokenized, resume)
+    prediction = train_and_evaluate(trainer, tokenized, resume,
+                                    after_training=generate_from_now_on(build_generation_metrics(tokenizer)))
     trainer.save_model(output_dir)
 
     if trainer.is_world_process_zero():
