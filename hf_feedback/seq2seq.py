@@ -12,7 +12,6 @@ for in the training split. Scores (`load_metric_module("generation")`): characte
 reference characters), sentence accuracy, and sacrebleu's BLEU (Chinese tokenisation) and chrF.
 """
 
-import hashlib
 import re
 from collections import Counter
 from pathlib import Path
@@ -21,9 +20,7 @@ import numpy as np
 
 import datasets
 
-from .data import _BUILDERS, _load_file, load_peoples_daily
-
-_SPLITS = ("train", "validation", "test")
+from .data import _SPLITS, load_peoples_daily, load_split_files, split_of
 
 
 def pinyin_of(text: str) -> list[str]:
@@ -39,36 +36,30 @@ def load_pinyin_task(max_sentences: int | None = None) -> datasets.DatasetDict:
     `target`: the sentence), split by the md5 of the sentence."""
     rows = {split: {"source": [], "target": []} for split in _SPLITS}
     for text in load_peoples_daily(max_sentences)["text"]:
-        split = {0: "test", 1: "validation"}.get(int(hashlib.md5(text.encode("utf-8")).hexdigest(), 16) % 10, "train")
-        rows[split]["source"].append(" ".join(pinyin_of(text)))
-        rows[split]["target"].append(text)
+        row = rows[split_of(text)]
+        row["source"].append(" ".join(pinyin_of(text)))
+        row["target"].append(text)
     return datasets.DatasetDict({split: datasets.Dataset.from_dict(data) for split, data in rows.items()})
 
 
 def load_seq2seq_files(train_file, validation_file=None, test_file=None, source_column="source",
                        target_column="target") -> datasets.DatasetDict:
     """User files (csv, json, jsonl or parquet) with a source and a target text column, as `source` / `target`."""
-    splits = {}
-    for split, path in (("train", train_file), ("validation", validation_file), ("test", test_file)):
-        if path is None:
-            continue
-        path = Path(path)
-        if path.suffix.lower() not in _BUILDERS:
-            raise ValueError(f"{split} file {path} has unsupported extension {path.suffix!r}; use one of "
-                             f"{sorted(_BUILDERS)}")
-        data = _load_file(split, path, _BUILDERS[path.suffix.lower()])
+    files = {split: Path(path) for split, path in (("train", train_file), ("validation", validation_file),
+                                                   ("test", test_file)) if path is not None}
+    splits = load_split_files(files)
+    renames = {old: new for old, new in ((source_column, "source"), (target_column, "target")) if old != new}
+    for split, data in splits.items():
         missing = [c for c in (source_column, target_column) if c not in data.column_names]
         if missing:
-            raise ValueError(f"{path} has no column(s) {missing}; its columns are {data.column_names} (choose them "
-                             "with --source_column / --target_column)")
-        data = data.select_columns([source_column, target_column]).rename_columns(
-            {source_column: "source", target_column: "target"} if source_column != "source" or
-            target_column != "target" else {})
+            raise ValueError(f"{files[split]} has no column(s) {missing}; its columns are {data.column_names} "
+                             "(choose them with --source_column / --target_column)")
+        data = data.select_columns([source_column, target_column]).rename_columns(renames)
         empty = sum(not (s or "").strip() or not (t or "").strip() for s, t in zip(data["source"], data["target"]))
         if empty:
-            raise ValueError(f"{path}: {empty} row(s) with an empty source or target")
+            raise ValueError(f"{files[split]}: {empty} row(s) with an empty source or target")
         splits[split] = data
-    return datasets.DatasetDict(splits)
+    return splits
 
 
 def most_frequent_character_baseline(train, test) -> list[str]:
