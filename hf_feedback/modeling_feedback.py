@@ -855,7 +855,8 @@ class FeedbackModel(FeedbackPreTrainedModel):
         rotary = None
         if config.position_embedding_type == "rotary":
             # Attention runs on the padded (B, T) layout, or the (S, max_length) one a packed row stands for.
-            padded_positions = position_ids if cu_seq_lens is None else unpadding.layout.pad(position_ids[0, :, None])[..., 0]
+            padded_positions = (position_ids if cu_seq_lens is None
+                                else unpadding.layout.pad(position_ids[0, :, None])[..., 0])  # (S, max_length)
             cos, sin = self.rotary_emb(hidden_states, padded_positions)  # (B, T, hs) each
             rotary = cos[:, None], sin[:, None]  # (B, 1, T, hs), broadcast over heads
         if unpadding is not None:
@@ -889,7 +890,7 @@ class FeedbackModel(FeedbackPreTrainedModel):
         config = self.config
         if config._attn_implementation in _TOKEN_ROW_ATTENTION:
             raise ValueError(f"A decoder attends with 'eager' or 'sdpa', not {config._attn_implementation!r}")
-        self._read_on_host(input_ids, None, None, None, False)  # the ids' range (and transformers' padding warning)
+        self._read_on_host(input_ids, None, None, None, False)  # the ids' range (a decoder's ids may end in padding)
         batch_size, seq_len = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         device = input_ids.device if input_ids is not None else inputs_embeds.device
         if config.add_cross_attention and encoder_hidden_states is None:
@@ -1089,9 +1090,10 @@ class FeedbackForMaskedLM(_FeedbackWithLMHead):
         return_dict=None,
         **loss_kwargs,
     ):
-        # loss_kwargs: packing boundaries (see FeedbackModel.forward), and `num_items_in_batch`, the masked-token count of the whole accumulated batch (over every
-        # gradient-accumulation step and process), which Trainer passes to models that take **kwargs. Normalising by
-        # it instead of by each micro-batch's own count makes accumulation and DDP give the update of one big batch.
+        # loss_kwargs: packing boundaries (see FeedbackModel.forward), and `num_items_in_batch`, the masked-token
+        # count of the whole accumulated batch (over every gradient-accumulation step and process), which Trainer
+        # passes to models that take **kwargs. Normalising by it instead of by each micro-batch's own count makes
+        # accumulation and DDP give the update of one big batch.
         packing = _packing_arguments(self, loss_kwargs, loss_arguments=("num_items_in_batch",))
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.feedback(
@@ -1211,7 +1213,8 @@ class FeedbackForPreTraining(FeedbackPreTrainedModel):
         if labels is not None:
             self._check_labels(labels, self.config.vocab_size)
             masked = labels != -100  # (B, T)
-            hidden = self.generator(input_ids, attention_mask, token_type_ids, position_ids, **packing).last_hidden_state
+            hidden = self.generator(input_ids, attention_mask, token_type_ids, position_ids,
+                                    **packing).last_hidden_state
             generator_logits = self.generator_lm_head(hidden[masked])  # (num_masked, V)
             generator_loss = CrossEntropyLoss()(generator_logits.float(), labels[masked])
             with torch.no_grad():  # Gumbel-max: one sample of the generator's distribution at each masked token

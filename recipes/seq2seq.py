@@ -96,7 +96,8 @@ def load_model(model_args, tokenizer, max_length):
                    eos_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id)
     if model_args.model_name_or_path is None:
         config = FeedbackSeq2SeqConfig(**{"vocab_size": len(tokenizer), "max_position_embeddings": max(512, max_length),
-                                          **special, **NEW_MODEL, **parse_config_overrides(model_args.config_overrides)})
+                                          **special, **NEW_MODEL,
+                                          **parse_config_overrides(model_args.config_overrides)})
         check_vocabulary(config, tokenizer)
         return FeedbackForConditionalGeneration._from_config(config, attn_implementation=model_args.attn_implementation)
     if model_args.config_overrides:
