@@ -120,28 +120,14 @@ def predict(folder, texts, batch_size=32, int8=False):
 
 
 def write(model, tokenizer, texts, batch_size, max_new_tokens=64):
-    """Print `text<TAB>generated` for each text, greedily: an encoder-decoder's output for it, or a causal language
-    model's continuation of it (from [CLS] and the text, as it was trained, without a closing [SEP])."""
-    import torch
-
-    from .seq2seq import decode_generated
+    """Print `text<TAB>generated` for each text, greedily (`hf_feedback.seq2seq.generate_greedily`): an
+    encoder-decoder's output for it, or a causal language model's continuation of it."""
+    from .seq2seq import generate_greedily
 
     for start in range(0, len(texts), batch_size):
         batch = texts[start:start + batch_size]
-        if model.config.is_encoder_decoder:
-            inputs = tokenizer(batch, padding=True, truncation=True, return_tensors="pt")
-        else:  # left-padded prompts, so that every row continues from its own last token
-            rows = [[tokenizer.cls_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"]] for text in batch]
-            width = max(map(len, rows))
-            inputs = {"input_ids": torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows]),
-                      "attention_mask": torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])}
-        inputs = {name: inputs[name] for name in ("input_ids", "attention_mask")}
-        with torch.no_grad():
-            generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                       pad_token_id=tokenizer.pad_token_id)
-        if not model.config.is_encoder_decoder:
-            generated = generated[:, inputs["input_ids"].shape[1]:]  # the continuation only
-        for text, output in zip(batch, decode_generated(generated.numpy(), tokenizer)):
+        prompts = tokenizer(batch, add_special_tokens=False, truncation=True)["input_ids"]
+        for text, output in zip(batch, generate_greedily(model, tokenizer, prompts, max_new_tokens)):
             print(f"{text}\t{output}")
 
 

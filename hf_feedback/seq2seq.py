@@ -9,7 +9,8 @@ sentence (0 test, 1 validation, else train), as the tagging task's.
 
 `most_frequent_character_baseline` is the floor beside it: each syllable becomes the character it most often stood
 for in the training split. Scores (`load_metric_module("generation")`): character error rate (edit distance over
-reference characters), sentence accuracy, and sacrebleu's BLEU (Chinese tokenisation) and chrF.
+reference characters), sentence accuracy, and sacrebleu's BLEU (Chinese tokenisation) and chrF. `generate_greedily`
+and `decode_generated` turn prompts into written text for both decoders (the encoder-decoder and the causal LM).
 """
 
 import re
@@ -120,5 +121,33 @@ def decode_generated(ids, tokenizer) -> list[str]:
     return [detokenize(text) for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
-__all__ = ["build_generation_metrics", "decode_generated", "detokenize", "load_pinyin_task", "load_seq2seq_files",
+def generate_greedily(model, tokenizer, prompts, max_new_tokens):
+    """What `model` writes greedily for each prompt (token ids without special tokens), as texts: an encoder-decoder
+    its output for the source ([CLS] prompt [SEP]), a causal language model its continuation of [CLS] and the prompt
+    (left-padded, so that every row continues from its own last token; no closing [SEP], as it was trained). Both
+    stop at [SEP]. Serves `python -m hf_feedback predict` and the causal LM's card sample."""
+    import torch
+
+    encoder_decoder = model.config.is_encoder_decoder
+    rows = [[tokenizer.cls_token_id, *ids, *([tokenizer.sep_token_id] if encoder_decoder else [])] for ids in prompts]
+    width = max(map(len, rows))
+    padding = [[0] * (width - len(row)) for row in rows]
+    if encoder_decoder:  # the encoder reads padding anywhere; right, as tokenizers pad
+        input_ids = [row + [tokenizer.pad_token_id] * len(pad) for row, pad in zip(rows, padding)]
+        attention_mask = [[1] * len(row) + pad for row, pad in zip(rows, padding)]
+    else:
+        input_ids = [[tokenizer.pad_token_id] * len(pad) + row for row, pad in zip(rows, padding)]
+        attention_mask = [pad + [1] * len(row) for row, pad in zip(rows, padding)]
+    model.eval()
+    with torch.no_grad():
+        generated = model.generate(torch.tensor(input_ids, device=model.device),
+                                   attention_mask=torch.tensor(attention_mask, device=model.device),
+                                   max_new_tokens=max_new_tokens, do_sample=False,
+                                   eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
+    if not encoder_decoder:
+        generated = generated[:, width:]  # the continuation only
+    return decode_generated(generated.cpu().numpy(), tokenizer)
+
+
+__all__ = ["build_generation_metrics", "decode_generated", "detokenize", "generate_greedily", "load_pinyin_task", "load_seq2seq_files",
            "most_frequent_character_baseline", "pinyin_of", "tokenize_pairs"]

@@ -49,6 +49,7 @@ from hf_feedback.recipe_utils import (
     training_collator,
 )
 from hf_feedback.sentence_embeddings import write_sentence_transformers_files
+from hf_feedback.seq2seq import detokenize, generate_greedily
 from hf_feedback.training import FeedbackTrainer
 
 
@@ -141,14 +142,7 @@ def load_corpus(data_args) -> datasets.Dataset:
 def greedy_sample(model, tokenizer, text, prompt_tokens=4, new_tokens=40):
     """(prompt, continuation): the model's greedy continuation of the first few tokens of a held-out text."""
     prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"][:prompt_tokens]
-    input_ids = torch.tensor([[tokenizer.cls_token_id, *prompt_ids]], device=model.device)
-    model.eval()
-    with torch.no_grad():
-        generated = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new_tokens,
-                                   do_sample=False, eos_token_id=tokenizer.sep_token_id,
-                                   pad_token_id=tokenizer.pad_token_id)
-    continuation = tokenizer.decode(generated[0, input_ids.shape[1]:], skip_special_tokens=True)
-    return tokenizer.decode(prompt_ids), continuation
+    return detokenize(tokenizer.decode(prompt_ids)), generate_greedily(model, tokenizer, [prompt_ids], new_tokens)[0]
 
 
 def main(argv=None):
