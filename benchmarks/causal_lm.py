@@ -10,12 +10,9 @@ predict the same tokens of the same validation texts (each token after [CLS] fro
 import json
 import math
 import re
-import subprocess
-import sys
-import time
 from collections import Counter
 
-from .common import ROOT, RUNS, table
+from .common import RUNS, recorded_run, table
 
 STEPS = 600
 SEED = 42
@@ -29,20 +26,14 @@ LAMBDAS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # the bigram's weight, chosen on a sl
 def _run_recipe(quick):
     """The recipe's run (trained here unless this machine has it); its results, wall time and the card's sample."""
     output = RUNS / ("quick" if quick else "") / "causal_lm"
-    record = output / "benchmark_run.json"
     steps = 20 if quick else STEPS
-    if not record.is_file():
-        command = [sys.executable, "recipes/pretrain.py", "--objective", "clm", "--output_dir", str(output),
-                   "--overwrite_output_dir", "--disable_tqdm", "true", "--seed", str(SEED), "--max_steps", str(steps),
-                   "--eval_steps", str(steps // 3), "--save_steps", str(steps // 3), *(QUICK_ARGS if quick else [])]
-        output.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        with open(output.parent / "causal_lm.log", "w") as log:
-            subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
-        record.write_text(json.dumps({"wall_s": time.perf_counter() - start, "command": command[1:]}))
+    record = recorded_run(["recipes/pretrain.py", "--objective", "clm", "--overwrite_output_dir", "--disable_tqdm",
+                           "true", "--seed", str(SEED), "--max_steps", str(steps), "--eval_steps", str(steps // 3),
+                           "--save_steps", str(steps // 3), *(QUICK_ARGS if quick else [])], output,
+                          output.parent / "causal_lm.log")
     results = json.loads((output / "all_results.json").read_text())
     sample = re.search(r"^> \*\*(.+?)\*\*(.*)$", (output / "README.md").read_text(), flags=re.M)
-    return output, {**json.loads(record.read_text()), "perplexity": results["perplexity"],
+    return output, {**record, "perplexity": results["perplexity"],
                     "eval_loss": results["eval_loss"], "sample": list(sample.groups()) if sample else None}
 
 

@@ -1,10 +1,12 @@
 """What every section shares: a description of the run, interleaved timing, and Markdown formatting."""
 
 import datetime
+import json
 import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -127,6 +129,21 @@ def summarize(seconds):
 # ----------------------------------------------------------------------------------------------------------------
 # Markdown
 # ----------------------------------------------------------------------------------------------------------------
+def recorded_run(recipe_arguments, output, log):
+    """Run `python <recipe_arguments> --output_dir output` once, its log written to `log`, unless `output` already
+    holds the record of such a run (a benchmark reports what this machine trained); the record: wall time in
+    seconds and the command."""
+    record = output / "benchmark_run.json"
+    if not record.is_file():
+        command = [sys.executable, *recipe_arguments, "--output_dir", str(output)]
+        output.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        with open(log, "w") as stream:
+            subprocess.run(command, cwd=ROOT, stdout=stream, stderr=subprocess.STDOUT, check=True)
+        record.write_text(json.dumps({"wall_s": time.perf_counter() - start, "command": command[1:]}))
+    return json.loads(record.read_text())
+
+
 def table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]

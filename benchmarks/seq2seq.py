@@ -8,12 +8,7 @@ most often stood for in the training split (hf_feedback.seq2seq.most_frequent_ch
 on the whole test split against the original sentences, by the same `generation` metric module.
 """
 
-import json
-import subprocess
-import sys
-import time
-
-from .common import ROOT, RUNS, table
+from .common import RUNS, recorded_run, table
 
 EVAL_SAMPLES = 500
 QUICK_ARGS = ["--max_train_samples", "300", "--max_steps", "20", "--eval_steps", "10", "--save_steps", "10",
@@ -24,17 +19,9 @@ QUICK_TEST = 100
 
 def _run_recipe(quick):
     output = RUNS / ("quick" if quick else "") / "seq2seq"
-    record = output / "benchmark_run.json"
-    if not record.is_file():
-        command = [sys.executable, "recipes/seq2seq.py", "--output_dir", str(output), "--overwrite_output_dir",
-                   "--disable_tqdm", "true", "--max_eval_samples", str(QUICK_TEST if quick else EVAL_SAMPLES),
-                   *(QUICK_ARGS if quick else [])]
-        output.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        with open(output.parent / "seq2seq.log", "w") as log:
-            subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
-        record.write_text(json.dumps({"wall_s": time.perf_counter() - start, "command": command[1:]}))
-    return output, json.loads(record.read_text())
+    return output, recorded_run(["recipes/seq2seq.py", "--overwrite_output_dir", "--disable_tqdm", "true",
+                                 "--max_eval_samples", str(QUICK_TEST if quick else EVAL_SAMPLES),
+                                 *(QUICK_ARGS if quick else [])], output, output.parent / "seq2seq.log")
 
 
 def run(quick):

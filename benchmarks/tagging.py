@@ -10,12 +10,9 @@ word train never saw), the classic floor of tagging.
 """
 
 import json
-import subprocess
 from collections import Counter
-import sys
-import time
 
-from .common import ROOT, RUNS, table
+from .common import RUNS, recorded_run, table
 
 TASKS = {"cws": "word segmentation (B/M/E/S per character)", "pos": "part of speech (a tag per word)"}
 QUICK_ARGS = ["--max_train_samples", "300", "--max_eval_samples", "100", "--max_steps", "20", "--eval_steps", "10",
@@ -26,17 +23,11 @@ QUICK_ARGS = ["--max_train_samples", "300", "--max_eval_samples", "100", "--max_
 def _run_recipe(task, quick):
     """The recipe's default run of `task` (trained here unless this machine has it); its results and wall time."""
     output = RUNS / ("quick" if quick else "") / "tagging" / task
-    record = output / "benchmark_run.json"
-    if not record.is_file():
-        command = [sys.executable, "recipes/token_classification.py", "--corpus", task, "--output_dir", str(output),
-                   "--overwrite_output_dir", "--disable_tqdm", "true", *(QUICK_ARGS if quick else [])]
-        output.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        with open(output.parent / f"{task}.log", "w") as log:
-            subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
-        record.write_text(json.dumps({"wall_s": time.perf_counter() - start, "command": command[1:]}))
+    record = recorded_run(["recipes/token_classification.py", "--corpus", task, "--overwrite_output_dir",
+                           "--disable_tqdm", "true", *(QUICK_ARGS if quick else [])], output,
+                          output.parent / f"{task}.log")
     results = json.loads((output / "all_results.json").read_text())
-    return {**json.loads(record.read_text()), **{k: v for k, v in results.items() if k.startswith(("test_", "eval_"))}}
+    return {**record, **{k: v for k, v in results.items() if k.startswith(("test_", "eval_"))}}
 
 
 def jieba_baseline(sentences):
