@@ -139,6 +139,10 @@ def render(results, command):
     return "\n".join(lines)
 
 
+def _read_results(path):
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
@@ -148,19 +152,21 @@ def main(argv=None):
     logging.set_verbosity_error()
 
     command = shlex.join(["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
-    results = json.loads(args.json.read_text()) if args.json.is_file() else {}
     for name in args.only:
         print(f"[benchmarks] {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         with stdout_to_stderr():
             result = run_section(name, args)
         info = {**run_info(args.quick, args.device), "seconds": time.perf_counter() - start, "command": command}
+        # Read the file again just before writing: a section that ran meanwhile in another process (a long run
+        # in the background) keeps its result instead of being overwritten with the copy read at start.
+        results = _read_results(args.json)
         results[name] = {"run": info, "result": result}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))  # after each section, so a crash keeps the others
         print(f"[benchmarks] {name} done in {info['seconds']:.0f} s", file=sys.stderr, flush=True)
 
-    report = render(results, command)
+    report = render(_read_results(args.json), command)
     args.markdown.parent.mkdir(parents=True, exist_ok=True)
     args.markdown.write_text(report + "\n")
     print(report)

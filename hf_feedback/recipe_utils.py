@@ -41,7 +41,8 @@ class ModelArguments:
         "help": "Kind of tokenizer to train: 'unigram' (multi-character pieces, i.e. words, learned from the corpus) "
                 "or 'wordpiece' (BERT's; Chinese as single characters)."})
     config_overrides: str | None = field(default=None, metadata={
-        "help": "FeedbackConfig fields for a new model, e.g. 'hidden_size=128,num_hidden_layers=2,hidden_act=swiglu'."})
+        "help": "FeedbackConfig fields for a new model, e.g. 'hidden_size=128,num_hidden_layers=2,hidden_act=swiglu'; "
+                "on --model_name_or_path only the dropouts and check_input_values, e.g. 'hidden_dropout_prob=0.1'."})
     noam_warmup_steps: int | None = field(default=None, metadata={
         "help": "Use the Transformer paper's Noam schedule with this many warmup steps (learning_rate is its factor)."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Write into a non-empty output_dir."})
@@ -494,6 +495,29 @@ def _number(raw: str):
         if math.isfinite(value):
             return value
     return raw
+
+
+# What --config_overrides may change on --model_name_or_path: fields that change how the model trains, not what its
+# weights are (the rest of a checkpoint's architecture is in its weights). E.g. pretraining without dropout (cramming,
+# faster steps) and fine-tuning with it.
+CHECKPOINT_OVERRIDES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
+                        "check_input_values")
+
+
+def checkpoint_config_overrides(overrides: str | None, config, checkpoint) -> dict:
+    """--config_overrides for a checkpoint whose config is `config`: the CHECKPOINT_OVERRIDES fields given, as keyword
+    arguments of from_pretrained; anything else is an error, not a silently ignored override."""
+    values = parse_config_overrides(overrides)
+    architectural = sorted(key for key in values if key not in CHECKPOINT_OVERRIDES)
+    if architectural:
+        raise RecipeError(f"--config_overrides {','.join(architectural)}: the architecture of --model_name_or_path "
+                          f"{checkpoint} is in its weights; on a checkpoint only {list(CHECKPOINT_OVERRIDES)} can "
+                          "change (the other fields apply to a new model)")
+    missing = sorted(key for key in values if not hasattr(config, key))
+    if missing:
+        raise RecipeError(f"--config_overrides {','.join(missing)}: {checkpoint} is a {config.model_type!r} model, "
+                          "whose config has no such field")
+    return values
 
 
 def parse_config_overrides(overrides: str | None) -> dict:

@@ -43,6 +43,7 @@ from hf_feedback.recipe_utils import (
     claim_run,
     load_or_train_tokenizer,
     parse_args,
+    checkpoint_config_overrides,
     parse_config_overrides,
     print_saved,
     release_output_dir,
@@ -157,11 +158,10 @@ def load_model(model_args, tokenizer, label_names, max_seq_length, problem_type)
         check_vocabulary(config, tokenizer)
         return FeedbackForSequenceClassification._from_config(config, attn_implementation=model_args.attn_implementation)
 
-    if model_args.config_overrides:
-        raise RecipeError("--config_overrides only applies to a new model, not to --model_name_or_path")
     config = load_pretrained(AutoConfig.from_pretrained, model_args.model_name_or_path,
                              trust_remote_code=model_args.trust_remote_code)
     check_text_classifier(config, model_args.model_name_or_path)
+    overrides = checkpoint_config_overrides(model_args.config_overrides, config, model_args.model_name_or_path)
     is_classifier = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
     if is_classifier and config.num_labels != num_labels:
         raise RecipeError(
@@ -172,7 +172,8 @@ def load_model(model_args, tokenizer, label_names, max_seq_length, problem_type)
     # float32 master weights whatever the checkpoint's dtype (transformers 5 loads a checkpoint in its own dtype):
     # --fp16 / --bf16 come from autocast, and fp16 gradients of half-precision weights cannot be unscaled.
     return load_pretrained(
-        AutoModelForSequenceClassification.from_pretrained, model_args.model_name_or_path, num_labels=num_labels, **labels, dtype=torch.float32,
+        AutoModelForSequenceClassification.from_pretrained, model_args.model_name_or_path, num_labels=num_labels, **labels,
+        **overrides, dtype=torch.float32,
         attn_implementation=model_args.attn_implementation, trust_remote_code=model_args.trust_remote_code,
     )
 

@@ -43,6 +43,7 @@ from hf_feedback.recipe_utils import (
     claim_run,
     load_or_train_tokenizer,
     parse_args,
+    checkpoint_config_overrides,
     parse_config_overrides,
     release_output_dir,
     sample,
@@ -164,10 +165,11 @@ def main(argv=None):
                                             splits["train"]["text"], model_args.tokenizer_vocab_size, training_args,
                                             kind=model_args.tokenizer_kind)
         if model_args.model_name_or_path:
-            check_masked_lm(load_pretrained(AutoConfig.from_pretrained, model_args.model_name_or_path),
-                            model_args.model_name_or_path, decoder=causal)
+            config = load_pretrained(AutoConfig.from_pretrained, model_args.model_name_or_path)
+            check_masked_lm(config, model_args.model_name_or_path, decoder=causal)
+            overrides = checkpoint_config_overrides(model_args.config_overrides, config, model_args.model_name_or_path)
             # float32 master weights whatever the checkpoint's dtype; mixed precision comes from autocast.
-            model = load_pretrained(model_class.from_pretrained, model_args.model_name_or_path,
+            model = load_pretrained(model_class.from_pretrained, model_args.model_name_or_path, **overrides,
                                     dtype=torch.float32)
         else:
             config = FeedbackConfig(**{"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,

@@ -33,6 +33,7 @@ from hf_feedback.recipe_utils import (
     claim_run,
     load_or_train_tokenizer,
     parse_args,
+    checkpoint_config_overrides,
     parse_config_overrides,
     print_saved,
     release_output_dir,
@@ -100,8 +101,6 @@ def load_model(model_args, tokenizer, max_length):
                                           **parse_config_overrides(model_args.config_overrides)})
         check_vocabulary(config, tokenizer)
         return FeedbackForConditionalGeneration._from_config(config, attn_implementation=model_args.attn_implementation)
-    if model_args.config_overrides:
-        raise RecipeError("--config_overrides only applies to a new model, not to --model_name_or_path")
     config = load_pretrained(AutoConfig.from_pretrained, model_args.model_name_or_path,
                              trust_remote_code=model_args.trust_remote_code)
     if not getattr(config, "is_encoder_decoder", False):
@@ -109,7 +108,8 @@ def load_model(model_args, tokenizer, max_length):
                           f"({', '.join(config.architectures or [config.model_type])}); seq2seq.py continues "
                           "FeedbackForConditionalGeneration (or another AutoModelForSeq2SeqLM) checkpoints")
     check_vocabulary(config, tokenizer)
-    return load_pretrained(AutoModelForSeq2SeqLM.from_pretrained, model_args.model_name_or_path,
+    overrides = checkpoint_config_overrides(model_args.config_overrides, config, model_args.model_name_or_path)
+    return load_pretrained(AutoModelForSeq2SeqLM.from_pretrained, model_args.model_name_or_path, **overrides,
                            attn_implementation=model_args.attn_implementation,
                            trust_remote_code=model_args.trust_remote_code)
 

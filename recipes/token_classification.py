@@ -33,6 +33,7 @@ from hf_feedback.recipe_utils import (
     claim_run,
     load_or_train_tokenizer,
     parse_args,
+    checkpoint_config_overrides,
     parse_config_overrides,
     print_saved,
     release_output_dir,
@@ -101,16 +102,16 @@ def load_model(model_args, tokenizer, label_names, max_seq_length):
                                    **parse_config_overrides(model_args.config_overrides)})
         check_vocabulary(config, tokenizer)
         return FeedbackForTokenClassification._from_config(config, attn_implementation=model_args.attn_implementation)
-    if model_args.config_overrides:
-        raise RecipeError("--config_overrides only applies to a new model, not to --model_name_or_path")
     config = load_pretrained(AutoConfig.from_pretrained, model_args.model_name_or_path,
                              trust_remote_code=model_args.trust_remote_code)
+    overrides = checkpoint_config_overrides(model_args.config_overrides, config, model_args.model_name_or_path)
     tagger = any(a.endswith("ForTokenClassification") for a in config.architectures or [])
     if tagger and config.num_labels != len(label_names):
         raise RecipeError(f"{model_args.model_name_or_path} tags with num_labels={config.num_labels}, but the data "
                           f"has {len(label_names)} tags {label_names[:10]}")
     check_vocabulary(config, tokenizer)
     return load_pretrained(AutoModelForTokenClassification.from_pretrained, model_args.model_name_or_path, **labels,
+                           **overrides,
                            attn_implementation=model_args.attn_implementation,
                            trust_remote_code=model_args.trust_remote_code)
 

@@ -4,8 +4,6 @@ section's command lines."""
 import json
 import math
 
-import pytest
-
 from benchmarks import workloads
 from benchmarks.efficiency import matmul_weights, training_flops
 from hf_feedback import FeedbackForSequenceClassification

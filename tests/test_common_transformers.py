@@ -23,7 +23,6 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-import torch
 import transformers
 from transformers.models.auto import modeling_auto
 

