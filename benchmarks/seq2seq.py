@@ -38,10 +38,30 @@ def run(quick):
     if len(ours) != len(references):
         raise RuntimeError(f"{output}: {len(ours)} predictions for {len(references)} test sentences")
     metric = load_metric_module("generation")
-    return {"ours": {**metric.compute(predictions=ours, references=references), **record},
-            "baseline": metric.compute(predictions=most_frequent_character_baseline(task["train"], test),
-                                       references=references),
+    floor = most_frequent_character_baseline(task["train"], test)
+    return {"ours": {**metric.compute(predictions=ours, references=references), **record,
+                     "by_position": accuracy_by_position(ours, references)},
+            "baseline": {**metric.compute(predictions=floor, references=references),
+                         "by_position": accuracy_by_position(floor, references)},
             "train_pairs": len(task["train"]), "test_pairs": len(test)}
+
+
+# Spans of character positions (1-based, inclusive; None: to the end) for the accuracy by position.
+POSITION_SPANS = ((1, 10), (11, 20), (21, 40), (41, None))
+
+
+def accuracy_by_position(predictions, references):
+    """The share of reference characters at positions in each span of POSITION_SPANS that the prediction has at the
+    same position: where a decoder drifts out of step with its source, the later spans fall."""
+    shares = {}
+    for first, last in POSITION_SPANS:
+        right = total = 0
+        for prediction, reference in zip(predictions, references):
+            for i in range(first - 1, len(reference) if last is None else min(last, len(reference))):
+                total += 1
+                right += i < len(prediction) and prediction[i] == reference[i]
+        shares[f"{first}-{last or ''}"] = right / total if total else float("nan")
+    return shares
 
 
 def render(result):
@@ -64,4 +84,12 @@ def render(result):
                 f"{ours['wall_s'] / 60:.1f}"),
             row("each syllable's most frequent training character", baseline, "n/a"),
         ]),
+        "",
+        "Characters right at their own position (the share of the reference's characters in each span of positions "
+        "that the output has at the same place): the floor writes one character per syllable and never shifts; "
+        "a decoder that drops or repeats one shifts the rest of the sentence.",
+        "",
+        *table(["model", *(f"positions {span}" for span in ours["by_position"])], [
+            [name, *(f"{share:.3f}" for share in scores["by_position"].values())]
+            for name, scores in (("ours", ours), ("most frequent character", baseline))]),
     ]
