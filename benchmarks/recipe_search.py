@@ -153,10 +153,11 @@ PRETRAINS = {
     "tapt-mlm30-rotary": ["--config_overrides", "norm_position=pre,position_embedding_type=rotary",
                           "--mlm_probability", "0.3", "--max_steps", "2400", "--eval_steps", "400",
                           "--save_steps", "400", "--logging_steps", "50"],
-    # Without dropout (cramming, Geiping & Goldstein 2023): a step costs 1/1.76 of one with dropout 0.1 on the 2-core
-    # CPU (40 steps of 64: 34.1 s against 60.1 s; batches of 128 gain nothing per text), so the same wall clock
-    # holds more steps than 2,400: 2,800 at the 1.0 s a step this run showed in its first 700 (the machine runs
-    # slower than in the 47-minute run with dropout: its rerun took 65 minutes).
+    # Without dropout (cramming, Geiping & Goldstein 2023), to fit more steps in the same wall clock: torch's CPU
+    # flash attention refuses attention dropout, which falls back to the math kernel. The probe
+    # (results/pretrain_dropout_speed.txt) first gave 1.76x per step, then 1.13x on a rerun (its first run came
+    # straight after a long benchmark); attention dropout is the whole cost, the hidden states' costs nothing
+    # measurable. 2,800 steps at the 1.0 s a step this run showed in its first 700 (the run with dropout: 1.18 s).
     "tapt-mlm30-rotary-nodrop": ["--config_overrides", "norm_position=pre,position_embedding_type=rotary,"
                                  "hidden_dropout_prob=0.0,attention_probs_dropout_prob=0.0",
                                  "--mlm_probability", "0.3", "--max_steps", "2800", "--eval_steps", "400",
