@@ -99,6 +99,11 @@ VARIANTS = {
     "label-smoothing0.1": (UNIGRAM16K, ["--label_smoothing_factor", "0.1"]),
     "unigram8k": (("unigram", 8000), []),
     "3ep": (UNIGRAM16K, ["--num_train_epochs", "3"]),
+    # Session 9 screen: attention dropout off, hidden dropout kept: torch's CPU flash attention refuses attention
+    # dropout (the math kernel runs instead), which is all that dropout costs a step here
+    # (results/pretrain_dropout_speed.txt); ModernBERT's default.
+    "attn-dropout0": (UNIGRAM16K, ["--config_overrides", "norm_position=pre,position_embedding_type=rotary,"
+                                                       "attention_probs_dropout_prob=0.0"]),
     # Fine-tuning a checkpoint of PRETRAINS (third element): full, and LoRA.
     "tapt-mlm30-rotary-lr5e-4": (UNIGRAM16K, ["--learning_rate", "5e-4"], "tapt-mlm30-rotary"),
     "tapt-electra-rotary-lr5e-4": (UNIGRAM16K, ["--learning_rate", "5e-4"], "tapt-electra-rotary"),
