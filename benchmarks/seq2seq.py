@@ -16,12 +16,13 @@ QUICK_ARGS = ["--max_train_samples", "300", "--max_steps", "20", "--eval_steps",
               "--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",
               "--tokenizer_vocab_size", "3000", "--generation_max_length", "32"]
 QUICK_TEST = 100
+SEED = 42  # the recipe's (its default), which also draws its --max_eval_samples sample of the test split
 
 
-def _run_recipe(quick):
+def _run_recipe(quick, samples):
     output = RUNS / ("quick" if quick else "") / "seq2seq"
     return output, recorded_run(["recipes/seq2seq.py", "--overwrite_output_dir", "--disable_tqdm", "true",
-                                 "--max_eval_samples", str(QUICK_TEST if quick else EVAL_SAMPLES),
+                                 "--seed", str(SEED), "--max_eval_samples", str(samples),
                                  *(QUICK_ARGS if quick else [])], output, output.parent / "seq2seq.log")
 
 
@@ -30,19 +31,22 @@ def run(quick):
     from hf_feedback.recipe_utils import sample
     from hf_feedback.seq2seq import load_pinyin_task, most_frequent_character_baseline
 
-    output, record = _run_recipe(quick)
+    samples = QUICK_TEST if quick else EVAL_SAMPLES
+    output, record = _run_recipe(quick, samples)
     task = load_pinyin_task()
-    test = sample(task["test"], QUICK_TEST if quick else EVAL_SAMPLES, 42)  # the recipe's --max_eval_samples, seed 42
+    test = sample(task["test"], samples, SEED)  # the sentences the recipe generated for
     references = test["target"]
     ours = (output / "generated_predictions.txt").read_text().splitlines()
     if len(ours) != len(references):
         raise RuntimeError(f"{output}: {len(ours)} predictions for {len(references)} test sentences")
     metric = load_metric_module("generation")
-    floor = most_frequent_character_baseline(task["train"], test)
-    return {"ours": {**metric.compute(predictions=ours, references=references), **record,
-                     "by_position": accuracy_by_position(ours, references)},
-            "baseline": {**metric.compute(predictions=floor, references=references),
-                         "by_position": accuracy_by_position(floor, references)},
+
+    def scores(predictions):
+        return {**metric.compute(predictions=predictions, references=references),
+                "by_position": accuracy_by_position(predictions, references)}
+
+    return {"ours": {**scores(ours), **record},
+            "baseline": scores(most_frequent_character_baseline(task["train"], test)),
             "train_pairs": len(task["train"]), "test_pairs": len(test)}
 
 
@@ -74,7 +78,7 @@ def render(result):
     return [
         f"People's Daily, January 1998, as toneless pinyin (one item per character) to be written back in characters: "
         f"{result['train_pairs']:,} training pairs; {result['test_pairs']:,} test pairs (the test split is fixed by a "
-        "hash of each sentence; the recipe's `--max_eval_samples` sample of it, seed 42), scored against the original "
+        f"hash of each sentence; the recipe's `--max_eval_samples` sample of it, seed {SEED}), scored against the original "
         "sentences. CER: edit distance per reference character (lower is "
         "better); BLEU (Chinese tokenisation) and chrF: sacrebleu's corpus scores; wall time: the recipe's process "
         "on this machine.",
