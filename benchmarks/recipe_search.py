@@ -128,14 +128,14 @@ VARIANTS = {
 }
 
 
-def with_absolute_positions(arguments):
-    """`arguments` with learned absolute positions spelled out: added to the last --config_overrides (a later one
-    replaces an earlier one whole), or as one of its own."""
+def with_override(arguments, override):
+    """`arguments` with one more config field spelled out (e.g. "position_embedding_type=absolute"): added to the last
+    --config_overrides (a later one replaces an earlier one whole), or as one of its own."""
     arguments = list(arguments)
     if "--config_overrides" not in arguments:
-        return [*arguments, "--config_overrides", "position_embedding_type=absolute"]
+        return [*arguments, "--config_overrides", override]
     at = len(arguments) - 1 - arguments[::-1].index("--config_overrides") + 1
-    arguments[at] += ",position_embedding_type=absolute"
+    arguments[at] += f",{override}"
     return arguments
 
 
@@ -146,7 +146,13 @@ VARIANTS["head_tail256-absolute"] = VARIANTS["head_tail256"]
 for _name in ("screen-unigram16k-grouped", "screen-unigram16k-random", "unigram16k-3ep-random-prenorm-lr1e-3",
               "3ep-patience3", "3ep-patience3-sqrt", "dropout0.2-wd0.1", "head_tail256-absolute"):
     _kind, _arguments, *_base = VARIANTS[_name]
-    VARIANTS[_name] = (_kind, with_absolute_positions(_arguments), *_base)
+    VARIANTS[_name] = (_kind, with_override(_arguments, "position_embedding_type=absolute"), *_base)
+# Every variant of a new model recorded before character embeddings became a new model's default spells them off,
+# so that a rerun repeats what was recorded; `chars` is the default that turned them on.
+VARIANTS["chars"] = (UNIGRAM16K, ["--config_overrides", "norm_position=pre,position_embedding_type=rotary"])
+for _name, (_kind, _arguments, *_base) in list(VARIANTS.items()):
+    if _name != "chars" and _kind[0] in ("unigram", "wordpiece") and not _base:
+        VARIANTS[_name] = (_kind, with_override(_arguments, "char_vocab_size=0"), *_base)
 
 # Task-adaptive pretraining (recipes/pretrain.py on the task's own training texts, labels unused), run once per task
 # with seed 42 and the variant's tokenizer; the fine-tuning variants that name it start from its output. Rotary

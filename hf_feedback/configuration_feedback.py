@@ -102,6 +102,16 @@ class FeedbackConfig(PretrainedConfig):
             hashing trick, or the n-gram input vocabulary of Huang et al. 2025, "Over-Tokenized Transformer"); 0 turns
             them off. The model then needs `input_ids` (not `inputs_embeds`).
         ngram_sizes (`list[int]`, defaults to `[2, 3]`): the n-gram sizes (each >= 2) hashed into that table.
+        char_vocab_size (`int`, defaults to 0): rows of a table of character embeddings; when > 0, each token's
+            embedding adds the mean of the embeddings of the characters it is written with (character-enhanced word
+            embeddings, Chen et al. 2015; fastText's subword vectors), so that a word piece seen a few times shares
+            what its characters learned everywhere else ('很干净' with '干净' and '很'). Row 0 is "no character".
+            Which characters each token holds is the model's buffer `token_characters` (vocab_size x
+            `chars_per_token` ids, saved with the weights), filled by `set_token_characters` from
+            `hf_feedback.tokenization.token_characters(tokenizer)`; 0 turns them off. The model then needs
+            `input_ids` (not `inputs_embeds`).
+        chars_per_token (`int`, defaults to 0): the width of `token_characters`, the longest token's character
+            count; at least 1 when `char_vocab_size` > 0.
         generator_size (`float`, defaults to 0.25): [`FeedbackForPreTraining`] (ELECTRA) only: the generator's
             width (hidden size, heads, feed-forward size) as a fraction of the model's; ELECTRA's best was 1/4-1/2.
         discriminator_loss_weight (`float`, defaults to 50.0): [`FeedbackForPreTraining`] only: weight of the
@@ -147,6 +157,8 @@ class FeedbackConfig(PretrainedConfig):
     sparse_prediction: bool = False
     ngram_vocab_size: int = 0
     ngram_sizes: list[int] | tuple[int, ...] = (2, 3)
+    char_vocab_size: int = 0
+    chars_per_token: int = 0
     generator_size: float = 0.25
     discriminator_loss_weight: float = 50.0
     check_input_values: bool = True
@@ -202,6 +214,8 @@ class FeedbackConfig(PretrainedConfig):
             integer(name, 1)
         integer("type_vocab_size", 0)
         integer("ngram_vocab_size", 0)
+        integer("char_vocab_size", 0)
+        integer("chars_per_token", 1 if self.char_vocab_size else 0)
         sizes = self.ngram_sizes
         if (not isinstance(sizes, (list, tuple)) or not sizes or len(set(sizes)) != len(sizes)
                 or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in sizes)):

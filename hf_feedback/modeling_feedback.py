@@ -327,7 +327,9 @@ class FeedbackEmbeddings(nn.Module):
     """Token + (learned or sinusoidal) position + segment embeddings, and, if configured, hashed n-gram embeddings
     (the embedding of the bigram and trigram of token ids that end at each token, from one table of
     `ngram_vocab_size` rows: word-pair evidence such as a negation before an adjective, which character n-gram
-    classifiers thrive on, is in the input instead of left for attention to find), then LayerNorm and dropout."""
+    classifiers thrive on, is in the input instead of left for attention to find) and character embeddings (the
+    mean embedding of the characters a token is written with, from `char_vocab_size` rows: a rare word piece
+    borrows what its characters learned in every other piece), then LayerNorm and dropout."""
 
     def __init__(self, config):
         super().__init__()
@@ -344,6 +346,12 @@ class FeedbackEmbeddings(nn.Module):
         self.ngram_embeddings = (
             nn.Embedding(config.ngram_vocab_size, config.hidden_size) if config.ngram_vocab_size > 0 else None
         )
+        self.char_embeddings = None
+        if config.char_vocab_size > 0:
+            self.char_embeddings = nn.Embedding(config.char_vocab_size, config.hidden_size, padding_idx=0)
+            # Row i: the character ids of token i, 0 past its last character (and for tokens without any).
+            self.register_buffer("token_characters",
+                                 torch.zeros(config.vocab_size, config.chars_per_token, dtype=torch.long))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -356,6 +364,13 @@ class FeedbackEmbeddings(nn.Module):
             ngrams = hashed_ngram_ids(input_ids, position_ids, self.config.ngram_sizes, self.config.ngram_vocab_size,
                                       self.config.pad_token_id or 0)  # (B, T, len(ngram_sizes))
             embeddings = embeddings + self.ngram_embeddings(ngrams).sum(dim=-2)
+        if self.char_embeddings is not None:
+            if input_ids is None:
+                raise ValueError("This model adds the embeddings of each token's characters (config.char_vocab_size "
+                                 "> 0): pass input_ids, not inputs_embeds")
+            chars = self.token_characters[input_ids]  # (B, T, chars_per_token)
+            count = (chars > 0).sum(-1, keepdim=True).clamp(min=1)  # (B, T, 1)
+            embeddings = embeddings + self.char_embeddings(chars).sum(dim=-2) / count
         if self.position_embeddings is not None:
             embeddings = embeddings + self.position_embeddings(position_ids)
         elif self.config.position_embedding_type == "sinusoidal":
@@ -728,6 +743,36 @@ class FeedbackPreTrainedModel(PreTrainedModel):
                 f"labels must lie in [0, num_labels={num_labels}) (or be -100 to ignore); got values in "
                 f"[{int(valid.min())}, {int(valid.max())}]"
             )
+
+    def _character_layers(self):
+        return [m for m in self.modules() if isinstance(m, FeedbackEmbeddings) and m.char_embeddings is not None]
+
+    def set_token_characters(self, table: torch.Tensor):
+        """Say which characters each token is written with: `table` (vocab_size, chars_per_token) holds character ids
+        in [0, char_vocab_size), 0 past a token's last character. Fills the `token_characters` of every embedding
+        layer (an ELECTRA generator's too); `hf_feedback.tokenization.token_characters(tokenizer)` makes the table."""
+        layers = self._character_layers()
+        if not layers:
+            raise ValueError("config.char_vocab_size is 0: this model has no character embeddings to index")
+        expected = tuple(layers[0].token_characters.shape)
+        if tuple(table.shape) != expected or table.dtype.is_floating_point:
+            raise ValueError(f"token characters must be integer ids of shape (vocab_size, chars_per_token) = {expected}, "
+                             f"got {table.dtype} of shape {tuple(table.shape)}")
+        if table.numel() and (table.min() < 0 or table.max() >= self.config.char_vocab_size):
+            raise ValueError(f"token characters must be ids in [0, char_vocab_size={self.config.char_vocab_size}), got "
+                             f"values in [{int(table.min())}, {int(table.max())}]")
+        for layer in layers:
+            layer.token_characters.copy_(table)
+
+    def resize_token_embeddings(self, *args, **kwargs):
+        # New tokens have no characters until set_token_characters says them; removed ones take theirs along.
+        embeddings = super().resize_token_embeddings(*args, **kwargs)
+        for layer in self._character_layers():
+            old, rows = layer.token_characters, embeddings.num_embeddings
+            new = old.new_zeros(rows, old.shape[1])
+            new[:min(rows, old.shape[0])] = old[:rows]
+            layer.token_characters = new  # a registered buffer: assignment replaces it
+        return embeddings
 
 
 # Keyword arguments of transformers' padding-free batches (FlashAttentionKwargs; `DataCollatorWithFlattening` with

@@ -21,7 +21,7 @@ from transformers.utils import logging
 from .collators import DataCollatorForPaddingFree
 from .configuration_feedback import FeedbackConfig
 from .failures import BadInput, bad_input_exits  # noqa: F401 (the recipes import it from here)
-from .tokenization import TOKENIZER_KINDS, train_tokenizer
+from .tokenization import TOKENIZER_KINDS, token_characters, train_tokenizer
 
 logger = logging.get_logger(__name__)
 
@@ -568,3 +568,27 @@ def parse_config_overrides(overrides: str | None) -> dict:
             value = raw
         result[key] = value
     return result
+
+
+def new_model(model_class, tokenizer, fields: dict, config_overrides: str | None, attn_implementation=None,
+              characters: bool = False):
+    """A new `model_class` sized for `tokenizer`: the recipe's `fields`, then the user's --config_overrides. With
+    `characters`, each token's embedding adds its characters' (FeedbackConfig.char_vocab_size, counted from the
+    tokenizer by `token_characters`); `--config_overrides char_vocab_size=0` turns that off, any other value of
+    it or of chars_per_token is refused (they are the tokenizer's to say)."""
+    overrides = parse_config_overrides(config_overrides)
+    table = None
+    if characters and overrides.get("char_vocab_size") != 0:
+        for name in ("char_vocab_size", "chars_per_token"):
+            if name in overrides:
+                raise RecipeError(f"--config_overrides {name}={overrides[name]}: a new model counts its characters "
+                                  "from the tokenizer; only char_vocab_size=0 (no character embeddings) can be set")
+        table, char_vocab_size = token_characters(tokenizer)
+        fields = {**fields, "char_vocab_size": char_vocab_size, "chars_per_token": table.shape[1]}
+    config = FeedbackConfig(**{"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, **fields,
+                               **overrides})
+    check_vocabulary(config, tokenizer)
+    model = model_class._from_config(config, attn_implementation=attn_implementation)
+    if table is not None:
+        model.set_token_characters(table)
+    return model

@@ -3,6 +3,7 @@
 import json
 from collections.abc import Iterable, Iterator
 
+import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 from transformers.utils import logging
@@ -160,3 +161,31 @@ def default_tokenizer_corpus() -> Iterator[str]:
     """
     yield from load_sentiment_reviews()["train"]["text"]
     yield from load_peoples_daily()["text"]
+
+
+# Markers a tokenizer adds to a token's text that are not characters of the text: the Metaspace word start of unigram
+# pieces and SentencePiece, a WordPiece continuation.
+_WORD_START, _CONTINUATION = "▁", "##"
+
+
+def token_characters(tokenizer) -> tuple[torch.Tensor, int]:
+    """Which characters each token of `tokenizer` is written with, for `FeedbackConfig.char_vocab_size`.
+
+    Returns `(table, char_vocab_size)`: `table` (vocab_size, longest token's character count) holds for token id i
+    the ids of its characters, numbered from 1 in sorted order, then 0s; special tokens and markers ('▁', a leading
+    '##') have none. `char_vocab_size` is the number of distinct characters + 1 (row 0: no character). Pass them as
+    `FeedbackConfig(char_vocab_size=..., chars_per_token=table.shape[1])`, then `model.set_token_characters(table)`.
+    """
+    special = set(tokenizer.all_special_tokens)
+    texts = []
+    for token in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))):
+        if token is None or token in special:
+            texts.append("")
+            continue
+        token = token.removeprefix(_CONTINUATION) if len(token) > len(_CONTINUATION) else token
+        texts.append(token.replace(_WORD_START, ""))
+    characters = {c: i for i, c in enumerate(sorted({c for text in texts for c in text}), start=1)}
+    table = torch.zeros(len(texts), max(1, max(map(len, texts), default=0)), dtype=torch.long)
+    for row, text in enumerate(texts):
+        table[row, :len(text)] = torch.tensor([characters[c] for c in text], dtype=torch.long)
+    return table, len(characters) + 1

@@ -25,7 +25,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from hf_feedback import FeedbackConfig, FeedbackForSequenceClassification
+from hf_feedback import FeedbackForSequenceClassification
 from hf_feedback.data import TRUNCATIONS, label_kind, load_text_classification_data, multi_hot, tokenize_dataset
 from hf_feedback.failures import load_pretrained
 from hf_feedback.lora import apply_lora
@@ -42,9 +42,9 @@ from hf_feedback.recipe_utils import (
     check_vocabulary,
     claim_run,
     load_or_train_tokenizer,
+    new_model,
     parse_args,
     checkpoint_config_overrides,
-    parse_config_overrides,
     print_saved,
     release_output_dir,
     sample_splits,
@@ -139,7 +139,12 @@ DEFAULTS = dict(
 # wins. Pre-norm: the residual stream stays an identity path at every depth, so a model from scratch trains at a
 # higher learning rate without the plateaus post-norm showed. Rotary positions: +0.65 test points over learned
 # absolute ones over three seeds (benchmarks/RECIPE_SEARCH.md, `rotary` against `absolute`, the earlier default),
-# and the architecture pretrain.py makes, so a model from scratch is the twin of a pretrained one.
+# and the architecture pretrain.py makes, so a model from scratch is the twin of a pretrained one. load_model also
+# gives a new model character embeddings (FeedbackConfig.char_vocab_size, counted from the tokenizer): the unigram
+# vocabulary makes whole words and phrases single pieces ('很干净'), most seen a handful of times, and each piece's
+# embedding then adds the mean of its characters', which every other piece trains too (`chars` against `rotary` in
+# benchmarks/RECIPE_SEARCH.md; --config_overrides char_vocab_size=0 turns them off). pretrain.py does not add them
+# yet: pretraining with them is not measured.
 NEW_MODEL = dict(norm_position="pre", position_embedding_type="rotary")
 
 
@@ -150,13 +155,9 @@ def load_model(model_args, tokenizer, label_names, max_seq_length, problem_type)
     labels = dict(id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
                   problem_type=problem_type)
     if model_args.model_name_or_path is None:
-        config = FeedbackConfig(
-            **{"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
-               "max_position_embeddings": max(512, max_seq_length), "num_labels": num_labels, **labels,
-               **NEW_MODEL, **parse_config_overrides(model_args.config_overrides)}
-        )
-        check_vocabulary(config, tokenizer)
-        return FeedbackForSequenceClassification._from_config(config, attn_implementation=model_args.attn_implementation)
+        return new_model(FeedbackForSequenceClassification, tokenizer,
+                         {"max_position_embeddings": max(512, max_seq_length), "num_labels": num_labels, **labels,
+                          **NEW_MODEL}, model_args.config_overrides, model_args.attn_implementation, characters=True)
 
     config = load_pretrained(AutoConfig.from_pretrained, model_args.model_name_or_path,
                              trust_remote_code=model_args.trust_remote_code)

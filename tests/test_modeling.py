@@ -92,6 +92,66 @@ def test_ngram_embeddings_need_input_ids(tiny_config):
         model(inputs_embeds=torch.zeros(1, 3, 32))
 
 
+def _with_characters(tiny_config, **overrides):
+    """A tiny encoder whose tokens 5-7 are written with characters: 5 = (1,), 6 = (1, 2), 7 = (2, 3, 1)."""
+    model = build(FeedbackModel, tiny_config(char_vocab_size=4, chars_per_token=3, **overrides))
+    table = torch.zeros(99, 3, dtype=torch.long)
+    table[5, :1], table[6, :2], table[7] = torch.tensor([1]), torch.tensor([1, 2]), torch.tensor([2, 3, 1])
+    model.set_token_characters(table)
+    return model
+
+
+def test_character_embeddings_add_the_mean_of_each_tokens_characters(tiny_config):
+    model = _with_characters(tiny_config, position_embedding_type="rotary")
+    embeddings = model.embeddings
+    ids = torch.tensor([[5, 6, 7, 9]])  # token 9 has no characters
+    chars = embeddings.char_embeddings.weight
+    expected = embeddings.word_embeddings(ids) + embeddings.token_type_embeddings.weight[0] + torch.stack(
+        [chars[1], (chars[1] + chars[2]) / 2, (chars[1] + chars[2] + chars[3]) / 3, torch.zeros(32)])[None]
+    out = embeddings(ids, torch.zeros_like(ids), torch.arange(4)[None])
+    torch.testing.assert_close(out, embeddings.norm(expected))
+    assert chars[0].abs().sum() == 0  # row 0, "no character", stays zero
+    # Characters are shared: a gradient through token 6 alone reaches the rows of characters 1 and 2, not 3.
+    embeddings(torch.tensor([[6]]), torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long)).sum().backward()
+    touched = embeddings.char_embeddings.weight.grad.abs().sum(-1) > 0
+    assert touched.tolist() == [False, True, True, False]
+
+
+def test_character_table_is_saved_with_the_weights(tiny_config, tmp_path):
+    model = _with_characters(tiny_config)
+    model.save_pretrained(tmp_path)
+    loaded = FeedbackModel.from_pretrained(tmp_path).eval()
+    assert torch.equal(loaded.embeddings.token_characters, model.embeddings.token_characters)
+    ids = torch.tensor([[5, 6, 7, 9, 2]])
+    torch.testing.assert_close(loaded(ids).last_hidden_state, model(ids).last_hidden_state)
+    # Without the characters the same weights give another output: the table is in use.
+    model.embeddings.token_characters.zero_()
+    assert not torch.allclose(loaded(ids).last_hidden_state, model(ids).last_hidden_state)
+
+
+def test_character_embeddings_check_their_table_and_need_input_ids(tiny_config):
+    model = _with_characters(tiny_config)
+    with pytest.raises(ValueError, match="pass input_ids, not inputs_embeds"):
+        model(inputs_embeds=torch.zeros(1, 3, 32))
+    with pytest.raises(ValueError, match=r"shape \(vocab_size, chars_per_token\) = \(99, 3\)"):
+        model.set_token_characters(torch.zeros(99, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"ids in \[0, char_vocab_size=4\), got values in \[4, 4\]"):
+        model.set_token_characters(torch.full((99, 3), 4))
+    with pytest.raises(ValueError, match="char_vocab_size is 0"):
+        build(FeedbackModel, tiny_config()).set_token_characters(torch.zeros(99, 3, dtype=torch.long))
+
+
+def test_resizing_the_vocabulary_keeps_each_kept_tokens_characters(tiny_config):
+    model = _with_characters(tiny_config)
+    table = model.embeddings.token_characters.clone()
+    model.resize_token_embeddings(101)
+    assert torch.equal(model.embeddings.token_characters[:99], table)
+    assert model.embeddings.token_characters[99:].abs().sum() == 0  # new tokens: no characters yet
+    model.resize_token_embeddings(6)
+    assert torch.equal(model.embeddings.token_characters, table[:6])
+    model(torch.tensor([[5, 2]]))  # ids of the smaller vocabulary still embed
+
+
 @pytest.mark.parametrize(
     "overrides, field",
     [
@@ -124,6 +184,8 @@ def test_ngram_embeddings_need_input_ids(tiny_config):
         (dict(ngram_sizes=[]), "ngram_sizes"),
         (dict(ngram_sizes=[2, 2]), "ngram_sizes"),
         (dict(ngram_sizes="2,3"), "ngram_sizes"),
+        (dict(char_vocab_size=-1), "char_vocab_size"),
+        (dict(char_vocab_size=5), r"chars_per_token must be an integer >= 1"),
     ],
 )
 def test_invalid_config_raises_naming_the_field(overrides, field):
@@ -331,7 +393,8 @@ def test_output_attentions_on_sdpa_returns_the_eager_probabilities(kind, tiny_co
 @pytest.mark.parametrize("model_class", HEADS)
 @pytest.mark.parametrize("overrides", [{}, dict(norm_position="pre", position_embedding_type="rotary", pooling="cls"),
                                        dict(position_embedding_type="sinusoidal", hidden_act="swiglu"),
-                                       dict(position_embedding_type="rotary", ngram_vocab_size=50)])
+                                       dict(position_embedding_type="rotary", ngram_vocab_size=50),
+                                       dict(char_vocab_size=7, chars_per_token=2)])
 def test_padding_never_leaks(model_class, overrides, tiny_config, batch):
     model = build(model_class, tiny_config(**overrides))
     input_ids, attention_mask = batch

@@ -26,7 +26,7 @@ from hf_feedback.__main__ import main as cli
 from hf_feedback.convert_bert import convert_bert
 from hf_feedback.data import load_sentiment_reviews
 from hf_feedback.recipe_utils import FineTuningModelArguments, resolve_resume
-from hf_feedback.tokenization import train_tokenizer
+from hf_feedback.tokenization import token_characters, train_tokenizer
 
 TINY_MODEL = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"
 # 960 reviews, 60 steps of 32: enough for the loss to fall well below log(2) on a tiny model.
@@ -115,7 +115,12 @@ def test_finetune_from_scratch_learns_and_writes_its_results(finetuned):
     # The saved folder is the model that was evaluated: reloaded, it classifies the same texts the same way.
     model = AutoModelForSequenceClassification.from_pretrained(finetuned).eval()
     assert model.config.id2label == {0: "negative", 1: "positive"}
-    inputs = reviews_inputs(AutoTokenizer.from_pretrained(finetuned))
+    # A new model adds each token's characters' embeddings, their table made from (and saved with) its tokenizer.
+    tokenizer = AutoTokenizer.from_pretrained(finetuned)
+    table, char_vocab_size = token_characters(tokenizer)
+    assert model.config.char_vocab_size == char_vocab_size > 1000 and model.config.chars_per_token == table.shape[1]
+    assert torch.equal(model.feedback.embeddings.token_characters, table)
+    inputs = reviews_inputs(tokenizer)
     with torch.no_grad():
         assert model(**inputs).logits.shape == (16, 2)
 
@@ -361,13 +366,16 @@ def test_a_train_file_alone_trains_without_evaluation(tmp_path, capsys):
     reviews = load_sentiment_reviews()["train"].select(range(200))
     reviews.to_csv(tmp_path / "train.csv", index=False)
     finetune.main(["--output_dir", str(tmp_path / "out"), "--train_file", str(tmp_path / "train.csv"),
-                   "--config_overrides", TINY_MODEL, "--tokenizer_vocab_size", "2000", "--max_steps", "4",
-                   "--early_stopping_patience", "2", "--disable_tqdm", "true"])
+                   "--config_overrides", TINY_MODEL + ",char_vocab_size=0", "--tokenizer_vocab_size", "2000",
+                   "--max_steps", "4", "--early_stopping_patience", "2", "--disable_tqdm", "true"])
     assert ("no validation split (--validation_file): evaluation during training is off; the model of the last step "
             "is kept (no evaluation to select a checkpoint by); --early_stopping_patience 2 is off: it needs the best checkpoint selected by evaluation") \
         in capsys.readouterr().out
     assert (tmp_path / "out" / "model.safetensors").is_file()
     assert not (tmp_path / "out" / "eval_results.json").exists()
+    # char_vocab_size=0: no character embeddings, and no table of them in the weights.
+    weights = load_file(tmp_path / "out" / "model.safetensors")
+    assert not [name for name in weights if "char" in name] and "feedback.embeddings.word_embeddings.weight" in weights
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -438,6 +446,9 @@ def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
     expect_exit(capsys, [*out, *few, "--config_overrides", "ngram_sizes=2+x"],
                 "--config_overrides ngram_sizes=2+x: ngram_sizes is a list of integers joined by '+', e.g. ngram_sizes=2+3")
     expect_exit(capsys, [*out, *few, "--config_overrides", "ngram_sizes=1+2"], "FeedbackConfig.ngram_sizes")
+    expect_exit(capsys, [*out, *few, "--config_overrides", "char_vocab_size=5"],
+                "--config_overrides char_vocab_size=5: a new model counts its characters from the tokenizer; only "
+                "char_vocab_size=0 (no character embeddings) can be set")
     expect_exit(capsys, [*out, "--model_name_or_path", str(tmp_path / "nowhere")],
                 f"{tmp_path / 'nowhere'}: no such folder (--model_name_or_path / --tokenizer_name)")
     # A checkpoint copied short: the file is named, not a bare SafetensorError.

@@ -5,7 +5,7 @@ import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from hf_feedback.data import load_sentiment_reviews, tokenize_dataset
-from hf_feedback.tokenization import SPECIAL_TOKENS, default_tokenizer_corpus, train_tokenizer
+from hf_feedback.tokenization import SPECIAL_TOKENS, default_tokenizer_corpus, token_characters, train_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +188,25 @@ def test_head_tail_truncation_keeps_the_opening_and_the_ending(tokenizer, review
     assert tokenize_dataset(short, tokenizer, 32, truncation="head_tail")["input_ids"] == [tokenizer("好")["input_ids"]]
     with pytest.raises(ValueError, match=r"truncation must be one of \['head', 'head_tail'\], got 'middle'"):
         tokenize_dataset(short, tokenizer, 32, truncation="middle")
+
+
+def test_token_characters_number_each_character_once_across_tokens(unigram, tokenizer):
+    table, char_vocab_size = token_characters(unigram)
+    pieces = unigram.convert_ids_to_tokens(list(range(len(unigram))))
+    assert table.shape == (len(unigram), max(len(p.replace("▁", "")) for p in pieces if p not in SPECIAL_TOKENS))
+    assert table[unigram.convert_tokens_to_ids(SPECIAL_TOKENS)].abs().sum() == 0  # special tokens: no characters
+    ids = {}
+    for piece, row in zip(pieces, table.tolist()):
+        if piece in SPECIAL_TOKENS:
+            continue
+        text = piece.replace("▁", "")
+        assert row[len(text):] == [0] * (table.shape[1] - len(text))
+        for character, i in zip(text, row):
+            assert ids.setdefault(character, i) == i  # one id per character, whichever token holds it
+    assert sorted(ids.values()) == list(range(1, char_vocab_size)) and len(ids) > 1000
+    word = next(p for p in pieces if len(p) == 3 and "▁" not in p)
+    assert table[unigram.convert_tokens_to_ids(word)].tolist() == [ids[c] for c in word] + [0] * (table.shape[1] - 3)
+    # WordPiece: a continuation's '##' is a marker, not characters.
+    wordpiece_table, _ = token_characters(tokenizer)
+    continuation = next(t for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))) if t.startswith("##"))
+    assert (wordpiece_table[tokenizer.convert_tokens_to_ids(continuation)] > 0).sum() == len(continuation) - 2
