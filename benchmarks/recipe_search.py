@@ -66,9 +66,9 @@ VARIANTS = {
                                             "norm_position=pre,pooling=max"]),
     "1ep-unigram16k-dropout0.2": (UNIGRAM16K, [*ONE_EPOCH, *RANDOM, *PRE_1E3, *BEST, "--config_overrides",
                                                "norm_position=pre,hidden_dropout_prob=0.2,attention_probs_dropout_prob=0.2"]),
-    # finetune.py's defaults as they now stand (unigram 16k, random batches, pre-norm, rotary positions, lr 1e-3,
-    # 2 epochs decaying to 0 with the best checkpoint by validation macro F1), and the levers for imbalanced and long
-    # data.
+    # finetune.py's defaults as they stood before character embeddings (unigram 16k, random batches, pre-norm, rotary
+    # positions, lr 1e-3, 2 epochs decaying to 0 with the best checkpoint by validation macro F1; char_vocab_size=0 is
+    # added below), and the levers for imbalanced and long data.
     "default": (UNIGRAM16K, []),
     # The defaults before rotary positions became one (learned absolute positions); the rows were run as `default`.
     "absolute": (UNIGRAM16K, ["--config_overrides", "norm_position=pre,position_embedding_type=absolute"]),
@@ -149,10 +149,19 @@ for _name in ("screen-unigram16k-grouped", "screen-unigram16k-random", "unigram1
     VARIANTS[_name] = (_kind, with_override(_arguments, "position_embedding_type=absolute"), *_base)
 # Every variant of a new model recorded before character embeddings became a new model's default spells them off,
 # so that a rerun repeats what was recorded; `chars` is the default that turned them on.
+# Their rows, recorded under the arguments without it, still count as runs of the variant (`same_arguments`).
 VARIANTS["chars"] = (UNIGRAM16K, ["--config_overrides", "norm_position=pre,position_embedding_type=rotary"])
+_BEFORE_CHARACTERS = {}
 for _name, (_kind, _arguments, *_base) in list(VARIANTS.items()):
     if _name != "chars" and _kind[0] in ("unigram", "wordpiece") and not _base:
+        _BEFORE_CHARACTERS[_name] = _arguments
         VARIANTS[_name] = (_kind, with_override(_arguments, "char_vocab_size=0"), *_base)
+
+
+def same_arguments(variant, arguments):
+    """Whether a row run with `arguments` is a run of `variant` as it is defined now (or, for a variant recorded
+    before character embeddings became the default, as it was defined then)."""
+    return arguments in (VARIANTS[variant][1], _BEFORE_CHARACTERS.get(variant))
 
 # Task-adaptive pretraining (recipes/pretrain.py on the task's own training texts, labels unused), run once per task
 # with seed 42 and the variant's tokenizer; the fine-tuning variants that name it start from its output. Rotary

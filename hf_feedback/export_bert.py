@@ -29,7 +29,8 @@ HEADS = {
     "FeedbackForTokenClassification": "BertForTokenClassification",
 }
 # What a FeedbackConfig must say to be BERT. Pooling matters only where the pooled vector is an output.
-BERT_FIELDS = {"norm_position": "post", "position_embedding_type": "absolute", "hidden_act": "gelu"}
+BERT_FIELDS = {"norm_position": "post", "position_embedding_type": "absolute", "hidden_act": "gelu",
+               "ngram_vocab_size": 0, "char_vocab_size": 0}
 POOLED_HEADS = ("FeedbackModel", "FeedbackForSequenceClassification")
 
 

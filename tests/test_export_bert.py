@@ -68,6 +68,8 @@ def test_export_computes_the_same_numbers_in_bert_and_converts_back_exactly(tiny
     (dict(position_embedding_type="rotary", hidden_act="swiglu"),
      ["position_embedding_type='rotary' (BERT: 'absolute')", "hidden_act='swiglu' (BERT: 'gelu')"]),
     (dict(pooling="mean"), ["pooling='mean' (BERT: 'cls')"]),
+    (dict(char_vocab_size=5, chars_per_token=2, ngram_vocab_size=7),
+     ["ngram_vocab_size=7 (BERT: 0)", "char_vocab_size=5 (BERT: 0)"]),
 ])
 def test_a_model_that_is_not_bert_is_refused_naming_each_field(tiny_config, tmp_path, overrides, named):
     FeedbackForSequenceClassification(tiny_config(**{**BERT_CASE, **overrides})).save_pretrained(tmp_path / "ours")

@@ -145,7 +145,11 @@ def regression_model(tmp_path_factory):
     output_dir = folder / "model"
     finetune.main(["--output_dir", str(output_dir), "--train_file", str(folder / "train.csv"),
                    "--validation_file", str(folder / "validation.csv"), "--test_file", str(folder / "test.csv"),
-                   "--text_column", "review", "--label_column", "log_length", "--config_overrides", TINY_MODEL,
+                   # Without character embeddings: in 90 steps this tiny model's predictions, near the mean in
+                   # either case (test MSE 0.92), follow the lengths with Pearson r 0.75-0.76 without them and
+                   # 0.24-0.41 with them (seeds 42, 43): the task's machinery is what this checks.
+                   "--text_column", "review", "--label_column", "log_length",
+                   "--config_overrides", TINY_MODEL + ",char_vocab_size=0",
                    "--tokenizer_vocab_size", "2000", "--max_seq_length", "64", "--max_steps", "90",
                    "--learning_rate", "3e-3", "--logging_steps", "10", "--eval_steps", "30", "--save_steps", "30",
                    "--disable_tqdm", "true"])
