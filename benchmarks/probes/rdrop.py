@@ -7,7 +7,8 @@ Each training batch goes through the model twice in one forward (the batch conca
 dropout masks); the loss is the mean cross-entropy of both plus RDROP_ALPHA times the symmetric KL divergence of
 their predicted distributions, which makes the model's prediction agree with itself under dropout. A step costs
 about twice the default's: one epoch of it is the default's two epochs of compute. Evaluation is unchanged.
-recipes/finetune.py with its defaults otherwise. A probe, not a recipe option.
+recipes/finetune.py with its defaults otherwise. A probe, not a recipe option. Not measured yet: its first run
+(one epoch, alpha 1.0, seed 42) was stopped to give the CPU to the character-embedding rows.
 """
 import os
 import sys
