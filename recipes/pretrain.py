@@ -28,7 +28,7 @@ import datasets
 import torch
 from transformers import AutoConfig, DataCollatorForLanguageModeling, TrainingArguments
 
-from hf_feedback import FeedbackConfig, FeedbackForCausalLM, FeedbackForMaskedLM, FeedbackForPreTraining
+from hf_feedback import FeedbackForCausalLM, FeedbackForMaskedLM, FeedbackForPreTraining
 from hf_feedback.data import load_peoples_daily, load_sentiment_reviews, load_text_corpus, tokenize_dataset
 from hf_feedback.failures import load_pretrained
 from hf_feedback.model_card import BUNDLED_PEOPLES_DAILY, BUNDLED_REVIEWS, write_model_card
@@ -44,7 +44,7 @@ from hf_feedback.recipe_utils import (
     load_or_train_tokenizer,
     parse_args,
     checkpoint_config_overrides,
-    parse_config_overrides,
+    new_model,
     release_output_dir,
     sample,
     training_collator,
@@ -171,13 +171,11 @@ def main(argv=None):
             # float32 master weights whatever the checkpoint's dtype; mixed precision comes from autocast.
             model = load_pretrained(model_class.from_pretrained, model_args.model_name_or_path, **overrides,
                                     dtype=torch.float32)
+            check_vocabulary(model.config, tokenizer)
         else:
-            config = FeedbackConfig(**{"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
-                                       "max_position_embeddings": max(512, data_args.max_seq_length),
-                                       **NEW_MODEL, **objective_config,
-                                       **parse_config_overrides(model_args.config_overrides)})
-            model = model_class(config)
-        check_vocabulary(model.config, tokenizer)
+            model = new_model(model_class, tokenizer,
+                              {"max_position_embeddings": max(512, data_args.max_seq_length), **NEW_MODEL,
+                               **objective_config}, model_args.config_overrides)
         with training_args.main_process_first(desc="tokenizing"):
             max_length = min(data_args.max_seq_length, model.config.max_position_embeddings)
             tokenized = tokenize_dataset(datasets.DatasetDict(train=splits["train"], validation=splits["test"]),

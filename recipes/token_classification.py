@@ -19,7 +19,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForTokenClassification, DataCollatorForTokenClassification, TrainingArguments
 
-from hf_feedback import FeedbackConfig, FeedbackForTokenClassification
+from hf_feedback import FeedbackForTokenClassification
 from hf_feedback.failures import load_pretrained
 from hf_feedback.model_card import BUNDLED_PEOPLES_DAILY, write_model_card
 from hf_feedback.plots import plot_training_curves
@@ -34,7 +34,7 @@ from hf_feedback.recipe_utils import (
     load_or_train_tokenizer,
     parse_args,
     checkpoint_config_overrides,
-    parse_config_overrides,
+    new_model,
     print_saved,
     release_output_dir,
     sample_splits,
@@ -97,11 +97,9 @@ def load_model(model_args, tokenizer, label_names, max_seq_length):
     labels = dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
                   label2id={name: i for i, name in enumerate(label_names)})
     if model_args.model_name_or_path is None:
-        config = FeedbackConfig(**{"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
-                                   "max_position_embeddings": max(512, max_seq_length), **labels, **NEW_MODEL,
-                                   **parse_config_overrides(model_args.config_overrides)})
-        check_vocabulary(config, tokenizer)
-        return FeedbackForTokenClassification._from_config(config, attn_implementation=model_args.attn_implementation)
+        return new_model(FeedbackForTokenClassification, tokenizer,
+                         {"max_position_embeddings": max(512, max_seq_length), **labels, **NEW_MODEL},
+                         model_args.config_overrides, model_args.attn_implementation)
     config = load_pretrained(AutoConfig.from_pretrained, model_args.model_name_or_path,
                              trust_remote_code=model_args.trust_remote_code)
     overrides = checkpoint_config_overrides(model_args.config_overrides, config, model_args.model_name_or_path)
