@@ -148,20 +148,23 @@ for _name in ("screen-unigram16k-grouped", "screen-unigram16k-random", "unigram1
     _kind, _arguments, *_base = VARIANTS[_name]
     VARIANTS[_name] = (_kind, with_override(_arguments, "position_embedding_type=absolute"), *_base)
 # Every variant of a new model recorded before character embeddings became a new model's default spells them off,
-# so that a rerun repeats what was recorded; `chars` is the default that turned them on.
-# Their rows, recorded under the arguments without it, still count as runs of the variant (`same_arguments`).
+# and every one recorded before co-occurrence embeddings did (`chars` included) spells `--embedding_init random`, so
+# that a rerun repeats what was recorded; `chars` turned the first on, `cooccurrence` is the default with both.
+# Their rows, recorded under the arguments of their time, still count as runs of the variant (`same_arguments`).
 VARIANTS["chars"] = (UNIGRAM16K, ["--config_overrides", "norm_position=pre,position_embedding_type=rotary"])
-_BEFORE_CHARACTERS = {}
+_RECORDED_AS = {}
 for _name, (_kind, _arguments, *_base) in list(VARIANTS.items()):
-    if _name != "chars" and _kind[0] in ("unigram", "wordpiece") and not _base:
-        _BEFORE_CHARACTERS[_name] = _arguments
-        VARIANTS[_name] = (_kind, with_override(_arguments, "char_vocab_size=0"), *_base)
+    if _kind[0] in ("unigram", "wordpiece") and not _base:
+        _now = _arguments if _name == "chars" else with_override(_arguments, "char_vocab_size=0")
+        _RECORDED_AS[_name] = [_arguments, _now]
+        VARIANTS[_name] = (_kind, [*_now, "--embedding_init", "random"], *_base)
+VARIANTS["cooccurrence"] = (UNIGRAM16K, ["--config_overrides", "norm_position=pre,position_embedding_type=rotary"])
 
 
 def same_arguments(variant, arguments):
     """Whether a row run with `arguments` is a run of `variant` as it is defined now (or, for a variant recorded
-    before character embeddings became the default, as it was defined then)."""
-    return arguments in (VARIANTS[variant][1], _BEFORE_CHARACTERS.get(variant))
+    before a later default, as it was defined then)."""
+    return arguments == VARIANTS[variant][1] or arguments in _RECORDED_AS.get(variant, [])
 
 # Task-adaptive pretraining (recipes/pretrain.py on the task's own training texts, labels unused), run once per task
 # with seed 42 and the variant's tokenizer; the fine-tuning variants that name it start from its output. Rotary

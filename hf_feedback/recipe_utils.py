@@ -21,7 +21,7 @@ from transformers.utils import logging
 from .collators import DataCollatorForPaddingFree
 from .configuration_feedback import FeedbackConfig
 from .failures import BadInput, bad_input_exits  # noqa: F401 (the recipes import it from here)
-from .tokenization import TOKENIZER_KINDS, token_characters, train_tokenizer
+from .tokenization import TOKENIZER_KINDS, cooccurrence_vectors, token_characters, train_tokenizer
 
 logger = logging.get_logger(__name__)
 
@@ -592,3 +592,24 @@ def new_model(model_class, tokenizer, fields: dict, config_overrides: str | None
     if table is not None:
         model.set_token_characters(table)
     return model
+
+
+def init_embeddings_from_cooccurrence(model, tokenizer, texts, window: int = 5) -> int:
+    """Start a new `model`'s token embeddings from how tokens co-occur in `texts` (`cooccurrence_vectors`, PPMI-SVD;
+    seconds on tens of thousands of texts): the row of each token that occurs becomes its vector scaled to the mean
+    norm of the random rows it replaces; special tokens and tokens without a vector keep their random rows. Returns
+    the number of rows set. Labels are not used, only the texts the model is about to train on."""
+    embeddings, texts = model.get_input_embeddings().weight, list(texts)
+
+    def sequences(batch=10_000):
+        for start in range(0, len(texts), batch):
+            yield from tokenizer(list(texts[start:start + batch]), add_special_tokens=False, verbose=False)["input_ids"]
+
+    vectors, counts = cooccurrence_vectors(sequences(), embeddings.shape[0], embeddings.shape[1], window)
+    norms = vectors.norm(dim=1)
+    chosen = (counts > 0) & (norms > 0)
+    chosen[[i for i in tokenizer.all_special_ids if i < len(chosen)]] = False
+    with torch.no_grad():
+        scale = embeddings.norm(dim=1).mean()
+        embeddings[chosen] = (vectors[chosen] / norms[chosen, None] * scale).to(embeddings.dtype)
+    return int(chosen.sum())

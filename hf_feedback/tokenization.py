@@ -3,7 +3,10 @@
 import json
 from collections.abc import Iterable, Iterator
 
+import numpy as np
 import torch
+from scipy import sparse
+from sklearn.utils.extmath import randomized_svd
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 from transformers.utils import logging
@@ -189,3 +192,67 @@ def token_characters(tokenizer) -> tuple[torch.Tensor, int]:
     for row, text in enumerate(texts):
         table[row, :len(text)] = torch.tensor([characters[c] for c in text], dtype=torch.long)
     return table, len(characters) + 1
+
+
+def cooccurrence_vectors(
+    sequences: Iterable[list[int]], vocab_size: int, dim: int, window: int = 5, max_tokens: int = 20_000_000,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token vectors from how tokens co-occur in `sequences` (lists of token ids), for starting a new model's
+    embeddings: PPMI-SVD (Levy, Goldberg & Dagan 2015, "Improving Distributional Similarity with Lessons Learned from
+    Word Embeddings", where it matches word2vec on corpora of this size).
+
+    Every pair of tokens at most `window` apart within a sequence counts 1/distance, both ways; the counts become
+    positive pointwise mutual information with the context distribution smoothed by the power 0.75; a rank-`dim`
+    truncated SVD U S V^T of that matrix gives token i the vector U_i sqrt(S). Only the first sequences up to
+    `max_tokens` tokens are counted. Returns `(vectors, counts)`: float32 (vocab_size, dim) and int64 (vocab_size,),
+    how often each token occurs; a token that never occurs, or has no neighbour with positive PMI, gets a zero row.
+    """
+    if window < 1:
+        raise ValueError(f"window must be at least 1 token, got {window}")
+    pairs = sparse.csr_matrix((vocab_size, vocab_size), dtype=np.float64)
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    chunk, in_chunk, seen = [], 0, 0
+
+    def add(chunk):
+        # Sequences end to end, `window` gaps of -1 between them so that no pair crosses from one to the next.
+        flat = np.concatenate([np.concatenate([np.asarray(s, dtype=np.int64), np.full(window, -1)]) for s in chunk])
+        counts[:] += np.bincount(flat[flat >= 0], minlength=vocab_size)
+        rows, cols, weights = [], [], []
+        for distance in range(1, window + 1):
+            first, second = flat[:-distance], flat[distance:]
+            keep = (first >= 0) & (second >= 0)
+            rows += [first[keep], second[keep]]
+            cols += [second[keep], first[keep]]
+            weights.append(np.full(2 * int(keep.sum()), 1.0 / distance))
+        return sparse.csr_matrix((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))),
+                                 shape=(vocab_size, vocab_size))
+
+    for sequence in sequences:
+        sequence = list(sequence)[: max_tokens - seen]
+        chunk.append(sequence)
+        seen += len(sequence)
+        in_chunk += len(sequence)
+        if in_chunk >= 1_000_000:  # bounded memory: pairs of a million tokens at a time
+            pairs, chunk, in_chunk = pairs + add(chunk), [], 0
+        if seen >= max_tokens:
+            break
+    if chunk:
+        pairs = pairs + add(chunk)
+    vectors = np.zeros((vocab_size, dim), dtype=np.float32)
+    if pairs.nnz:
+        total = pairs.sum()
+        word = np.asarray(pairs.sum(1)).ravel() / total
+        context = np.asarray(pairs.sum(0)).ravel() ** 0.75
+        context /= context.sum()
+        pairs = pairs.tocoo()
+        pmi = np.log(pairs.data / total / (word[pairs.row] * context[pairs.col]))
+        positive = pmi > 0
+        ppmi = sparse.csr_matrix((pmi[positive], (pairs.row[positive], pairs.col[positive])),
+                                 shape=(vocab_size, vocab_size))
+        rank = min(dim, vocab_size - 1)
+        if ppmi.nnz and rank > 0:
+            u, s, _ = randomized_svd(ppmi, n_components=rank, random_state=seed)
+            vectors[:, :rank] = u * np.sqrt(s)
+            vectors[np.diff(ppmi.indptr) == 0] = 0  # exactly zero, not the SVD's rounding, where nothing is known
+    return torch.from_numpy(vectors), torch.from_numpy(counts)

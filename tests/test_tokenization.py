@@ -2,10 +2,17 @@
 
 import datasets
 import pytest
+import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from hf_feedback.data import load_sentiment_reviews, tokenize_dataset
-from hf_feedback.tokenization import SPECIAL_TOKENS, default_tokenizer_corpus, token_characters, train_tokenizer
+from hf_feedback.tokenization import (
+    SPECIAL_TOKENS,
+    cooccurrence_vectors,
+    default_tokenizer_corpus,
+    token_characters,
+    train_tokenizer,
+)
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +217,41 @@ def test_token_characters_number_each_character_once_across_tokens(unigram, toke
     wordpiece_table, _ = token_characters(tokenizer)
     continuation = next(t for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))) if t.startswith("##"))
     assert (wordpiece_table[tokenizer.convert_tokens_to_ids(continuation)] > 0).sum() == len(continuation) - 2
+
+
+# --- co-occurrence vectors (a new model's starting embeddings) ---
+
+
+def test_cooccurrence_vectors_point_tokens_of_the_same_contexts_the_same_way():
+    # 5 and 6 only ever stand between 1 and 2, 7 and 8 between 3 and 4; 0 and 9 never occur.
+    sequences = [[1, 5, 2], [1, 6, 2], [3, 7, 4], [3, 8, 4]] * 20
+    vectors, counts = cooccurrence_vectors(sequences, vocab_size=10, dim=4, window=2)
+    assert vectors.shape == (10, 4) and vectors.dtype == torch.float32
+    assert counts.tolist() == [0, 40, 40, 40, 40, 20, 20, 20, 20, 0]
+    assert vectors[[0, 9]].abs().sum() == 0
+    unit = torch.nn.functional.normalize(vectors[1:9], dim=1)
+    cosine = unit @ unit.T  # rows: tokens 1..8
+    assert cosine[4, 5] > 0.999 and cosine[6, 7] > 0.999  # 5 ~ 6, 7 ~ 8
+    assert cosine[4, 6].abs() < 1e-3 and cosine[0, 2].abs() < 1e-3  # nothing shared: orthogonal
+    # Wider than the vocabulary: the extra columns stay 0. A token budget counts the first sequences only.
+    wide, _ = cooccurrence_vectors(sequences, vocab_size=10, dim=16, window=2)
+    assert wide.shape == (10, 16) and wide[:, 9:].abs().sum() == 0
+    _, first = cooccurrence_vectors(sequences, vocab_size=10, dim=4, window=2, max_tokens=6)
+    assert first.tolist() == [0, 2, 2, 0, 0, 1, 1, 0, 0, 0]
+    with pytest.raises(ValueError, match="window must be at least 1 token, got 0"):
+        cooccurrence_vectors(sequences, vocab_size=10, dim=4, window=0)
+
+
+def test_cooccurrence_vectors_of_reviews_put_words_near_their_kin(unigram, reviews):
+    ids = unigram(reviews["train"]["text"][:2000], add_special_tokens=False, verbose=False)["input_ids"]
+    vectors, counts = cooccurrence_vectors(ids, vocab_size=len(unigram), dim=64)
+    assert counts.sum() == sum(map(len, ids))
+    assert vectors[unigram.convert_tokens_to_ids(SPECIAL_TOKENS)].abs().sum() == 0
+    unit = torch.nn.functional.normalize(vectors, dim=1)
+    vocabulary = unigram.get_vocab()
+    for word, kin in (("不错", "很好"), ("酒店", "宾馆")):  # "not bad" / "very good"; "hotel" / "guesthouse"
+        similarity = unit @ unit[vocabulary[word]]
+        similarity[vocabulary[word]] = -1
+        nearest = unigram.convert_ids_to_tokens(similarity.argsort(descending=True)[:3].tolist())
+        assert kin in nearest, (word, nearest)
+        assert similarity[vocabulary[kin]] > 0.5 > similarity[counts > 0].abs().median() + 0.25
