@@ -159,6 +159,10 @@ for _name, (_kind, _arguments, *_base) in list(VARIANTS.items()):
         _RECORDED_AS[_name] = [_arguments, _now]
         VARIANTS[_name] = (_kind, [*_now, "--embedding_init", "random"], *_base)
 VARIANTS["cooccurrence"] = (UNIGRAM16K, ["--config_overrides", "norm_position=pre,position_embedding_type=rotary"])
+# Long texts under the default with (and, `chars-head_tail256`, without) co-occurrence embeddings.
+VARIANTS["cooccurrence-head_tail256"] = (UNIGRAM16K, ["--max_seq_length", "256", "--truncation", "head_tail"])
+VARIANTS["chars-head_tail256"] = (UNIGRAM16K, ["--max_seq_length", "256", "--truncation", "head_tail",
+                                               "--embedding_init", "random"])
 
 
 def same_arguments(variant, arguments):
@@ -337,9 +341,11 @@ def write_table():
              "Each row: one variant of `recipes/finetune.py` on one task, mean ± std over the seeds run, with the "
              "tokenizer saved once so that seeds differ only by seed. Wall time is the mean per run and only "
              "comparable between runs made on the otherwise idle 2-core CPU. Raw rows: "
-             "`benchmarks/results/recipe_search.jsonl`. Arguments are those given on top of finetune.py's defaults at the "
-             "time of the run; rows run under earlier defaults spell those out (`3ep-patience3*`: up to 3 epochs with "
-             "early stopping; `position_embedding_type=absolute`: run before rotary positions became the default). Tasks (`benchmarks/tasks.py`): `reviews`, the bundled task; `reviews-imbalanced`, "
+             "`benchmarks/results/recipe_search.jsonl`. Arguments are those a rerun of the variant gives on top of "
+             "finetune.py's defaults of today, which spell out the defaults of the run's time (`3ep-patience3*`: up to 3 "
+             "epochs with early stopping; `position_embedding_type=absolute`: run before rotary positions became the "
+             "default; `char_vocab_size=0`: before character embeddings; `--embedding_init random`: before "
+             "co-occurrence embeddings). Tasks (`benchmarks/tasks.py`): `reviews`, the bundled task; `reviews-imbalanced`, "
              "10% negatives; `longmix3`, three classes of long multi-part reviews with a 10% `mixed` class.", ""]
     for task in sorted({task for task, _ in groups}):
         lines += [f"## {task}", "", "| variant | tokenizer | arguments | seeds | test accuracy | test macro F1 | "
@@ -347,8 +353,10 @@ def write_table():
         for (t, variant), runs in groups.items():
             if t != task:
                 continue
+            arguments = VARIANTS[variant][1] if variant in VARIANTS and same_arguments(
+                variant, runs[0]["arguments"]) else runs[0]["arguments"]
             lines.append(
-                f"| {variant} | {' '.join(str(x) for x in runs[0]['tokenizer'] if x)} | `{' '.join(runs[0]['arguments'])}` "
+                f"| {variant} | {' '.join(str(x) for x in runs[0]['tokenizer'] if x)} | `{' '.join(arguments)}` "
                 f"| {len(runs)} | {_mean_std([r['test_accuracy'] for r in runs])} | "
                 f"{_mean_std([r['test_f1'] for r in runs])} | "
                 f"{_mean_std([r['eval_f1'] for r in runs]) if 'eval_f1' in runs[0] else '—'} | "

@@ -165,7 +165,8 @@ DEFAULTS = dict(
 # vocabulary makes whole words and phrases single pieces ('很干净'), most seen a handful of times, and each piece's
 # embedding then adds the mean of its characters', which every other piece trains too (`chars` against `rotary` in
 # benchmarks/RECIPE_SEARCH.md; --config_overrides char_vocab_size=0 turns them off). pretrain.py does not add them
-# yet: pretraining with them is not measured.
+# yet: pretraining with them is not measured. main() then starts the token embeddings from how tokens co-occur in
+# the training texts (--embedding_init; `cooccurrence` against `chars` in benchmarks/RECIPE_SEARCH.md).
 NEW_MODEL = dict(norm_position="pre", position_embedding_type="rotary")
 
 
