@@ -27,8 +27,9 @@ TASK = "reviews"
 SEEDS = (42, 43, 44)
 # Rows of the report: (title, recipe-search variant). The variants' exact arguments are in recipe_search.VARIANTS.
 # The main job is the `cooccurrence` variant: its arguments spell out what finetune.py's NEW_MODEL now gives a new
-# model; load_model adds character embeddings and main() starts the token embeddings from co-occurrences. The pretrained rows start from pretrain.py's architecture, which has none:
-# the `rotary` variant (the main job before character embeddings) is their twin from scratch.
+# model; load_model adds character embeddings and main() starts the token embeddings from co-occurrences. The
+# pretrained rows start from pretrain.py's architecture, which has neither: the `rotary` variant (the main job before
+# character embeddings) is their twin from scratch.
 TFIDF, SCRATCH, TWIN, ABSOLUTE, PRETRAINED, NODROP, ELECTRA, LORA = (
     "tfidf", "cooccurrence", "rotary", "absolute", "tapt-mlm30-rotary-lr5e-4", "tapt-mlm30-nodrop-lr5e-4",
     "tapt-electra-rotary-lr5e-4", "tapt-mlm30-rotary-lora-emb-lr2e-3")
@@ -225,8 +226,7 @@ READING = [
     "results/rdrop_probe.txt: one epoch at the default's compute, one seed, below the default), and token embeddings "
     "that start from PPMI-SVD vectors of the training texts' co-occurrences (`cooccurrence` against `chars`: a tie "
     "within the seed std on the reviews, +3 macro F1 points on the imbalanced reviews, one seed; now the default). "
-    "Validation accuracy levels off "
-    "within the first epoch for every one of them: 14k short reviews are not enough for a transformer from scratch "
+    "Validation accuracy levels off within the first epoch for every one of them: 14k short reviews are not enough for a transformer from scratch "
     "to out-learn character n-grams; what moves it is knowledge from outside the labels.",
     "- Pretraining: task-adaptive masked-LM pretraining on the training texts (30% masking, rotary, pre-norm, ~11 "
     "epochs in 2,400 steps) is the first configuration to beat TF-IDF, and the gain over the same model from "

@@ -603,7 +603,7 @@ def init_embeddings_from_cooccurrence(model, tokenizer, texts, window: int = 5) 
 
     def sequences(batch=10_000):
         for start in range(0, len(texts), batch):
-            yield from tokenizer(list(texts[start:start + batch]), add_special_tokens=False, verbose=False)["input_ids"]
+            yield from tokenizer(texts[start:start + batch], add_special_tokens=False, verbose=False)["input_ids"]
 
     vectors, counts = cooccurrence_vectors(sequences(), embeddings.shape[0], embeddings.shape[1], window)
     norms = vectors.norm(dim=1)
