@@ -52,14 +52,18 @@ def test_accuracy_section_reads_the_recipe_search_runs_and_judges_the_targets(tm
                 "all_parameters": 1000, **extra}
 
     pretrained = {"pretrain_wall_s": 1800.0}
-    lines = [row("tfidf", 42, 0.84), row("chars", 42, 0.50), row("chars", 42, 0.85),  # a rerun replaces seed 42
-             row("chars", 43, 0.83), row("chars", 44, 0.87), row("chars", 45, 0.10),
-             {**row("chars", 44, 0.10), "arguments": ["--num_train_epochs", "9"]},  # another recipe: not counted
-             {**row("chars", 43, 0.10), "task": "longmix3"},
+    lines = [row("tfidf", 42, 0.84),
+             row("cooccurrence", 42, 0.50), row("cooccurrence", 42, 0.85),  # a rerun replaces seed 42
+             row("cooccurrence", 43, 0.83), row("cooccurrence", 44, 0.87), row("cooccurrence", 45, 0.10),
+             {**row("cooccurrence", 44, 0.10), "arguments": ["--num_train_epochs", "9"]},  # another recipe: not counted
+             {**row("cooccurrence", 43, 0.10), "task": "longmix3"},
              # The pretrained rows' twin; seed 42 recorded before character embeddings were a default to spell off.
              {**row("rotary", 42, 0.85), "arguments": ["--config_overrides",
                                                       "norm_position=pre,position_embedding_type=rotary"]},
              row("rotary", 43, 0.85), row("rotary", 44, 0.85),
+             # The default before co-occurrence embeddings, recorded before it spelled `--embedding_init random`.
+             {**row("chars", 42, 0.83), "arguments": ["--config_overrides",
+                                                     "norm_position=pre,position_embedding_type=rotary"]},
              *(row("absolute", seed, 0.82) for seed in (42, 43, 44)),
              *(row("tapt-mlm30-rotary-lr5e-4", seed, 0.87, **pretrained) for seed in (42, 43, 44)),
              *(row("tapt-electra-rotary-lr5e-4", seed, 0.86, **pretrained) for seed in (42, 43, 44)),
@@ -69,8 +73,9 @@ def test_accuracy_section_reads_the_recipe_search_runs_and_judges_the_targets(tm
     monkeypatch.setattr(recipe_search, "RESULTS", results)
 
     collected = accuracy.run(recorded_only=True)["rows"]
-    assert sorted(r["test_accuracy"] for r in collected["chars"]) == [0.83, 0.85, 0.87]
+    assert sorted(r["test_accuracy"] for r in collected["cooccurrence"]) == [0.83, 0.85, 0.87]
     assert sorted(r["seed"] for r in collected["rotary"]) == [42, 43, 44]
+    assert [(r["seed"], r["test_accuracy"]) for r in collected["chars"]] == [(42, 0.83)]
     assert collected["minilm-full"] == []
     report = "\n".join(accuracy.render({"rows": collected}))
     assert "| 85.0 ± 2.0 | 0.850 ± 0.020 | 3 |" in report
