@@ -163,6 +163,31 @@ VARIANTS["cooccurrence"] = (UNIGRAM16K, ["--config_overrides", "norm_position=pr
 VARIANTS["cooccurrence-head_tail256"] = (UNIGRAM16K, ["--max_seq_length", "256", "--truncation", "head_tail"])
 VARIANTS["chars-head_tail256"] = (UNIGRAM16K, ["--max_seq_length", "256", "--truncation", "head_tail",
                                                "--embedding_init", "random"])
+# Depth against budget: half the default's 6 blocks runs each step in about half the time, so the same two epochs
+# end sooner or three fit in the main job's 10 minutes.
+VARIANTS["layers3"] = (UNIGRAM16K, ["--config_overrides", "num_hidden_layers=3"])
+VARIANTS["layers3-3ep"] = (UNIGRAM16K, ["--num_train_epochs", "3", "--config_overrides", "num_hidden_layers=3"])
+VARIANTS["layers3-head_tail256"] = (UNIGRAM16K, ["--max_seq_length", "256", "--truncation", "head_tail",
+                                                 "--config_overrides", "num_hidden_layers=3"])
+VARIANTS["layers2"] = (UNIGRAM16K, ["--config_overrides", "num_hidden_layers=2"])
+VARIANTS["layers1"] = (UNIGRAM16K, ["--config_overrides", "num_hidden_layers=1"])
+VARIANTS["layers2-head_tail256"] = (UNIGRAM16K, ["--max_seq_length", "256", "--truncation", "head_tail",
+                                                 "--config_overrides", "num_hidden_layers=2"])
+VARIANTS["layers3-wide384"] = (UNIGRAM16K, ["--config_overrides",
+                                            "num_hidden_layers=3,hidden_size=384,intermediate_size=1024"])
+
+# Every variant of a new model recorded before two layers became a new model's default (FeedbackConfig's 6 until then)
+# spells the depth it ran with, unless it names its own.
+for _name, (_kind, _arguments, *_base) in list(VARIANTS.items()):
+    if _kind[0] in ("unigram", "wordpiece") and not _base and not any("num_hidden_layers=" in a for a in _arguments):
+        _RECORDED_AS.setdefault(_name, []).append(_arguments)
+        VARIANTS[_name] = (_kind, with_override(_arguments, "num_hidden_layers=6"), *_base)
+# Pretraining at the new depth: the 6-layer task-adaptive pretraining's settings and steps with 2 layers (a third of
+# the time), fine-tuned, and its twin from scratch (the main job without character and co-occurrence embeddings,
+# which pretrain.py's models do not have).
+VARIANTS["tapt-mlm30-layers2-lr5e-4"] = (UNIGRAM16K, ["--learning_rate", "5e-4"], "tapt-mlm30-layers2")
+VARIANTS["layers2-twin"] = (UNIGRAM16K, ["--config_overrides", "num_hidden_layers=2,char_vocab_size=0",
+                                         "--embedding_init", "random"])
 
 
 def same_arguments(variant, arguments):
@@ -198,6 +223,7 @@ PRETRAINS = {
                             "--learning_rate", "5e-4", "--max_steps", "2400", "--eval_steps", "400",
                             "--save_steps", "400", "--logging_steps", "50"],
 }
+PRETRAINS["tapt-mlm30-layers2"] = with_override(PRETRAINS["tapt-mlm30-rotary"], "num_hidden_layers=2")
 RECIPE_ARGS = ["--disable_tqdm", "true", "--overwrite_output_dir", "--save_total_limit", "1"]
 
 
@@ -205,11 +231,11 @@ def tokenizer_folder(task, kind, vocab_size):
     """Train (once) and save the tokenizer a variant names, on the task's training texts."""
     from hf_feedback.tokenization import train_tokenizer
 
-    from .tasks import load_task
+    from .tasks import task_texts
 
     folder = SCRATCH / "tokenizers" / f"{task}-{kind}-{vocab_size}"
     if not (folder / "tokenizer.json").is_file():
-        texts = load_task(task)["train"]["text"]
+        texts = task_texts(task)
         train_tokenizer(texts, vocab_size=vocab_size, kind=kind).save_pretrained(folder)
     return folder
 
@@ -227,7 +253,7 @@ def pretrained_folder(name, task, kind, vocab_size):
     """Pretrain (once per task) the checkpoint PRETRAINS names, on the task's training texts; its folder and the
     pretraining's record (wall time, validation loss: masked LM's, or ELECTRA's generator MLM + weighted
     replaced-token detection)."""
-    from .tasks import load_task
+    from .tasks import task_texts
 
     output = SCRATCH / task / f"pretrain-{name}"
     record = output / "pretrain_record.json"
@@ -240,7 +266,7 @@ def pretrained_folder(name, task, kind, vocab_size):
         corpus = SCRATCH / task / "train-texts.jsonl"
         corpus.parent.mkdir(parents=True, exist_ok=True)
         with open(corpus, "w") as f:
-            for text in load_task(task)["train"]["text"]:
+            for text in task_texts(task):
                 f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
         command = [sys.executable, "recipes/pretrain.py", "--train_file", str(corpus), "--text_column", "text",
                    "--tokenizer_name", str(tokenizer_folder(task, kind, vocab_size)), "--output_dir", str(output),
@@ -345,8 +371,11 @@ def write_table():
              "finetune.py's defaults of today, which spell out the defaults of the run's time (`3ep-patience3*`: up to 3 "
              "epochs with early stopping; `position_embedding_type=absolute`: run before rotary positions became the "
              "default; `char_vocab_size=0`: before character embeddings; `--embedding_init random`: before "
-             "co-occurrence embeddings). Tasks (`benchmarks/tasks.py`): `reviews`, the bundled task; `reviews-imbalanced`, "
-             "10% negatives; `longmix3`, three classes of long multi-part reviews with a 10% `mixed` class.", ""]
+             "co-occurrence embeddings; `num_hidden_layers=6`: before 2 layers). Tasks (`benchmarks/tasks.py`): "
+             "`reviews`, the bundled task; `reviews-imbalanced`, 10% negatives; `longmix3`, three classes of long "
+             "multi-part reviews with a 10% `mixed` class; `reviews-pairs`, pairs of reviews labelled by whether their "
+             "sentiments agree; `reviews-halves`, the first half of a review with its own second half or another's.",
+             ""]
     for task in sorted({task for task, _ in groups}):
         lines += [f"## {task}", "", "| variant | tokenizer | arguments | seeds | test accuracy | test macro F1 | "
                   "validation macro F1 | wall (min) |", "|---|---|---|---|---|---|---|---|"]

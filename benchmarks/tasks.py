@@ -7,8 +7,15 @@
   split, and the hardest class: it needs evidence from parts anywhere in a text longer than 128 tokens (median ~300
   characters, 90th percentile ~580).
 - `reviews-imbalanced`: the bundled reviews with negatives kept at 1 in 9 of every split (a 10% minority class).
+- `reviews-pairs`: sentence pairs (finetune.py's --text_pair_column): two reviews of one split, labelled `same` when
+  both are positive or both negative and `different` otherwise, half each (6,000 / 1,000 / 1,000 pairs). Neither
+  text alone says anything about the label: the model must read both and compare them.
+- `reviews-halves`: sentence pairs of another kind: the first half of a review (cut between 40% and 60% of its
+  length) and either its own second half (`same`) or the second half of another review of the split (`other`), half
+  each (6,000 / 1,000 / 1,000 pairs; reviews of at least 20 characters). Shared words, topic and style are the
+  evidence, as in next-sentence prediction and paraphrase detection.
 
-The data of the last two are written as CSV files once (under benchmarks/runs/tasks/) and given to finetune.py with
+The data of the last four are written as CSV files once (under benchmarks/runs/tasks/) and given to finetune.py with
 `--train_file/--validation_file/--test_file`, exactly as a user's own files would be.
 """
 
@@ -20,9 +27,11 @@ from hf_feedback.data import load_sentiment_reviews, load_text_classification_da
 
 from .common import RUNS
 
-TASKS = ("reviews", "longmix3", "reviews-imbalanced")
+TASKS = ("reviews", "longmix3", "reviews-imbalanced", "reviews-pairs", "reviews-halves")
+PAIR_TASKS = ("reviews-pairs", "reviews-halves")
 _FOLDER = RUNS / "tasks"
 _SIZES = {"train": 3000, "validation": 500, "test": 1000}
+_PAIR_SIZES = {"train": 6000, "validation": 1000, "test": 1000}
 _MINORITY = 0.10
 
 
@@ -55,19 +64,52 @@ def _imbalanced(split, rng):
     return out
 
 
+def _pairs(split, rows, rng):
+    texts = {label: [t for t, l in zip(split["text"], split["label"]) if l == label] for label in (0, 1)}
+    out = []
+    for i in range(rows):
+        first = rng.randint(0, 1)
+        second = first if i % 2 else 1 - first
+        out.append({"text": rng.choice(texts[first]), "text_pair": rng.choice(texts[second]),
+                    "label": "same" if first == second else "different"})
+    rng.shuffle(out)
+    return out
+
+
+def _halves(split, rows, rng):
+    texts = [t for t in split["text"] if len(t) >= 20]
+    out = []
+    for i, text in enumerate(rng.sample(texts, rows)):
+        other = text
+        while other == text:
+            other = rng.choice(texts)
+        cut = round(len(text) * rng.uniform(0.4, 0.6))
+        second = text[cut:] if i % 2 else other[round(len(other) * rng.uniform(0.4, 0.6)):]
+        out.append({"text": text[:cut], "text_pair": second, "label": "same" if i % 2 else "other"})
+    rng.shuffle(out)
+    return out
+
+
 def task_files(task):
     """The task's train/validation/test CSV files (written on first use), or {} for the bundled reviews."""
     if task == "reviews":
         return {}
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; tasks are {list(TASKS)}")
-    files = {split: _FOLDER / task / f"{split}.csv" for split in _SIZES}
+    sizes = _PAIR_SIZES if task in PAIR_TASKS else _SIZES
+    files = {split: _FOLDER / task / f"{split}.csv" for split in sizes}
     if not all(path.is_file() for path in files.values()):
         reviews = load_sentiment_reviews()
         for split, path in files.items():
             rng = random.Random(f"{task}-{split}")
-            rows = _longmix3(reviews[split], _SIZES[split], rng) if task == "longmix3" else _imbalanced(
-                reviews[split], rng)
+            if task == "longmix3":
+                rows = _longmix3(reviews[split], sizes[split], rng)
+            elif task == "reviews-pairs":
+                rows = _pairs(reviews[split], sizes[split], rng)
+            elif task == "reviews-halves":
+                rows = _halves(reviews[split], sizes[split], rng)
+            else:
+                rows = _imbalanced(reviews[split], rng)
             path.parent.mkdir(parents=True, exist_ok=True)
             datasets.Dataset.from_list(rows).to_csv(path, index=False)
     return files
@@ -75,13 +117,22 @@ def task_files(task):
 
 def task_arguments(task):
     """finetune.py's data flags for the task."""
-    return [arg for split, path in task_files(task).items() for arg in (f"--{split}_file", str(path))]
+    pair = ["--text_pair_column", "text_pair"] if task in PAIR_TASKS else []
+    return [arg for split, path in task_files(task).items() for arg in (f"--{split}_file", str(path))] + pair
 
 
 def load_task(task):
-    """The task as finetune.py sees it: a DatasetDict with `text` and a `label` ClassLabel."""
+    """The task as finetune.py sees it: a DatasetDict with `text` (and `text_pair` for pairs) and a `label`
+    ClassLabel."""
     files = task_files(task)
     if not files:
         return load_sentiment_reviews()
     return load_text_classification_data(train_file=files["train"], validation_file=files["validation"],
-                                         test_file=files["test"])
+                                         test_file=files["test"],
+                                         text_pair_column="text_pair" if task in PAIR_TASKS else None)
+
+
+def task_texts(task):
+    """The task's training texts (both of each pair), as finetune.py trains its tokenizer on them."""
+    train = load_task(task)["train"]
+    return [*train["text"], *train["text_pair"]] if "text_pair" in train.column_names else train["text"]

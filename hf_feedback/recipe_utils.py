@@ -55,8 +55,7 @@ class ModelArguments:
     def __post_init__(self):
         if self.noam_warmup_steps is not None and self.noam_warmup_steps < 1:
             raise RecipeError(f"--noam_warmup_steps must be a positive number of steps, got {self.noam_warmup_steps}")
-        if self.tokenizer_kind not in TOKENIZER_KINDS:
-            raise RecipeError(f"--tokenizer_kind must be one of {list(TOKENIZER_KINDS)}, got {self.tokenizer_kind!r}")
+        check_choice(self, "tokenizer_kind", TOKENIZER_KINDS)
 
 
 @dataclass
@@ -83,6 +82,13 @@ def training_collator(padded, model, labels, padding_free):
         raise RecipeError(f"--padding_free needs an hf_feedback model, which attends within each packed text; this "
                           f"checkpoint is a {model_type!r} model")
     return DataCollatorForPaddingFree(labels=labels, mlm=padded if labels is None else None)
+
+
+def check_choice(args, name, choices):
+    """`args.<name>` (the flag --<name>) is one of `choices`."""
+    value = getattr(args, name)
+    if value not in choices:
+        raise RecipeError(f"--{name} must be one of {list(choices)}, got {value!r}")
 
 
 def check_data_limits(data_args):

@@ -38,6 +38,7 @@ from hf_feedback.recipe_utils import (
     RecipeError,
     bad_input_exits,
     begin_run,
+    check_choice,
     check_masked_lm,
     check_vocabulary,
     claim_run,
@@ -77,10 +78,8 @@ class DataArguments:
                 "language model, FeedbackForCausalLM: every token predicts the next)."})
 
     def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise RecipeError(f"--objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
-        if self.corpus not in CORPORA:
-            raise RecipeError(f"--corpus must be one of {list(CORPORA)}, got {self.corpus!r}")
+        check_choice(self, "objective", OBJECTIVES)
+        check_choice(self, "corpus", CORPORA)
         if self.corpus != "peoples_daily" and self.train_file:
             raise RecipeError(f"--corpus {self.corpus} and --train_file both name the corpus; give one")
         if self.corpus == "reviews" and self.include_review_texts:

@@ -28,6 +28,7 @@ from hf_feedback.recipe_utils import (
     RecipeError,
     bad_input_exits,
     begin_run,
+    check_choice,
     check_data_limits,
     check_vocabulary,
     claim_run,
@@ -72,8 +73,7 @@ class TaggingDataArguments:
     max_eval_samples: int | None = None
 
     def __post_init__(self):
-        if self.corpus not in TAG_TASKS:
-            raise RecipeError(f"--corpus must be one of {list(TAG_TASKS)}, got {self.corpus!r}")
+        check_choice(self, "corpus", TAG_TASKS)
         check_data_limits(self)
 
 

@@ -203,13 +203,14 @@ def run_recipe_process(args, threads=None):
     return subprocess.Popen([*args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_interrupted_run_resumes_and_loses_nothing(tmp_path):
+def test_interrupted_run_resumes_and_loses_nothing(tmp_path, capsys):
     common = ["--config_overrides", TINY_MODEL, "--tokenizer_vocab_size", "2000", "--max_train_samples", "1280",
               "--max_eval_samples", "64", "--max_steps", "40", "--learning_rate", "3e-3", "--logging_steps", "5",
               "--eval_strategy", "no", "--save_steps", "10", "--save_total_limit", "10", "--disable_tqdm", "true",
               "--seed", "7"]
     straight = tmp_path / "straight"
     finetune.main(["--output_dir", str(straight), *common])
+    assert "start from their co-occurrences" in capsys.readouterr().out
 
     # A real interruption: kill the process once its first checkpoint is on disk. It uses as many threads as this
     # process, so that its arithmetic (summation order) is the same as the other runs'.
@@ -235,7 +236,10 @@ def test_interrupted_run_resumes_and_loses_nothing(tmp_path):
     assert resolve_resume(transformers.TrainingArguments(str(interrupted), resume_from_checkpoint="last")) == str(
         interrupted / f"checkpoint-{newest}")
     shutil.rmtree(partial)
+    capsys.readouterr()
     finetune.main(["--output_dir", str(interrupted), "--resume_from_checkpoint", "last", *common])
+    # The checkpoint's weights replace the new model's: no co-occurrence embeddings are computed for nothing.
+    assert "co-occurrences" not in capsys.readouterr().out
     resumed_losses, straight_losses = losses(interrupted), losses(straight)
     assert len(resumed_losses) == len(straight_losses) == 9  # step 1, then every 5 steps
     # The steps after the checkpoint reproduce the uninterrupted run exactly: same batches, same dropout.
