@@ -23,12 +23,10 @@ import random
 
 import datasets
 
-from hf_feedback.data import load_sentiment_reviews, load_text_classification_data
+from hf_feedback.data import all_texts, load_sentiment_reviews, load_text_classification_data
 
 from .common import RUNS
 
-TASKS = ("reviews", "longmix3", "reviews-imbalanced", "reviews-pairs", "reviews-halves")
-PAIR_TASKS = ("reviews-pairs", "reviews-halves")
 _FOLDER = RUNS / "tasks"
 _SIZES = {"train": 3000, "validation": 500, "test": 1000}
 _PAIR_SIZES = {"train": 6000, "validation": 1000, "test": 1000}
@@ -90,26 +88,29 @@ def _halves(split, rows, rng):
     return out
 
 
+# How each task other than the bundled reviews is built from each split of them: a function of the split, the rows
+# to make of it and a random generator; the imbalanced reviews keep each split's own size.
+_BUILDS = {
+    "longmix3": lambda split, name, rng: _longmix3(split, _SIZES[name], rng),
+    "reviews-imbalanced": lambda split, name, rng: _imbalanced(split, rng),
+    "reviews-pairs": lambda split, name, rng: _pairs(split, _PAIR_SIZES[name], rng),
+    "reviews-halves": lambda split, name, rng: _halves(split, _PAIR_SIZES[name], rng),
+}
+TASKS = ("reviews", *_BUILDS)
+PAIR_TASKS = ("reviews-pairs", "reviews-halves")
+
+
 def task_files(task):
     """The task's train/validation/test CSV files (written on first use), or {} for the bundled reviews."""
     if task == "reviews":
         return {}
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; tasks are {list(TASKS)}")
-    sizes = _PAIR_SIZES if task in PAIR_TASKS else _SIZES
-    files = {split: _FOLDER / task / f"{split}.csv" for split in sizes}
+    files = {split: _FOLDER / task / f"{split}.csv" for split in ("train", "validation", "test")}
     if not all(path.is_file() for path in files.values()):
         reviews = load_sentiment_reviews()
         for split, path in files.items():
-            rng = random.Random(f"{task}-{split}")
-            if task == "longmix3":
-                rows = _longmix3(reviews[split], sizes[split], rng)
-            elif task == "reviews-pairs":
-                rows = _pairs(reviews[split], sizes[split], rng)
-            elif task == "reviews-halves":
-                rows = _halves(reviews[split], sizes[split], rng)
-            else:
-                rows = _imbalanced(reviews[split], rng)
+            rows = _BUILDS[task](reviews[split], split, random.Random(f"{task}-{split}"))
             path.parent.mkdir(parents=True, exist_ok=True)
             datasets.Dataset.from_list(rows).to_csv(path, index=False)
     return files
@@ -134,5 +135,4 @@ def load_task(task):
 
 def task_texts(task):
     """The task's training texts (both of each pair), as finetune.py trains its tokenizer on them."""
-    train = load_task(task)["train"]
-    return [*train["text"], *train["text_pair"]] if "text_pair" in train.column_names else train["text"]
+    return all_texts(load_task(task)["train"])

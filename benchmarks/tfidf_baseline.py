@@ -17,7 +17,7 @@ import scipy.sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from hf_feedback.data import load_text_classification_data
+from hf_feedback.data import all_texts, load_text_classification_data
 from hf_feedback.metrics import METRIC_NAMES, load_classification_metrics
 from hf_feedback.recipe_utils import sample
 
@@ -43,7 +43,7 @@ def main(argv=None):
     train = sample(data["train"], args.max_train_samples, args.seed)
     test = sample(data["test"], args.max_eval_samples, args.seed)
     vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3))
-    vectorizer.fit([*train["text"], *train["text_pair"]] if args.text_pair_column else train["text"])
+    vectorizer.fit(all_texts(train))
 
     def features(split):
         first = vectorizer.transform(split["text"])

@@ -432,6 +432,12 @@ def _multi_labels(raw, sources, label_column):
     return raw.cast_column("label", datasets.List(datasets.ClassLabel(names=sorted(names))))
 
 
+def all_texts(split: datasets.Dataset) -> list[str]:
+    """Every text of a normalised split: its `text` column, then its `text_pair` column where rows are pairs (what a
+    tokenizer or a vectoriser of the task is fitted on)."""
+    return [*split["text"], *split["text_pair"]] if "text_pair" in split.column_names else list(split["text"])
+
+
 def label_kind(dataset) -> str:
     """The problem type the `label` column of a normalised dataset (or DatasetDict) asks for."""
     feature = (next(iter(dataset.values())) if isinstance(dataset, dict) else dataset).features["label"]

@@ -27,7 +27,14 @@ from transformers import (
 )
 
 from hf_feedback import FeedbackForSequenceClassification
-from hf_feedback.data import TRUNCATIONS, label_kind, load_text_classification_data, multi_hot, tokenize_dataset
+from hf_feedback.data import (
+    TRUNCATIONS,
+    all_texts,
+    label_kind,
+    load_text_classification_data,
+    multi_hot,
+    tokenize_dataset,
+)
 from hf_feedback.failures import load_pretrained
 from hf_feedback.lora import apply_lora
 from hf_feedback.metrics import PROBLEM_TYPES, build_compute_metrics
@@ -115,9 +122,9 @@ class ClassifierModelArguments(FineTuningModelArguments):
         super().__post_init__()
         if self.embedding_init is not None:
             check_choice(self, "embedding_init", EMBEDDING_INITS)
-        if self.embedding_init is not None and self.model_name_or_path is not None:
-            raise RecipeError(f"--embedding_init {self.embedding_init} sets how a new model's embeddings start; "
-                              f"--model_name_or_path {self.model_name_or_path} brings its own")
+            if self.model_name_or_path is not None:
+                raise RecipeError(f"--embedding_init {self.embedding_init} sets how a new model's embeddings start; "
+                                  f"--model_name_or_path {self.model_name_or_path} brings its own")
 
 
 @dataclass
@@ -273,7 +280,7 @@ def main(argv=None):
                     for split, counts in label_counts.items()), flush=True)
             weights = class_weights(label_counts["train"], data_args.class_weighting)
 
-        texts = [*raw["train"]["text"], *raw["train"]["text_pair"]] if data_args.text_pair_column else raw["train"]["text"]
+        texts = all_texts(raw["train"])
         tokenizer = load_or_train_tokenizer(
             model_args.tokenizer_name or model_args.model_name_or_path, texts, model_args.tokenizer_vocab_size,
             training_args, model_args.trust_remote_code, model_args.tokenizer_kind,
