@@ -38,11 +38,12 @@ def training_flops(model, batch_size, seq_len):
     return batch_size * (seq_len * (6 * per_token + attention) + 6 * per_sequence)
 
 
-def _layer_matmuls(model, rows, device):
-    """The forward matmuls of one encoder layer's Linears at `rows` tokens: a callable and its FLOPs."""
+def _layer_matmuls(model, rows, device, dtype=None):
+    """The forward matmuls of one encoder layer's Linears at `rows` tokens, in `dtype` (None: the weights'):
+    a callable and its FLOPs."""
     layer = model.base_model.encoder.layers[0]
-    weights = [m.weight.detach() for m in layer.modules() if isinstance(m, nn.Linear)]
-    inputs = [torch.randn(rows, w.shape[1], device=device) for w in weights]
+    weights = [m.weight.detach().to(dtype) for m in layer.modules() if isinstance(m, nn.Linear)]
+    inputs = [torch.randn(rows, w.shape[1], device=device, dtype=w.dtype) for w in weights]
 
     def work():
         for x, w in zip(inputs, weights):
@@ -51,17 +52,19 @@ def _layer_matmuls(model, rows, device):
     return work, sum(2 * rows * w.numel() for w in weights)
 
 
-def run(sizes, device):
+def run(sizes, device, dtype=None, peak_size=PEAK_MATMUL_SIZE):
+    """MFU of ours at `sizes` on fixed-length batches, in float32 or (`dtype`) mixed precision, whose matmuls
+    the peak (`peak_size`² matmuls) and the model-shape matmuls then run in too."""
     config = workloads.model_config(sizes)
     model = workloads.ours(config).to(device)
     optimizer = workloads.optimizer_for(model)
     batch = workloads.to_device(workloads.fixed_batches(sizes, config.vocab_size), device)
-    a, b = (torch.randn(PEAK_MATMUL_SIZE, PEAK_MATMUL_SIZE, device=device) for _ in range(2))
-    layer_work, layer_flops = _layer_matmuls(model, sizes.batch_size * sizes.max_length, device)
+    a, b = (torch.randn(peak_size, peak_size, device=device, dtype=dtype) for _ in range(2))
+    layer_work, layer_flops = _layer_matmuls(model, sizes.batch_size * sizes.max_length, device, dtype)
 
     # The peak and the model are measured in turns, so both see the same machine load.
     times = time_interleaved(
-        {"training step": workloads.training_turn(model, optimizer, batch),
+        {"training step": workloads.training_turn(model, optimizer, batch, dtype),
          "matmul peak": lambda: a @ b,
          "model-shape matmuls": layer_work},
         sizes.repetitions, sizes.warmup, device,
@@ -70,10 +73,11 @@ def run(sizes, device):
     step_flops = training_flops(model, sizes.batch_size, sizes.max_length)
     per_token, per_sequence = matmul_weights(model)
     achieved = step_flops / times["training step"]["median_s"]
-    peak = 2 * PEAK_MATMUL_SIZE**3 / times["matmul peak"]["median_s"]
+    peak = 2 * peak_size**3 / times["matmul peak"]["median_s"]
     shape_rate = layer_flops / times["model-shape matmuls"]["median_s"]
     return {
         "batch": [sizes.batch_size, sizes.max_length],
+        "peak_size": peak_size,
         "repetitions": sizes.repetitions,
         "hidden_size": config.hidden_size,
         "per_token_weights": per_token,

@@ -1,14 +1,15 @@
 """Run the hf_feedback benchmarks and write the report.
 
-    python benchmarks/run.py [--quick] [--only speed,mfu,memory,accuracy,serving,tagging,causal_lm,seq2seq] [--recorded] [--json benchmarks/results.json]
+    python benchmarks/run.py [--quick] [--only speed,mfu,memory,accuracy,serving,tagging,causal_lm,seq2seq,gpu] [--recorded] [--json benchmarks/results.json]
                              [--markdown benchmarks/RESULTS.md] [--compile] [--threads N] [--device cpu]
 
-Runs the chosen sections (all four by default; accuracy alone takes hours on a small CPU machine), then prints
+Runs the chosen sections (all but gpu by default; accuracy alone takes hours on a small CPU machine), then prints
 the Markdown report and writes it to --markdown, with the raw numbers in --json. A section that is not run keeps
 its earlier result from the JSON file, so `--only accuracy` completes the report of an earlier speed run; each
 section says when, at which commit and on which machine it was measured. Every number in the report comes from
 a run. --quick runs every section at toy sizes (seconds, numbers meaningless) and writes to benchmarks/runs/quick/.
-`--only ''` runs nothing and rewrites the report from the JSON file.
+`--only ''` runs nothing and rewrites the report from the JSON file. The gpu section runs only when named, on a
+GPU (`--only gpu --device cuda`), or at toy sizes anywhere (`--quick --only gpu --device cpu`).
 """
 
 import argparse
@@ -27,7 +28,7 @@ import datasets  # noqa: E402
 import torch  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
-from benchmarks import accuracy, causal_lm, efficiency, memory, seq2seq, serving, speed, tagging, workloads  # noqa: E402
+from benchmarks import accuracy, causal_lm, efficiency, gpu, memory, seq2seq, serving, speed, tagging, workloads  # noqa: E402
 from benchmarks.common import ROOT, RUNS, describe_machine, load_warning, run_info  # noqa: E402
 
 SECTIONS = {
@@ -39,7 +40,10 @@ SECTIONS = {
     "tagging": ("6. Token classification: word segmentation and part of speech", tagging.render),
     "causal_lm": ("7. The decoder: a causal language model", causal_lm.render),
     "seq2seq": ("8. The encoder-decoder: pinyin to characters", seq2seq.render),
+    "gpu": ("9. On a GPU: throughput, MFU and the default job's overheads", gpu.render),
 }
+# How a section not measured yet is added: its --only, and what else it needs.
+MEASURE = {name: f"--only {name}" for name in SECTIONS} | {"gpu": "--only gpu --device cuda"}
 DEFAULT_JSON, DEFAULT_MARKDOWN = ROOT / "benchmarks" / "results.json", ROOT / "benchmarks" / "RESULTS.md"
 QUICK_DIR = RUNS / "quick"
 
@@ -47,15 +51,17 @@ QUICK_DIR = RUNS / "quick"
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="every section at toy sizes, to check the harness")
-    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {list(SECTIONS)}")
+    parser.add_argument("--only", default=",".join(name for name in SECTIONS if name != "gpu"),
+                        help=f"comma-separated sections of {list(SECTIONS)} (default: all but gpu)")
     parser.add_argument("--json", type=Path, help=f"raw results (default {DEFAULT_JSON.relative_to(ROOT)}; "
                                                   f"--quick: {QUICK_DIR.relative_to(ROOT)}/results.json)")
     parser.add_argument("--markdown", type=Path, help=f"the report (default {DEFAULT_MARKDOWN.relative_to(ROOT)}; "
                                                       f"--quick: {QUICK_DIR.relative_to(ROOT)}/RESULTS.md)")
     parser.add_argument("--compile", action="store_true", help="add a torch.compile row of ours to the speed section")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument("--device", default="cpu", help="device of the speed and MFU sections (memory is CPU RSS)")
-    parser.add_argument("--repetitions", type=int, help="timed turns of the speed and MFU sections (default 5; "
+    parser.add_argument("--device", default="cpu", help="device of the speed, MFU and gpu sections (memory is CPU RSS); "
+                                                      "the gpu section: --only gpu --device cuda")
+    parser.add_argument("--repetitions", type=int, help="timed turns of the speed, MFU and gpu sections (default 5; "
                                                         "fewer makes a harness check, flagged in the report)")
     parser.add_argument("--recorded", action="store_true",
                         help="accuracy: report the recipe-search runs recorded so far, start none")
@@ -65,6 +71,9 @@ def parse_args(argv=None):
     unknown = sorted(set(args.only) - set(SECTIONS))
     if unknown:
         parser.error(f"--only: unknown sections {unknown}; choose from {list(SECTIONS)}")
+    if "gpu" in args.only and not args.quick and torch.device(args.device).type != "cuda":
+        parser.error(f"--only gpu measures a GPU: pass --device cuda (--device {args.device} runs it only with "
+                     f"--quick, at toy sizes)")
     args.json = args.json or (QUICK_DIR / "results.json" if args.quick else DEFAULT_JSON)
     args.markdown = args.markdown or (QUICK_DIR / "RESULTS.md" if args.quick else DEFAULT_MARKDOWN)
     return args
@@ -79,6 +88,8 @@ def run_section(name, args):
         return speed.run(sizes, device, compile_ours=args.compile)
     if name == "mfu":
         return efficiency.run(sizes, device)
+    if name == "gpu":
+        return gpu.run(sizes, device, args.quick)
     if name == "memory":
         return memory.run(sizes, args.quick)
     if name == "serving":
@@ -121,7 +132,7 @@ def render(results, command):
                   "nothing.", ""]
     for name, (title, render_section) in SECTIONS.items():
         if name not in results:
-            lines += [f"## {title}", "", f"_Not measured yet: `python benchmarks/run.py --only {name}` adds it._", ""]
+            lines += [f"## {title}", "", f"_Not measured yet: `python benchmarks/run.py {MEASURE[name]}` adds it._", ""]
             continue
         info = results[name]["run"]
         lines += [

@@ -9,6 +9,7 @@ Every model sees the same batches.
 """
 
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -111,12 +112,14 @@ def review_tokenizer(vocab_size):
     return train_tokenizer(load_sentiment_reviews()["train"]["text"], vocab_size=vocab_size)
 
 
-def review_batches(sizes, tokenizer, seed=0):
-    """`sizes.review_batches` random batches of real reviews, each padded to its own longest row."""
+def review_batches(sizes, tokenizer, seed=0, collate=None):
+    """`sizes.review_batches` random batches of real reviews, each padded to its own longest row by
+    `DataCollatorWithPadding`, or made by `collate` (the packing collator makes padding-free batches of the same
+    reviews)."""
     train = load_sentiment_reviews()["train"]
     picked = random.Random(seed).sample(range(len(train)), sizes.batch_size * sizes.review_batches)
     rows = tokenize_dataset(train.select(picked), tokenizer, sizes.max_length)
-    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    collate = collate or DataCollatorWithPadding(tokenizer, return_tensors="pt")
     return [
         dict(collate([rows[i] for i in range(start, start + sizes.batch_size)]))
         for start in range(0, len(rows), sizes.batch_size)
@@ -149,7 +152,9 @@ def batch_stats(batches):
 
 
 def to_device(batches, device):
-    return [{name: tensor.to(device) for name, tensor in batch.items()} for batch in batches]
+    # A packed batch also carries Python ints (max_length_q/k), which stay where they are.
+    return [{name: value.to(device) if torch.is_tensor(value) else value for name, value in batch.items()}
+            for batch in batches]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -160,26 +165,55 @@ def optimizer_for(model):
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4, weight_decay=0.01)
 
 
-def training_turn(model, optimizer, batches):
-    """A callable that runs one training step (forward + backward + AdamW) on each batch, dropout on."""
+def autocast(device, dtype):
+    """Mixed precision as the Trainer runs --fp16 / --bf16: float32 weights, the forward pass and its loss under
+    `torch.autocast` in `dtype`; None: float32 throughout."""
+    return nullcontext() if dtype is None else torch.autocast(torch.device(device).type, dtype)
+
+
+def training_step(model, optimizer, dtype=None, max_grad_norm=None):
+    """A callable that runs one training step on a batch: forward and loss (under autocast in `dtype`), backward,
+    the gradients clipped to `max_grad_norm` where given, AdamW. In fp16 a GradScaler scales the loss and skips the
+    step on overflow, as the Trainer's does; in bf16 or float32 there is none to scale."""
+    device = next(model.parameters()).device
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def step(batch):
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, dtype):
+            loss = model(**batch).loss
+        scaler.scale(loss).backward()
+        if max_grad_norm is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step
+
+
+def training_turn(model, optimizer, batches, dtype=None):
+    """A callable that runs one training step (forward + backward + AdamW; `training_step`, in `dtype` mixed
+    precision where given) on each batch, dropout on."""
+    step = training_step(model, optimizer, dtype)
 
     def turn():
         model.train()
         for batch in batches:
-            optimizer.zero_grad(set_to_none=True)
-            model(**batch).loss.backward()
-            optimizer.step()
+            step(batch)
 
     return turn
 
 
-def inference_turn(model, batches):
-    """A callable that runs the forward pass on each batch under `torch.inference_mode`, dropout off."""
+def inference_turn(model, batches, dtype=None):
+    """A callable that runs the forward pass on each batch under `torch.inference_mode` (and autocast in `dtype`),
+    dropout off."""
     inputs = [{name: tensor for name, tensor in batch.items() if name != "labels"} for batch in batches]
+    device = next(model.parameters()).device
 
     def turn():
         model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(device, dtype):
             for batch in inputs:
                 model(**batch)
 

@@ -1,8 +1,13 @@
-"""The benchmarks' arithmetic (the model-FLOP count behind MFU, checked against a count by hand) and the accuracy
-section's command lines."""
+"""The benchmarks' arithmetic (the model-FLOP count behind MFU, checked against a count by hand), the accuracy
+section's command lines, and the GPU section's harness at toy sizes on the CPU."""
 
+import dataclasses
 import json
 import math
+import re
+
+import pytest
+import torch
 
 from benchmarks import workloads
 from benchmarks.efficiency import matmul_weights, training_flops
@@ -178,3 +183,78 @@ def test_pair_tasks_label_each_pair_by_what_its_texts_share_and_tfidf_reads_both
     results = json.loads((out / "test_results.json").read_text())
     assert results["test_samples"] == 25
     assert results["test_accuracy"] == 1.0
+
+
+def test_gpu_section_at_toy_sizes_on_the_cpu_measures_every_row_and_judges_the_targets():
+    """Section 9 (benchmarks/gpu.py) at --quick sizes on the CPU: every size x precision x mode cell times the four
+    rows on the same reviews, fp16 is skipped with its reason (no CPU fp16 job exists), the ratios and verdicts are
+    the quotients of the measured times, and the default job is the recipe's new model (pre-norm, rotary, 2 layers)."""
+    from benchmarks import gpu, speed
+
+    # One thread: on a shared 2-core machine two threads wait on each other and the toy run takes 10x longer.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = gpu.run(workloads.QUICK, "cpu", quick=True)
+    finally:
+        torch.set_num_threads(threads)
+
+    assert result["precisions"] == ["bf16"]
+    assert list(result["skipped"]) == ["fp16"] and "needs a GPU" in result["skipped"]["fp16"]
+    assert [(c["size"], c["precision"], c["mode"]) for c in result["cells"]] == [
+        (size, "bf16", mode) for size in ("default", "base") for mode in ("training", "inference")]
+    assert result["configs"]["base"]["hidden_size"] == gpu.QUICK_BASE["hidden_size"] != \
+        result["configs"]["default"]["hidden_size"]
+    stats = result["batches"]
+    # The packed batches hold exactly the padded batches' real tokens: the same reviews, no padding.
+    assert stats["packed_tokens"] == stats["real_tokens"] < stats["padded_tokens"]
+    for cell in result["cells"]:
+        assert list(cell["times"]) == list(gpu.ROWS)
+        rows = speed.throughput(cell, stats)
+        for name, timing in cell["times"].items():
+            assert timing["median_s"] > 0 and len(timing["samples_s"]) == workloads.QUICK.repetitions
+            assert math.isclose(rows[name]["ours_speedup"], timing["median_s"] / cell["times"][gpu.OURS]["median_s"])
+            assert math.isclose(rows[name]["real_tokens_per_s"], stats["real_tokens"] / timing["median_s"])
+
+    mfu = result["mfu"]
+    base = dataclasses.replace(workloads.QUICK, model={**workloads.QUICK.model, **gpu.QUICK_BASE})
+    assert mfu["step_flops"] == training_flops(workloads.ours(workloads.model_config(base)), base.batch_size,
+                                               base.max_length)
+    assert mfu["peak_size"] == gpu.QUICK_PEAK_MATMUL_SIZE
+    assert math.isclose(mfu["mfu"], mfu["achieved_flops"] / mfu["peak_flops"])
+    assert math.isclose(mfu["achieved_flops"], mfu["step_flops"] / mfu["times"]["training step"]["median_s"])
+
+    job = result["job"]
+    assert {key: job["config"][key] for key in ("norm_position", "position_embedding_type", "num_hidden_layers")} == \
+        {"norm_position": "pre", "position_embedding_type": "rotary", "num_hidden_layers": 2}
+    assert job["config"]["char_vocab_size"] > 0  # the recipe gives a new model character embeddings
+    assert job["batches"]["sequences"] == 32 and max(job["batches"]["padded_lengths"]) <= 128
+    assert job["compute"].startswith("CPU self time")
+    (step,) = job["steps"].values()
+    assert step["step_s"] > 0 and step["compute_s"] > 0
+    assert math.isclose(step["ratio"], step["step_s"] / step["compute_s"])
+
+    report = "\n".join(gpu.render(result))
+    assert "fp16 skipped: fp16 mixed precision needs a GPU" in report
+    verdicts = re.findall(r"^- \*\*(Met|Missed)\*\*: (.*)$", report, flags=re.M)
+    # At base size: 2 modes x (ours padded, ours packed) x (BERT, ModernBERT); then MFU; then the job per precision.
+    assert len(verdicts) == 2 * 2 * 2 + 1 + 1
+    base_training = speed.throughput(result["cells"][2], stats)
+    packed_vs_bert = base_training["BERT (sdpa)"]["step_s"] / base_training[gpu.PACKED]["step_s"]
+    met = "Met" if packed_vs_bert >= 2.0 else "Missed"
+    assert (met, f"base bf16 training: {gpu.PACKED} is {packed_vs_bert:.2f}x BERT (sdpa) on review batches "
+                 f"(target ≥ 2.00x)") in [(m, text.split(";")[0]) for m, text in verdicts]
+    assert verdicts[-2][0] == ("Met" if mfu["mfu"] >= 0.4 else "Missed")
+    assert verdicts[-1][0] == ("Met" if step["ratio"] <= 2.0 else "Missed")
+    assert f"takes {step['ratio']:.2f}x its compute time" in verdicts[-1][1]
+    assert 0 < result["seconds"] < 480 and f"took {result['seconds']:.0f} s (budget 480 s: within)" in report
+
+
+def test_gpu_section_runs_on_a_gpu_or_at_toy_sizes_only():
+    from benchmarks import run
+
+    with pytest.raises(SystemExit):
+        run.parse_args(["--only", "gpu"])  # the CPU is the default device
+    assert run.parse_args(["--only", "gpu", "--device", "cuda"]).only == ["gpu"]
+    assert run.parse_args(["--quick", "--only", "gpu"]).only == ["gpu"]
+    assert "gpu" not in run.parse_args([]).only  # only when named
