@@ -14,6 +14,9 @@
   length) and either its own second half (`same`) or the second half of another review of the split (`other`), half
   each (6,000 / 1,000 / 1,000 pairs; reviews of at least 20 characters). Shared words, topic and style are the
   evidence, as in next-sentence prediction and paraphrase detection.
+- `reviews-3k`, `reviews-1k`: a user with little labelled data: 3,000 (resp. 1,000) training and 500 (250) validation
+  reviews drawn from the bundled splits, tested on the whole test split (1,743) so that a seed's score is no noisier
+  than the main job's.
 
 The data of the last four are written as CSV files once (under benchmarks/runs/tasks/) and given to finetune.py with
 `--train_file/--validation_file/--test_file`, exactly as a user's own files would be.
@@ -31,6 +34,7 @@ _FOLDER = RUNS / "tasks"
 _SIZES = {"train": 3000, "validation": 500, "test": 1000}
 _PAIR_SIZES = {"train": 6000, "validation": 1000, "test": 1000}
 _MINORITY = 0.10
+_FEW = {"reviews-3k": {"train": 3000, "validation": 500}, "reviews-1k": {"train": 1000, "validation": 250}}
 
 
 def _longmix3(split, rows, rng):
@@ -60,6 +64,13 @@ def _imbalanced(split, rng):
     out = [{"text": t, "label": "negative"} for t in kept] + [{"text": t, "label": "positive"} for t in positives]
     rng.shuffle(out)
     return out
+
+
+def _few(split, rows, rng):
+    """`rows` reviews of the split drawn at random (all of them where `rows` is None), labels as words."""
+    picked = rng.sample(range(len(split)), rows) if rows is not None else range(len(split))
+    names = split.features["label"].names
+    return [{"text": split[i]["text"], "label": names[split[i]["label"]]} for i in picked]
 
 
 def _pairs(split, rows, rng):
@@ -95,6 +106,7 @@ _BUILDS = {
     "reviews-imbalanced": lambda split, name, rng: _imbalanced(split, rng),
     "reviews-pairs": lambda split, name, rng: _pairs(split, _PAIR_SIZES[name], rng),
     "reviews-halves": lambda split, name, rng: _halves(split, _PAIR_SIZES[name], rng),
+    **{task: (lambda split, name, rng, task=task: _few(split, _FEW[task].get(name), rng)) for task in _FEW},
 }
 TASKS = ("reviews", *_BUILDS)
 PAIR_TASKS = ("reviews-pairs", "reviews-halves")

@@ -413,8 +413,11 @@ def settle_evaluation(training_args, has_validation, best_metric, select_best=Tr
             said.append("the model of the last step is kept (no evaluation to select a checkpoint by)")
         elif training_args.save_strategy != training_args.eval_strategy or (
                 training_args.eval_strategy == "steps" and training_args.save_steps % training_args.eval_steps):
-            said.append("the model of the last step is kept: checkpoints are not saved at the evaluation steps "
-                        "(--save_strategy/--save_steps), so none can be selected")
+            saving = getattr(training_args.save_strategy, "value", training_args.save_strategy)  # an enum
+            said.append(f"the model of the last step is kept: checkpoints are not saved at the evaluation steps "
+                        f"(--save_strategy {saving} --save_steps {training_args.save_steps}, --eval_steps "
+                        f"{training_args.eval_steps}), so none can be selected; give --save_steps the value of "
+                        f"--eval_steps (or a multiple) to select one")
         else:
             training_args.load_best_model_at_end = True
             if training_args.metric_for_best_model is None:

@@ -59,7 +59,9 @@ def test_accuracy_section_reads_the_recipe_search_runs_and_judges_the_targets(tm
     pretrained = {"pretrain_wall_s": 1800.0}
     lines = [row("tfidf", 42, 0.84),
              row("layers2", 42, 0.50), row("layers2", 42, 0.85),  # a rerun replaces seed 42
-             row("layers2", 43, 0.83), row("layers2", 44, 0.87), row("layers2", 45, 0.10),
+             row("layers2", 43, 0.83), row("layers2", 44, 0.87), row("layers2", 45, 0.86), row("layers2", 46, 0.84),
+             row("layers2", 47, 0.10),  # not a seed of it
+             row("rotary", 45, 0.10),  # seeds 45 and 46 count for the main job only
              {**row("layers2", 44, 0.10), "arguments": ["--num_train_epochs", "9"]},  # another recipe: not counted
              {**row("layers2", 43, 0.10), "task": "longmix3"},
              # The 6-layer default before, recorded before its variant spelled the depth.
@@ -81,13 +83,13 @@ def test_accuracy_section_reads_the_recipe_search_runs_and_judges_the_targets(tm
     monkeypatch.setattr(recipe_search, "RESULTS", results)
 
     collected = accuracy.run(recorded_only=True)["rows"]
-    assert sorted(r["test_accuracy"] for r in collected["layers2"]) == [0.83, 0.85, 0.87]
+    assert sorted(r["test_accuracy"] for r in collected["layers2"]) == [0.83, 0.84, 0.85, 0.86, 0.87]
     assert [(r["seed"], r["test_accuracy"]) for r in collected["cooccurrence"]] == [(42, 0.84)]
     assert sorted(r["seed"] for r in collected["rotary"]) == [42, 43, 44]
     assert [(r["seed"], r["test_accuracy"]) for r in collected["chars"]] == [(42, 0.83)]
     assert collected["minilm-full"] == []
     report = "\n".join(accuracy.render({"rows": collected}))
-    assert "| 85.0 ± 2.0 | 0.850 ± 0.020 | 3 |" in report
+    assert "| 85.0 ± 1.6 | 0.850 ± 0.016 | 5 |" in report  # the main job over its five seeds
     assert "- **Met**: main job from scratch: 85.0% vs TF-IDF 84.0% (+1.0 points" in report
     # The pretrained rows are judged against their twin from scratch (rotary, no character embeddings): +2.0, +1.0.
     assert "- **Met**: masked-LM pretraining + full fine-tuning: 87.0%, +3.0 points over TF-IDF and +2.0 over" in report
@@ -183,6 +185,25 @@ def test_pair_tasks_label_each_pair_by_what_its_texts_share_and_tfidf_reads_both
     results = json.loads((out / "test_results.json").read_text())
     assert results["test_samples"] == 25
     assert results["test_accuracy"] == 1.0
+
+
+def test_few_label_tasks_draw_distinct_reviews_of_each_split_with_their_labels():
+    import random
+
+    import datasets
+
+    from benchmarks import tasks
+
+    split = datasets.Dataset.from_dict({"text": [f"评论{i}" for i in range(40)], "label": [i % 2 for i in range(40)]})
+    split = split.cast_column("label", datasets.ClassLabel(names=["negative", "positive"]))
+    rows = tasks._few(split, 10, random.Random(0))
+    assert len(rows) == len({row["text"] for row in rows}) == 10
+    assert all(row["label"] == ("negative", "positive")[int(row["text"][2:]) % 2] for row in rows)
+    assert [row["text"] for row in tasks._few(split, None, random.Random(0))] == split["text"]  # the whole split
+    # reviews-3k and reviews-1k: that many training and 500 / 250 validation reviews, the whole test split.
+    assert tasks._FEW == {"reviews-3k": {"train": 3000, "validation": 500},
+                          "reviews-1k": {"train": 1000, "validation": 250}}
+    assert {"reviews-3k", "reviews-1k"} <= set(tasks.TASKS)
 
 
 def test_gpu_section_at_toy_sizes_on_the_cpu_measures_every_row_and_judges_the_targets():

@@ -389,6 +389,23 @@ def test_half_precision_checkpoints_train_with_float32_weights(tmp_path, tiny_co
     assert {t.dtype for t in load_file(tmp_path / "out" / "model.safetensors").values()} == {torch.float32}
 
 
+def test_the_best_checkpoint_is_selected_among_those_saved_at_evaluation_steps(tmp_path, capsys):
+    # Evaluating and saving every 4 of 20 steps: five candidates, and the one of best validation macro F1 is kept.
+    short = ["--max_train_samples", "320", "--max_eval_samples", "64", "--max_steps", "20",
+             "--config_overrides", TINY_MODEL, "--tokenizer_vocab_size", "2000", "--disable_tqdm", "true"]
+    finetune.main(["--output_dir", str(tmp_path / "out"), *short, "--eval_steps", "4", "--save_steps", "4"])
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    evaluated = [entry for entry in state["log_history"][:-1] if "eval_f1" in entry]  # then the kept model's
+    assert [entry["step"] for entry in evaluated] == [4, 8, 12, 16, 20]
+    assert state["best_global_step"] == max(evaluated, key=lambda entry: entry["eval_f1"])["step"]
+    # Evaluation steps that are not saving steps leave nothing to select from, and the run says how to fix that.
+    finetune.main(["--output_dir", str(tmp_path / "mismatch"), *short, "--eval_steps", "3"])
+    assert ("the model of the last step is kept: checkpoints are not saved at the evaluation steps (--save_strategy "
+            "steps --save_steps 100, --eval_steps 3), so none can be selected; give --save_steps the value of "
+            "--eval_steps (or a multiple) to select one") in capsys.readouterr().out
+    assert json.loads((tmp_path / "mismatch" / "trainer_state.json").read_text())["best_global_step"] is None
+
+
 def test_a_train_file_alone_trains_without_evaluation(tmp_path, capsys):
     # The default evaluates every eval_steps and keeps the best checkpoint; with no validation split both are off.
     reviews = load_sentiment_reviews()["train"].select(range(200))
