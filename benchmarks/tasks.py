@@ -69,8 +69,8 @@ def _imbalanced(split, rng):
 def _few(split, rows, rng):
     """`rows` reviews of the split drawn at random (all of them where `rows` is None), labels as words."""
     picked = rng.sample(range(len(split)), rows) if rows is not None else range(len(split))
-    names = split.features["label"].names
-    return [{"text": split[i]["text"], "label": names[split[i]["label"]]} for i in picked]
+    texts, labels, names = split["text"], split["label"], split.features["label"].names  # each column read once
+    return [{"text": texts[i], "label": names[labels[i]]} for i in picked]
 
 
 def _pairs(split, rows, rng):
