@@ -185,7 +185,7 @@ def render(result):
     if result.get("gpu"):
         lines += ["", *_render_gpu(result["gpu"], rows_of)]
     lines += ["", "MiniLM's English WordPiece vocabulary has few Chinese characters: most characters of the reviews "
-              "become [UNK] (tests/test_convert_bert.py checks the share), so its rows show that the machinery works on "
+              "become [UNK] (tests/test_convert.py checks the share), so its rows show that the machinery works on "
               "a converted BERT, not what BERT-scale pretraining would give.", "", "Targets:", *_targets(rows_of, result.get("gpu")),
               "", *READING]
     return lines

@@ -318,10 +318,10 @@ def pretrained_folder(name, task, kind, vocab_size):
 
 
 def converted_folder(name):
-    """The converted checkpoint CONVERTED names (hf_feedback.convert_bert, once)."""
+    """The converted checkpoint CONVERTED names (hf_feedback.convert, once)."""
     output = SCRATCH / f"converted-{name}"
     if not (output / "config.json").is_file():
-        _timed([sys.executable, "-m", "hf_feedback.convert_bert", CONVERTED[name](), str(output), "--overwrite"],
+        _timed([sys.executable, "-m", "hf_feedback.convert", CONVERTED[name](), str(output), "--overwrite"],
                output, f"converted-{name}.log")
     return output
 

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from . import modeling_feedback
-from .convert_bert import check_folders
+from .convert import check_folders
 from .failures import BadInput, load_pretrained
 
 # Saved head -> names of the outputs it exports.

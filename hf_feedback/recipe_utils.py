@@ -272,7 +272,7 @@ def check_masked_lm(config, folder, decoder=False):
         raise RecipeError(
             f"--model_name_or_path {folder} holds a {config.model_type!r} model ({', '.join(config.architectures or [])}"
             "); pretrain.py continues hf_feedback encoders (FeedbackForMaskedLM, or another hf_feedback head whose "
-            "encoder it reuses); convert a BERT first with `python -m hf_feedback.convert_bert`")
+            "encoder it reuses); convert a BERT first with `python -m hf_feedback.convert`")
 
 
 def check_training_arguments(training_args: TrainingArguments):

