@@ -238,13 +238,15 @@ def check_folders(source, destination, overwrite):
 
 
 def save_with_tokenizer(model, source, destination):
-    """Save `model` to `destination` with the tokenizer of `source`, where it has one."""
+    """Save `model` to `destination` with the tokenizer of `source`, where it has one; the tokenizer's
+    `model_max_length` is the model's longest input where it said more (or nothing), so that truncation=True fits."""
     destination.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(destination)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError):
         return  # a model folder without a tokenizer converts without one
+    tokenizer.model_max_length = min(tokenizer.model_max_length, model.config.max_position_embeddings)
     tokenizer.save_pretrained(destination)
 
 

@@ -128,7 +128,7 @@ def write_model_card(
     corpora = [c for c in corpora if c] or _default_corpora(pipeline_tag)
     bundled = [c for c in corpora if c in _BUNDLED_TITLES]
     hub_datasets = [c for c in corpora if c not in _BUNDLED_TITLES and not _is_data_file(c)]
-    base_hub_id = base_model if base_model and not Path(base_model).exists() else None
+    base_hub_id = base_model if base_model and not Path(base_model).exists() else _upstream(base_model)
     adapter_only = lora is not None and not (output_dir / "model.safetensors").is_file()
     model_name = (trainer.args.hub_model_id or output_dir.name).split("/")[-1]
     evaluations = _evaluations(metrics, split_sizes, pipeline_tag)
@@ -241,6 +241,9 @@ def _summary(config, head, pipeline_tag, base_model, lora, adapter_only):
     size = (f"a {config.num_hidden_layers}-layer, {config.hidden_size}-wide "
             f"{'decoder' if getattr(config, 'is_decoder', False) else 'encoder'}")
     start = f"fine-tuned from `{_local_or_hub(base_model)}`" if base_model else "trained from scratch"
+    upstream = _upstream(base_model)
+    if upstream and upstream != base_model:
+        start += f" (itself from [{upstream}](https://huggingface.co/{upstream}))"
     if pipeline_tag == "text-classification":
         labels = " / ".join(config.id2label[i] for i in sorted(config.id2label))
         what = f"{size} {start} to classify texts as {labels}"
@@ -278,6 +281,16 @@ def _tokenizer_kind(tokenizer):
 def _vocabulary(tokenizer):
     kind = _tokenizer_kind(tokenizer)
     return _TOKEN_KINDS.get(kind, f"{kind} tokens" if kind else "tokens")
+
+
+def _upstream(base_model):
+    """The Hub model a local base folder was made from, as its own card's `base_model` says (e.g. a converted
+    checkpoint's), or None."""
+    card = Path(base_model) / "README.md" if base_model else None
+    if card is None or not card.is_file():
+        return None
+    upstream = ModelCard.load(card).data.base_model
+    return upstream if isinstance(upstream, str) else None
 
 
 def _local_or_hub(name):

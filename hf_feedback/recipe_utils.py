@@ -22,6 +22,7 @@ from .collators import DataCollatorForPaddingFree
 from .configuration_feedback import FeedbackConfig
 from .failures import BadInput, bad_input_exits  # noqa: F401 (the recipes import it from here)
 from .tokenization import TOKENIZER_KINDS, cooccurrence_vectors, token_characters, train_tokenizer
+from .trim_vocabulary import is_unigram, pieces_to_keep, trim_vocabulary
 
 logger = logging.get_logger(__name__)
 
@@ -64,6 +65,12 @@ class FineTuningModelArguments(ModelArguments):
 
     attn_implementation: str | None = field(default=None, metadata={"help": "'sdpa' (default) or 'eager'."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow checkpoints that ship their own code."})
+    trim_vocabulary: bool | None = field(default=None, metadata={
+        "help": "Keep only the checkpoint's pieces that the training texts use, its special tokens and every "
+                "single character (hf_feedback.trim_vocabulary: the same outputs on those texts; a multilingual "
+                "encoder's 250k pieces become ~24k on Chinese reviews, 118M parameters 31M). Default: on for a "
+                "checkpoint with a SentencePiece unigram tokenizer whose training texts leave pieces unused; off "
+                "otherwise and with --use_lora."})
 
 
 class RecipeError(BadInput):
@@ -622,3 +629,29 @@ def init_embeddings_from_cooccurrence(model, tokenizer, texts, window: int = 5) 
         scale = embeddings.norm(dim=1).mean()
         embeddings[chosen] = (vectors[chosen] / norms[chosen, None] * scale).to(embeddings.dtype)
     return int(chosen.sum())
+
+
+def trim_checkpoint_vocabulary(model_args, model, tokenizer, texts, training_args, lora=False):
+    """(model, tokenizer), trimmed to `texts` as --trim_vocabulary says (see its help); says what it did. With
+    `lora` the vocabulary stays whole: the adapter is saved for the checkpoint as it is on disk (and LoRA trains no
+    embedding row, so the whole vocabulary costs it no optimizer state)."""
+    if model_args.model_name_or_path is None or model_args.trim_vocabulary is False:
+        return model, tokenizer
+    if lora:
+        if model_args.trim_vocabulary:
+            raise RecipeError("--trim_vocabulary with --use_lora: the adapter is saved for "
+                              f"{model_args.model_name_or_path} as it is, with every piece; leave the flag out")
+        return model, tokenizer
+    if model_args.trim_vocabulary is None and not is_unigram(tokenizer):
+        return model, tokenizer
+    before = model.config.vocab_size
+    keep = pieces_to_keep(tokenizer, texts)
+    if model_args.trim_vocabulary is None and len(keep) == before:
+        return model, tokenizer
+    start, parameters = time.perf_counter(), model.num_parameters()
+    model, tokenizer = trim_vocabulary(model, tokenizer, texts, keep)
+    if training_args.process_index == 0:
+        print(f"vocabulary: kept {len(keep):,} of {before:,} pieces (those of the {len(texts):,} training texts, the "
+              f"special tokens and every single character; {parameters:,} parameters -> {model.num_parameters():,}, "
+              f"{time.perf_counter() - start:.1f} s; --trim_vocabulary false keeps all)", flush=True)
+    return model, tokenizer

@@ -163,18 +163,33 @@ def _count(values):
 def align_tags(dataset, tokenizer, max_length: int):
     """Tokenize each row's words (`is_split_into_words`) and give each word's tag id to its first sub-word token;
     the word's other tokens and the special tokens get -100, which the loss and the metrics skip. Words past
-    `max_length` tokens are cut off with their tags."""
+    `max_length` tokens are cut off with their tags.
+
+    A SentencePiece tokenizer (XLM-R's, ours) starts every word with the word marker "▁"; where the vocabulary has no
+    "▁" + word piece, the marker is a piece of its own (Chinese text has no spaces, so "▁充满" is rarely one) and a
+    sentence of characters doubles in length, each tag on the same marker. Such a bare marker before the word's other
+    pieces is dropped, as BERT's Chinese taggers see one piece per character."""
+    marker = tokenizer.convert_tokens_to_ids("▁")
+    marker = None if marker is None or marker == tokenizer.unk_token_id else marker
+
     def tokenize(batch):
-        encoded = tokenizer(batch["tokens"], is_split_into_words=True, truncation=True, max_length=max_length)
-        labels = []
+        encoded = tokenizer(batch["tokens"], is_split_into_words=True)
+        rows = {key: [] for key in encoded}
+        rows["labels"] = []
         for row, tags in enumerate(batch["tags"]):
-            previous, row_labels = None, []
-            for word in encoded.word_ids(row):
-                row_labels.append(tags[word] if word is not None and word != previous else -100)
-                previous = word
-            labels.append(row_labels)
-        encoded["labels"] = labels
-        return encoded
+            ids, words = encoded["input_ids"][row], encoded.word_ids(row)
+            kept = [i for i, word in enumerate(words) if not (
+                ids[i] == marker and word is not None and i + 1 < len(ids) and words[i + 1] == word)]
+            if len(kept) > max_length:  # cut the words that do not fit, keep the closing special token
+                kept = kept[:max_length - 1] + kept[-1:] if words[kept[-1]] is None else kept[:max_length]
+            for key in encoded:
+                rows[key].append([encoded[key][row][i] for i in kept])
+            labels = []
+            for position, i in enumerate(kept):
+                first = words[i] is not None and (position == 0 or words[kept[position - 1]] != words[i])
+                labels.append(tags[words[i]] if first else -100)
+            rows["labels"].append(labels)
+        return rows
 
     return dataset.map(tokenize, batched=True, remove_columns=["tokens", "tags"], desc="Tokenizing and aligning")
 

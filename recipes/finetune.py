@@ -61,6 +61,7 @@ from hf_feedback.recipe_utils import (
     settle_evaluation,
     train_and_evaluate,
     training_collator,
+    trim_checkpoint_vocabulary,
 )
 from hf_feedback.sentence_embeddings import write_sentence_transformers_files
 from hf_feedback.training import CLASS_WEIGHTINGS, FeedbackTrainer, WeightedCrossEntropy, class_weights
@@ -286,6 +287,8 @@ def main(argv=None):
             training_args, model_args.trust_remote_code, model_args.tokenizer_kind,
         )
         model = load_model(model_args, tokenizer, label_names, data_args.max_seq_length, problem_type)
+        model, tokenizer = trim_checkpoint_vocabulary(model_args, model, tokenizer, texts, training_args,
+                                                      lora=lora_args.use_lora)
         # (A resumed run loads the checkpoint's weights over whatever the model starts from.)
         if (model_args.model_name_or_path is None and model_args.embedding_init != "random"
                 and training_args.resume_from_checkpoint is None):

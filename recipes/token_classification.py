@@ -42,6 +42,7 @@ from hf_feedback.recipe_utils import (
     settle_evaluation,
     train_and_evaluate,
     training_collator,
+    trim_checkpoint_vocabulary,
 )
 from hf_feedback.tagging import (
     TAG_TASKS,
@@ -135,13 +136,14 @@ def main(argv=None):
             print(f"{len(label_names)} tags ({', '.join(label_names[:12])}{', ...' if len(label_names) > 12 else ''});"
                   " " + "; ".join(f"{split} {len(data)} sentences" for split, data in raw.items()), flush=True)
 
+        # Words apart, as they are tokenized (`is_split_into_words`): pieces never span two words.
+        texts = [" ".join(tokens) for tokens in raw["train"]["tokens"]]
         tokenizer = load_or_train_tokenizer(
-            model_args.tokenizer_name or model_args.model_name_or_path,
-            # Words apart, as they are tokenized (`is_split_into_words`): pieces never span two words.
-            [" ".join(tokens) for tokens in raw["train"]["tokens"]],
+            model_args.tokenizer_name or model_args.model_name_or_path, texts,
             model_args.tokenizer_vocab_size, training_args, model_args.trust_remote_code, model_args.tokenizer_kind,
         )
         model = load_model(model_args, tokenizer, label_names, data_args.max_seq_length)
+        model, tokenizer = trim_checkpoint_vocabulary(model_args, model, tokenizer, texts, training_args)
         max_length = min(data_args.max_seq_length, getattr(model.config, "max_position_embeddings", 512))
         with training_args.main_process_first(desc="tokenizing"):
             tokenized = {split: align_tags(data, tokenizer, max_length) for split, data in raw.items()}

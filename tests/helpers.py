@@ -39,3 +39,16 @@ def load_recipe(name):
 
 def run_recipe(name, argv):
     load_recipe(name).main(argv)
+
+
+def xlmr_tokenizer(texts, vocab_size):
+    """XLM-R's tokenizer (transformers' class: SentencePiece unigram, <s> <pad> </s> <unk> at 0-3, <mask> last) with
+    pieces learned here from `texts`: what a multilingual checkpoint brings, at a test's size."""
+    from tokenizers import SentencePieceUnigramTokenizer
+    from transformers import XLMRobertaTokenizer
+
+    unigram = SentencePieceUnigramTokenizer()
+    unigram.train_from_iterator(texts, vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+                                unk_token="<unk>")
+    pieces = json.loads(unigram._tokenizer.to_str())["model"]["vocab"]  # [[piece, score], ...]
+    return XLMRobertaTokenizer(vocab=[tuple(piece) for piece in pieces])

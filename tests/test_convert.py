@@ -1,6 +1,5 @@
 """hf_feedback/convert.py: BERT, RoBERTa and XLM-R weights in our architecture give their numbers."""
 
-import json
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,8 @@ from transformers import (
     BertForSequenceClassification,
     BertModel,
 )
+
+from helpers import xlmr_tokenizer
 
 from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification, FeedbackModel
 from hf_feedback.convert import convert
@@ -201,15 +202,10 @@ def test_every_family_and_head_gives_the_source_outputs(model_type, head, tmp_pa
 def test_xlm_roberta_tokenizer_travels_with_the_model(tmp_path):
     """An XLM-R SentencePiece tokenizer (its pieces trained here on a few reviews) is saved beside the converted model and
     gives the same ids; the position table loses the padding_idx + 1 rows RoBERTa never reads (66 -> 64)."""
-    from tokenizers import SentencePieceUnigramTokenizer
-
     from hf_feedback.data import load_sentiment_reviews
 
     texts = list(load_sentiment_reviews()["train"]["text"][:300])
-    spm = SentencePieceUnigramTokenizer()
-    spm.train_from_iterator(texts, vocab_size=3000, special_tokens=["<s>", "<pad>", "</s>", "<unk>"], unk_token="<unk>")
-    pieces = json.loads(spm._tokenizer.to_str())["model"]["vocab"]  # [[piece, score], ...]
-    tokenizer = transformers.XLMRobertaTokenizer(vocab=[tuple(piece) for piece in pieces])
+    tokenizer = xlmr_tokenizer(texts, 3000)
     assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (1, 0, 2)
     torch.manual_seed(0)
     source = transformers.XLMRobertaModel(tiny_source_config("xlm-roberta", vocab_size=len(tokenizer))).eval()

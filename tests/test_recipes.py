@@ -19,7 +19,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-from helpers import ROOT, load_recipe, losses
+from helpers import ROOT, load_recipe, losses, xlmr_tokenizer
 
 from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification
 from hf_feedback.__main__ import main as cli
@@ -626,3 +626,51 @@ def test_causal_lm_pretraining_lowers_perplexity_and_its_folder_generates(tmp_pa
     expect_exit(capsys, ["--output_dir", str(tmp_path / "mlm"), "--model_name_or_path", str(output_dir),
                          "--max_steps", "1"], "holds a causal LM (decoder); this objective continues an encoder",
                 recipe=pretrain)
+
+
+def test_finetune_from_a_multilingual_checkpoint_trims_its_vocabulary_and_names_its_base(tmp_path, capsys):
+    """An XLM-R checkpoint (tiny, its tokenizer's pieces learned from other text) fine-tunes with the vocabulary cut to
+    the training texts' pieces; the folder is consistent, serves, and its card names the Hub model at its origin."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    other_text = list(load_sentiment_reviews()["test"]["text"][:600])
+    tokenizer = xlmr_tokenizer(other_text, 3000)
+    torch.manual_seed(0)
+    source = transformers.XLMRobertaModel(transformers.XLMRobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=130, type_vocab_size=1))
+    source.save_pretrained(tmp_path / "xlmr")
+    tokenizer.save_pretrained(tmp_path / "xlmr")
+    convert(tmp_path / "xlmr", tmp_path / "base")
+    ModelCard(f"---\n{ModelCardData(base_model='someone/tiny-xlmr').to_yaml()}\n---\n").save(tmp_path / "base/README.md")
+
+    output_dir = tmp_path / "finetuned"
+    finetune.main(["--output_dir", str(output_dir), "--model_name_or_path", str(tmp_path / "base"), *FINETUNE])
+    printed = capsys.readouterr().out
+    kept, whole = (int(n.replace(",", "")) for n in re.search(r"vocabulary: kept ([\d,]+) of ([\d,]+) pieces",
+                                                              printed).groups())
+    assert whole == len(tokenizer) and kept < whole
+    saved_tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(output_dir).eval()
+    assert len(saved_tokenizer) == model.config.vocab_size == kept
+    assert model.feedback.embeddings.word_embeddings.weight.shape[0] == kept
+    assert losses(output_dir)[-1] < losses(output_dir)[0]
+    texts = list(load_sentiment_reviews()["validation"]["text"][:8])
+    texts[0] *= 20  # longer than the model's positions: the saved tokenizer knows where to cut
+    assert saved_tokenizer.model_max_length == 128  # 130 RoBERTa positions, 2 never read
+    served = pipeline("text-classification", model=str(output_dir))(texts, truncation=True)
+    with torch.no_grad():
+        logits = model(**saved_tokenizer(texts, padding=True, truncation=True, return_tensors="pt")).logits
+    assert [result["label"] for result in served] == [model.config.id2label[i] for i in logits.argmax(-1).tolist()]
+    card = (output_dir / "README.md").read_text()
+    assert "base_model: someone/tiny-xlmr" in card and "(itself from [someone/tiny-xlmr]" in card
+
+    # LoRA keeps the whole vocabulary (its adapter fits the checkpoint on disk), and asking to trim then is refused.
+    lora_dir = tmp_path / "lora"
+    finetune.main(["--output_dir", str(lora_dir), "--model_name_or_path", str(tmp_path / "base"), "--use_lora",
+                   "--max_train_samples", "64", "--max_eval_samples", "32", "--max_steps", "2",
+                   "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true"])
+    assert "vocabulary: kept" not in capsys.readouterr().out
+    assert len(AutoTokenizer.from_pretrained(lora_dir)) == len(tokenizer)
+    expect_exit(capsys, ["--output_dir", str(tmp_path / "refused"), "--model_name_or_path", str(tmp_path / "base"),
+                         "--use_lora", "--trim_vocabulary", "true"], "--trim_vocabulary with --use_lora")

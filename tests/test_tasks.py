@@ -9,12 +9,13 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer, pipeline
 
-from helpers import load_recipe, losses
+from helpers import load_recipe, losses, xlmr_tokenizer
 
 from hf_feedback.__main__ import main as cli
 from hf_feedback.data import load_sentiment_reviews, load_text_classification_data, tokenize_dataset
 from hf_feedback.tagging import (
     _peoples_daily_sentences,
+    align_tags,
     load_peoples_daily_tags,
     segmentation_tags,
     words_from_tags,
@@ -377,3 +378,35 @@ def test_jieba_baseline_is_scored_like_our_segmentation(segmentation):
     assert 0.7 < scores["f1"] < 1 and 0.8 < scores["accuracy"] < 1, scores
     split_word = jieba_baseline([(list("中国人民"), ["B", "M", "M", "E"])])  # jieba: 中国 / 人民, two words for one
     assert split_word["f1"] == 0 and split_word["accuracy"] == 0.5
+
+
+def test_tags_sit_on_each_words_first_content_piece_without_bare_word_markers():
+    """A SentencePiece tokenizer puts a bare "▁" before a Chinese word it has no "▁word" piece for; align_tags drops
+    it, so a sentence of characters is one piece per character with each tag on its own character, and a cut
+    sentence keeps its closing special token."""
+    import datasets
+
+    words = ["这本", "书", "的", "质量", "很好", "推荐"]
+    sentences = [list("".join(words)), words]
+    segmentation = [["B", "M", "E", "S"].index(tag) for tag in segmentation_tags(words)]
+    assert segmentation == [0, 2, 3, 3, 0, 2, 0, 2, 0, 2]
+    tagged = datasets.Dataset.from_dict({"tokens": sentences, "tags": [segmentation, [0, 1, 2, 3, 4, 5]]})
+    tokenizer = xlmr_tokenizer(list(load_sentiment_reviews()["train"]["text"][:300]), 3000)
+    marker = tokenizer.convert_tokens_to_ids("▁")
+    assert marker in tokenizer(sentences[0], is_split_into_words=True)["input_ids"]  # what is dropped, and why
+    aligned = align_tags(tagged, tokenizer, max_length=64)
+    characters = aligned[0]
+    assert marker not in characters["input_ids"]
+    assert len(characters["input_ids"]) == len(sentences[0]) + 2  # <s>, one piece per character, </s>
+    assert characters["labels"] == [-100, *segmentation, -100]
+    assert tokenizer.convert_ids_to_tokens(characters["input_ids"][1:-1]) == sentences[0]
+    words = aligned[1]
+    scored = [i for i, label in enumerate(words["labels"]) if label != -100]
+    assert [words["labels"][i] for i in scored] == [0, 1, 2, 3, 4, 5]
+    assert all(words["input_ids"][i] != marker for i in scored)
+    assert set(aligned.column_names) == {"input_ids", "attention_mask", "labels"}
+    assert all(len(aligned[0][key]) == len(characters["input_ids"]) for key in aligned.column_names)
+
+    cut = align_tags(tagged, tokenizer, max_length=6)[0]
+    assert cut["input_ids"] == characters["input_ids"][:5] + characters["input_ids"][-1:]
+    assert cut["labels"] == [-100, *segmentation[:4], -100]
