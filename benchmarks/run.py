@@ -1,6 +1,6 @@
 """Run the hf_feedback benchmarks and write the report.
 
-    python benchmarks/run.py [--quick] [--only speed,mfu,memory,accuracy,serving,tagging,causal_lm,seq2seq,gpu] [--recorded] [--json benchmarks/results.json]
+    python benchmarks/run.py [--quick] [--only speed,mfu,memory,accuracy,serving,tagging,causal_lm,seq2seq,gpu,pretrained] [--recorded] [--json benchmarks/results.json]
                              [--markdown benchmarks/RESULTS.md] [--compile] [--threads N] [--device cpu]
 
 Runs the chosen sections (all but gpu by default; accuracy alone takes hours on a small CPU machine), then prints
@@ -28,7 +28,9 @@ import datasets  # noqa: E402
 import torch  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
-from benchmarks import accuracy, causal_lm, efficiency, gpu, memory, seq2seq, serving, speed, tagging, workloads  # noqa: E402
+from benchmarks import (  # noqa: E402
+    accuracy, causal_lm, efficiency, gpu, memory, pretrained, seq2seq, serving, speed, tagging, workloads,
+)
 from benchmarks.common import ROOT, RUNS, describe_machine, load_warning, run_info  # noqa: E402
 
 SECTIONS = {
@@ -41,6 +43,7 @@ SECTIONS = {
     "causal_lm": ("7. The decoder: a causal language model", causal_lm.render),
     "seq2seq": ("8. The encoder-decoder: pinyin to characters", seq2seq.render),
     "gpu": ("9. On a GPU: throughput, MFU and the default job's overheads", gpu.render),
+    "pretrained": ("10. A real pretrained encoder: multilingual-e5-small", pretrained.render),
 }
 # How a section not measured yet is added: its --only, and what else it needs.
 MEASURE = {name: f"--only {name}" for name in SECTIONS} | {"gpu": "--only gpu --device cuda"}
@@ -100,6 +103,8 @@ def run_section(name, args):
         return causal_lm.run(args.quick)
     if name == "seq2seq":
         return seq2seq.run(args.quick)
+    if name == "pretrained":
+        return pretrained.run(args.quick or args.recorded, args.quick)
     return accuracy.run(args.quick or args.recorded)
 
 

