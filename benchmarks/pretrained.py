@@ -133,7 +133,7 @@ def measure_trimming(folder, quick):
             if i >= warmup:
                 times.append(time.perf_counter() - start)
         parameters = model.num_parameters()
-        result[name] = {"pieces": len(tokenizer), "parameters": parameters,
+        result[name] = {"pieces": len(tokenizer), "parameters": parameters, "weights_mib": round(4 * parameters / 2**20),
                         "adamw_state_mib": round(2 * 4 * parameters / 2**20), "step_s": statistics.median(times)}
     return result
 
@@ -170,8 +170,10 @@ def render(result):
              "Trimming the vocabulary to the reviews' 13,832 training texts (special tokens and every single character "
              f"kept; {trimming['trim_s']} s), one training step (batch of 32 real reviews, forward + backward + AdamW, "
              "median of the timed steps) with each, side by side in one process:", ""]
-    lines += table(["vocabulary", "pieces", "parameters", "AdamW state (MiB)", "step (s)"], [
-        [name, f"{row['pieces']:,}", f"{row['parameters']:,}", row["adamw_state_mib"], f"{row['step_s']:.2f}"]
+    lines += table(["vocabulary", "pieces", "parameters", "weights (MiB, float32)", "gradients + AdamW state (MiB)",
+                    "step (s)"], [
+        [name, f"{row['pieces']:,}", f"{row['parameters']:,}", row["weights_mib"],
+         row["weights_mib"] + row["adamw_state_mib"], f"{row['step_s']:.2f}"]
         for name, row in (("whole", whole), ("trimmed", trimmed))])
     lines += ["", f"Trimmed: {percent(trimmed['parameters'] / whole['parameters'])} of the parameters, steps "
                   f"{whole['step_s'] / trimmed['step_s']:.2f}x as fast.", ""]

@@ -128,6 +128,7 @@ VARIANTS = {
     # A real multilingual pretrained encoder (multilingual-e5-small, 12 layers, its vocabulary trimmed to the training
     # texts' pieces by default): BERT-style fine-tuning, lr 5e-5, one epoch (each step costs ~12x the 2-layer default's).
     "e5-full-1ep": (CHECKPOINT, ["--learning_rate", "5e-5", "--num_train_epochs", "1"], "e5"),
+    "e5-full-1ep-lr1e-4": (CHECKPOINT, ["--learning_rate", "1e-4", "--num_train_epochs", "1"], "e5"),
     "e5-lora-1ep": (CHECKPOINT, ["--use_lora", "--learning_rate", "5e-4", "--num_train_epochs", "1"], "e5"),
     # Little data: three epochs over fewer texts, evaluated often enough to choose among several checkpoints.
     "e5-full-3ep": (CHECKPOINT, ["--learning_rate", "5e-5", "--num_train_epochs", "3", "--eval_steps", "25",

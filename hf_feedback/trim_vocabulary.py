@@ -33,7 +33,7 @@ def pieces_to_keep(tokenizer, texts) -> list[int]:
     """Sorted ids: the special tokens, the pieces of `texts` and every single-character piece."""
     vocabulary = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     keep = set(tokenizer.all_special_ids)
-    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+    for ids in tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]:  # no length warning
         keep.update(ids)
     keep.update(i for i, piece in enumerate(vocabulary) if len(piece.removeprefix("▁")) <= 1)
     return sorted(keep)

@@ -279,3 +279,39 @@ def test_gpu_section_runs_on_a_gpu_or_at_toy_sizes_only():
     assert run.parse_args(["--only", "gpu", "--device", "cuda"]).only == ["gpu"]
     assert run.parse_args(["--quick", "--only", "gpu"]).only == ["gpu"]
     assert "gpu" not in run.parse_args([]).only  # only when named
+
+
+def test_pretrained_section_reads_its_runs_per_task_and_judges_the_targets(tmp_path, monkeypatch):
+    """Section 10's fine-tuning rows are recipe-search runs of each (task, variant); the targets follow the means."""
+    from benchmarks import pretrained, recipe_search
+
+    def row(task, variant, seed, accuracy_, wall_s=900.0):
+        return {"variant": variant, "task": task, "seed": seed, "test_accuracy": accuracy_, "test_f1": accuracy_,
+                "arguments": recipe_search.VARIANTS[variant][1], "wall_s": wall_s}
+
+    lines = [row("reviews", "tfidf", 42, 0.84), *(row("reviews", "e5-full-1ep", s, 0.91) for s in (42, 43)),
+             row("reviews", "e5-full-1ep", 44, 0.88, wall_s=2000.0), row("reviews", "e5-lora-1ep", 42, 0.895),
+             row("reviews-3k", "tfidf", 42, 0.81), row("reviews-3k", "e5-full-3ep", 42, 0.87),
+             row("reviews-1k", "tfidf", 42, 0.77), row("reviews-1k", "e5-full-3ep", 42, 0.80),
+             row("reviews-1k", "e5-full-3ep", 45, 0.10)]  # not a seed of the section
+    results = tmp_path / "recipe_search.jsonl"
+    results.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    monkeypatch.setattr(recipe_search, "RESULTS", results)
+    result = {"rows": {f"{task}/{variant}": list(pretrained.recorded(task, variant).values())
+                       for task, variant, _ in pretrained.ROWS},
+              "import": {"convert_s": 15.0, "texts": 200, "cosine_min": 0.9998, "cosine_mean": 0.9999,
+                         "parameters": 117_492_480, "folder": "x"},
+              "trimming": {"trim_s": 1.5, "whole": {"pieces": 250002, "parameters": 117_641_090, "weights_mib": 449,
+                                                    "adamw_state_mib": 898, "step_s": 2.6},
+                           "trimmed": {"pieces": 23638, "parameters": 30_717_314, "weights_mib": 117,
+                                       "adamw_state_mib": 234, "step_s": 2.0}}}
+    report = "\n".join(pretrained.render(result))
+    assert "| multilingual-e5-small + full fine-tuning, 1 epoch | 90.0 ± 1.7 | 0.900 ± 0.017 | 3 | 21.1 |" in report
+    assert "| 3,000 reviews: ours from scratch | not run yet |" in report
+    assert "- **Met**: reviews from the pretrained start: 90.0% (target ≥ 90.0%) in at most 33.3 min" not in report
+    assert "- **Missed**: reviews from the pretrained start: 90.0% (target ≥ 90.0%) in at most 33.3 min" in report
+    assert "- **Met**: LoRA 89.5%: -0.5 points from full fine-tuning" in report
+    assert "- **Met**: reviews-3k: 87.0% vs TF-IDF 81.0% (+6.0 points" in report
+    assert "- **Missed**: reviews-1k: 80.0% vs TF-IDF 77.0% (+3.0 points" in report
+    assert "steps 1.30x as fast" in report and "26.1% of the parameters" in report
+    assert "| whole | 250,002 | 117,641,090 | 449 | 1347 | 2.60 |" in report
