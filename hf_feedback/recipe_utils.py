@@ -155,6 +155,31 @@ COMMON_DEFAULTS = dict(
 )
 
 
+# The learning rate for fine-tuning a checkpoint (--model_name_or_path) when --learning_rate is not given: a new
+# model's 1e-3 would wreck pretrained weights. Measured on multilingual-e5-small (benchmarks/RECIPE_SEARCH.md,
+# `e5-full-1ep*`); transformers' own default is 5e-5.
+CHECKPOINT_LEARNING_RATE = 5e-5
+
+
+def flag_given(name, argv=None) -> bool:
+    """Whether the command line (or the one JSON / YAML file of arguments) sets `--name`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        import yaml  # a dependency of datasets, transformers and accelerate
+
+        return name in (yaml.safe_load(Path(argv[0]).read_text()) or {})
+    return any(arg == f"--{name}" or arg.startswith(f"--{name}=") for arg in argv)
+
+
+def checkpoint_learning_rate(model_args, training_args, argv=None):
+    """A checkpoint fine-tunes at CHECKPOINT_LEARNING_RATE unless --learning_rate says otherwise; says so."""
+    if model_args.model_name_or_path is not None and not flag_given("learning_rate", argv):
+        training_args.learning_rate = CHECKPOINT_LEARNING_RATE
+        if training_args.process_index == 0:
+            print(f"learning rate {CHECKPOINT_LEARNING_RATE:g}: fine-tuning a checkpoint (a new model's default is "
+                  "higher; --learning_rate to choose)", flush=True)
+
+
 def parse_args(dataclass_types, defaults, argv=None):
     """HfArgumentParser over `dataclass_types` (TrainingArguments last), with the recipe's own defaults.
 

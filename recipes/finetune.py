@@ -46,6 +46,7 @@ from hf_feedback.recipe_utils import (
     bad_input_exits,
     begin_run,
     check_choice,
+    checkpoint_learning_rate,
     check_data_limits,
     check_text_classifier,
     check_vocabulary,
@@ -155,8 +156,8 @@ DEFAULTS = dict(
     num_train_epochs=2,
     per_device_train_batch_size=32,
     per_device_eval_batch_size=64,
-    # With pre-norm layers (NEW_MODEL below) 1e-3 trains a new model faster than 5e-4 with post-norm. From a
-    # pretrained checkpoint pass a lower rate (5e-4 or less; converted BERTs 1e-4).
+    # With pre-norm layers (NEW_MODEL below) 1e-3 trains a new model faster than 5e-4 with post-norm. A checkpoint
+    # (--model_name_or_path) fine-tunes at recipe_utils.CHECKPOINT_LEARNING_RATE unless --learning_rate is given.
     learning_rate=1e-3,
     warmup_steps=0.1,
     eval_steps=100,
@@ -239,6 +240,7 @@ def main(argv=None):
         if training_args.push_to_hub and lora_args.use_lora and not lora_args.merge_lora:
             raise RecipeError("--push_to_hub with --use_lora needs --merge_lora: the Hub repository gets a plain model")
         resume = begin_run(training_args)
+        checkpoint_learning_rate(model_args, training_args, argv)
 
         raw = load_text_classification_data(
             data_args.dataset_name, data_args.dataset_config_name, data_args.train_file, data_args.validation_file,

@@ -29,6 +29,7 @@ from hf_feedback.recipe_utils import (
     bad_input_exits,
     begin_run,
     check_choice,
+    checkpoint_learning_rate,
     check_data_limits,
     check_vocabulary,
     claim_run,
@@ -122,6 +123,7 @@ def main(argv=None):
         output_dir = Path(training_args.output_dir)
         claim_run(set_up, training_args, model_args.overwrite_output_dir)
         resume = begin_run(training_args)
+        checkpoint_learning_rate(model_args, training_args, argv)
 
         if data_args.train_file is None:
             raw = load_peoples_daily_tags(data_args.corpus)

@@ -79,3 +79,26 @@ def test_a_checkpoint_cut_short_is_named_and_last_skips_it(tmp_path, caplog, dam
         resolve_resume(TrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint=str(newer)))
     assert resolve_resume(TrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint="last")) == str(older)
     assert f"skipping {newer} (damaged: {damage}" in caplog.text
+
+
+def test_a_checkpoint_fine_tunes_at_the_checkpoint_rate_unless_one_is_given(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from hf_feedback.recipe_utils import CHECKPOINT_LEARNING_RATE, checkpoint_learning_rate, flag_given
+
+    assert flag_given("learning_rate", ["--learning_rate", "1e-3"]) and flag_given("learning_rate", ["--learning_rate=2"])
+    assert not flag_given("learning_rate", ["--learning_rate_scheduler", "x", "--lr", "1"])
+    (tmp_path / "args.json").write_text('{"learning_rate": 0.01}')
+    (tmp_path / "other.yaml").write_text("num_train_epochs: 1\n")
+    assert flag_given("learning_rate", [str(tmp_path / "args.json")])
+    assert not flag_given("learning_rate", [str(tmp_path / "other.yaml")])
+
+    def rate(model_name_or_path, argv):
+        training_args = SimpleNamespace(learning_rate=1e-3, process_index=0)
+        checkpoint_learning_rate(SimpleNamespace(model_name_or_path=model_name_or_path), training_args, argv)
+        return training_args.learning_rate
+
+    assert rate("outputs/pretrained", []) == CHECKPOINT_LEARNING_RATE < 1e-3
+    assert f"learning rate {CHECKPOINT_LEARNING_RATE:g}: fine-tuning a checkpoint" in capsys.readouterr().out
+    assert rate("outputs/pretrained", ["--learning_rate", "1e-3"]) == 1e-3  # the user's rate stands
+    assert rate(None, []) == 1e-3  # a new model keeps the recipe's
