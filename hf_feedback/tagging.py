@@ -160,10 +160,11 @@ def _count(values):
     return len(values) if isinstance(values, list) else f"a {type(values).__name__} instead of a list of"
 
 
-def align_tags(dataset, tokenizer, max_length: int):
-    """Tokenize each row's words (`is_split_into_words`) and give each word's tag id to its first sub-word token;
-    the word's other tokens and the special tokens get -100, which the loss and the metrics skip. Words past
-    `max_length` tokens are cut off with their tags.
+def encode_words(tokenizer, rows, max_length: int):
+    """Each row of words tokenized as the taggers read it, in training (`align_tags`) and in prediction alike:
+    `is_split_into_words`, without a bare word marker before a word's pieces (below), cut to `max_length` tokens with
+    the closing special token kept. Returns the tokenizer's columns as lists per row, and per row the word index of
+    each token (None for special tokens).
 
     A SentencePiece tokenizer (XLM-R's, ours) starts every word with the word marker "▁"; where the vocabulary has no
     "▁" + word piece, the marker is a piece of its own (Chinese text has no spaces, so "▁充满" is rarely one) and a
@@ -171,25 +172,31 @@ def align_tags(dataset, tokenizer, max_length: int):
     pieces is dropped, as BERT's Chinese taggers see one piece per character."""
     marker = tokenizer.convert_tokens_to_ids("▁")
     marker = None if marker is None or marker == tokenizer.unk_token_id else marker
+    encoded = tokenizer(rows, is_split_into_words=True)
+    columns, word_ids = {key: [] for key in encoded}, []
+    for row in range(len(rows)):
+        ids, words = encoded["input_ids"][row], encoded.word_ids(row)
+        kept = [i for i, word in enumerate(words) if not (
+            ids[i] == marker and word is not None and i + 1 < len(ids) and words[i + 1] == word)]
+        if len(kept) > max_length:  # cut the words that do not fit, keep the closing special token
+            kept = kept[:max_length - 1] + kept[-1:] if words[kept[-1]] is None else kept[:max_length]
+        for key in encoded:
+            columns[key].append([encoded[key][row][i] for i in kept])
+        word_ids.append([words[i] for i in kept])
+    return columns, word_ids
 
+
+def align_tags(dataset, tokenizer, max_length: int):
+    """Tokenize each row's words (`encode_words`) and give each word's tag id to its first token; the word's other
+    tokens and the special tokens get -100, which the loss and the metrics skip. Words past `max_length` tokens are
+    cut off with their tags."""
     def tokenize(batch):
-        encoded = tokenizer(batch["tokens"], is_split_into_words=True)
-        rows = {key: [] for key in encoded}
-        rows["labels"] = []
-        for row, tags in enumerate(batch["tags"]):
-            ids, words = encoded["input_ids"][row], encoded.word_ids(row)
-            kept = [i for i, word in enumerate(words) if not (
-                ids[i] == marker and word is not None and i + 1 < len(ids) and words[i + 1] == word)]
-            if len(kept) > max_length:  # cut the words that do not fit, keep the closing special token
-                kept = kept[:max_length - 1] + kept[-1:] if words[kept[-1]] is None else kept[:max_length]
-            for key in encoded:
-                rows[key].append([encoded[key][row][i] for i in kept])
-            labels = []
-            for position, i in enumerate(kept):
-                first = words[i] is not None and (position == 0 or words[kept[position - 1]] != words[i])
-                labels.append(tags[words[i]] if first else -100)
-            rows["labels"].append(labels)
-        return rows
+        columns, word_ids = encode_words(tokenizer, batch["tokens"], max_length)
+        columns["labels"] = [
+            [tags[word] if word is not None and (i == 0 or words[i - 1] != word) else -100
+             for i, word in enumerate(words)]
+            for tags, words in zip(batch["tags"], word_ids)]
+        return columns
 
     return dataset.map(tokenize, batched=True, remove_columns=["tokens", "tags"], desc="Tokenizing and aligning")
 

@@ -52,3 +52,25 @@ def xlmr_tokenizer(texts, vocab_size):
                                 unk_token="<unk>")
     pieces = json.loads(unigram._tokenizer.to_str())["model"]["vocab"]  # [[piece, score], ...]
     return XLMRobertaTokenizer(vocab=[tuple(piece) for piece in pieces])
+
+
+def tiny_xlmr_checkpoint(folder, texts, upstream=None):
+    """A converted XLM-R (hidden 32, one layer) whose tokenizer's pieces are learned from `texts`, in `folder`; its
+    card names `upstream` as its base model when given. Returns its tokenizer."""
+    import torch
+    from huggingface_hub import ModelCard, ModelCardData
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    from hf_feedback.convert import convert
+
+    tokenizer = xlmr_tokenizer(texts, 3000)
+    torch.manual_seed(0)
+    source = XLMRobertaModel(XLMRobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                              num_attention_heads=2, intermediate_size=64, max_position_embeddings=130,
+                                              type_vocab_size=1))
+    source.save_pretrained(Path(folder) / "xlmr")
+    tokenizer.save_pretrained(Path(folder) / "xlmr")
+    convert(Path(folder) / "xlmr", folder, overwrite=True)
+    if upstream:
+        ModelCard(f"---\n{ModelCardData(base_model=upstream).to_yaml()}\n---\n").save(Path(folder) / "README.md")
+    return tokenizer

@@ -19,7 +19,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-from helpers import ROOT, load_recipe, losses, xlmr_tokenizer
+from helpers import ROOT, load_recipe, losses, tiny_xlmr_checkpoint
 
 from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification
 from hf_feedback.__main__ import main as cli
@@ -631,18 +631,8 @@ def test_causal_lm_pretraining_lowers_perplexity_and_its_folder_generates(tmp_pa
 def test_finetune_from_a_multilingual_checkpoint_trims_its_vocabulary_and_names_its_base(tmp_path, capsys):
     """An XLM-R checkpoint (tiny, its tokenizer's pieces learned from other text) fine-tunes with the vocabulary cut to
     the training texts' pieces; the folder is consistent, serves, and its card names the Hub model at its origin."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    other_text = list(load_sentiment_reviews()["test"]["text"][:600])
-    tokenizer = xlmr_tokenizer(other_text, 3000)
-    torch.manual_seed(0)
-    source = transformers.XLMRobertaModel(transformers.XLMRobertaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=130, type_vocab_size=1))
-    source.save_pretrained(tmp_path / "xlmr")
-    tokenizer.save_pretrained(tmp_path / "xlmr")
-    convert(tmp_path / "xlmr", tmp_path / "base")
-    ModelCard(f"---\n{ModelCardData(base_model='someone/tiny-xlmr').to_yaml()}\n---\n").save(tmp_path / "base/README.md")
+    tokenizer = tiny_xlmr_checkpoint(tmp_path / "base", list(load_sentiment_reviews()["test"]["text"][:600]),
+                                     upstream="someone/tiny-xlmr")
 
     output_dir = tmp_path / "finetuned"
     finetune.main(["--output_dir", str(output_dir), "--model_name_or_path", str(tmp_path / "base"), *FINETUNE])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer, pipeline
 
-from helpers import load_recipe, losses, xlmr_tokenizer
+from helpers import load_recipe, losses, tiny_xlmr_checkpoint, xlmr_tokenizer
 
 from hf_feedback.__main__ import main as cli
 from hf_feedback.data import load_sentiment_reviews, load_text_classification_data, tokenize_dataset
@@ -410,3 +410,29 @@ def test_tags_sit_on_each_words_first_content_piece_without_bare_word_markers():
     cut = align_tags(tagged, tokenizer, max_length=6)[0]
     assert cut["input_ids"] == characters["input_ids"][:5] + characters["input_ids"][-1:]
     assert cut["labels"] == [-100, *segmentation[:4], -100]
+
+
+def test_a_multilingual_checkpoint_tags_characters_as_it_was_trained_to(tmp_path, capsys):
+    """token_classification.py from an XLM-R checkpoint: its vocabulary trimmed, one piece per character in training,
+    and `predict` encodes a sentence the same way (no bare word markers), so its words spell the sentence."""
+    from hf_feedback.tagging import encode_words
+
+    sentences = _peoples_daily_sentences()
+    texts = ["".join(word for word, _ in next(sentences)) for _ in range(400)]
+    tiny_xlmr_checkpoint(tmp_path / "base", texts)
+    output_dir = tmp_path / "tagger"
+    token_classification.main(["--output_dir", str(output_dir), "--model_name_or_path", str(tmp_path / "base"),
+                               "--max_train_samples", "300", "--max_eval_samples", "50", "--max_steps", "8",
+                               "--learning_rate", "3e-3", "--eval_strategy", "no", "--save_strategy", "no",
+                               "--disable_tqdm", "true"])
+    assert "vocabulary: kept" in capsys.readouterr().out
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    text = "中国人民银行决定下调利率"
+    columns, word_ids = encode_words(tokenizer, [list(text)], 64)
+    assert len(columns["input_ids"][0]) == len(text) + 2 and word_ids[0][1:-1] == list(range(len(text)))
+    model = AutoModelForTokenClassification.from_pretrained(output_dir).eval()
+    with torch.no_grad():
+        predicted = model(**tokenizer.pad(columns, return_tensors="pt")).logits.argmax(-1)[0, 1:-1].tolist()
+    expected = " ".join(words_from_tags(list(text), [model.config.id2label[i] for i in predicted]))
+    cli(["predict", str(output_dir), text])
+    assert capsys.readouterr().out.strip() == expected  # predict reads the sentence as training did
