@@ -34,7 +34,8 @@ REFERENCE_TEXTS = 200
 ROWS = [
     ("reviews", "tfidf", "TF-IDF char 1-3-grams + logistic regression"),
     ("reviews", "layers2", "ours from scratch (finetune.py's defaults, the README's main job)"),
-    ("reviews", "e5-full-1ep", "multilingual-e5-small + full fine-tuning, 1 epoch"),
+    ("reviews", "e5-full-1ep", "multilingual-e5-small + full fine-tuning, 1 epoch (lr 5e-5, a checkpoint's default)"),
+    ("reviews", "e5-full-1ep-lr1e-4", "multilingual-e5-small + full fine-tuning, 1 epoch, lr 1e-4"),
     ("reviews", "e5-lora-1ep", "multilingual-e5-small + LoRA, 1 epoch"),
     ("reviews-3k", "tfidf", "3,000 reviews: TF-IDF"),
     ("reviews-3k", "layers2", "3,000 reviews: ours from scratch"),
@@ -195,15 +196,18 @@ def render(result):
 
 def _targets(result):
     lines = []
-    full = result["rows"].get("reviews/e5-full-1ep", [])
+    # The full fine-tuning row judged: the default's rate where it has runs, else the other rate's.
+    variant = next((v for v in ("e5-full-1ep", "e5-full-1ep-lr1e-4") if result["rows"].get(f"reviews/{v}")), None)
+    full = result["rows"].get(f"reviews/{variant}", [])
     if full:
-        accuracy, minutes = _accuracy(result, "reviews", "e5-full-1ep"), max(r["wall_s"] for r in full) / 60
+        accuracy, minutes = _accuracy(result, "reviews", variant), max(r["wall_s"] for r in full) / 60
         lines.append(verdict(accuracy >= TARGET_ACCURACY and minutes <= TARGET_MINUTES,
-                             f"reviews from the pretrained start: {percent(accuracy)} (target ≥ "
-                             f"{percent(TARGET_ACCURACY)}) in at most {minutes:.1f} min (target ≤ {TARGET_MINUTES})"))
+                             f"reviews from the pretrained start (`{variant}`, {len(full)} seed(s)): "
+                             f"{percent(accuracy)} (target ≥ {percent(TARGET_ACCURACY)}) in at most {minutes:.1f} min "
+                             f"(target ≤ {TARGET_MINUTES})"))
     lora = _accuracy(result, "reviews", "e5-lora-1ep")
     if full and lora is not None:
-        gap = lora - _accuracy(result, "reviews", "e5-full-1ep")
+        gap = lora - _accuracy(result, "reviews", variant)
         lines.append(verdict(gap >= -LORA_MAX_DROP, f"LoRA {percent(lora)}: {100 * gap:+.1f} points from full "
                                                     f"fine-tuning (target ≥ {-100 * LORA_MAX_DROP:.0f})"))
     for task in ("reviews-3k", "reviews-1k"):
