@@ -16,6 +16,7 @@ weights) against its C reference, what trimming its vocabulary saves, and what f
 """
 
 import ctypes
+import math
 import shutil
 import statistics
 import subprocess
@@ -24,6 +25,7 @@ import time
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from . import recipe_search
 from .common import RUNS, percent, table, verdict
@@ -95,8 +97,10 @@ def check_import(quick):
         mask = inputs["attention_mask"].unsqueeze(-1).float()
         ours.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy())
     cosine = (np.concatenate(ours) * reference).sum(1)
+    with safe_open(folder / "model.safetensors", "pt") as weights:  # as saved (AutoModel adds an untrained pooler)
+        parameters = sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())
     return {"convert_s": round(convert_s, 1), "texts": len(texts), "cosine_min": float(cosine.min()),
-            "cosine_mean": float(cosine.mean()), "parameters": model.num_parameters(), "folder": str(folder)}
+            "cosine_mean": float(cosine.mean()), "parameters": parameters, "folder": str(folder)}
 
 
 def measure_trimming(folder, quick):

@@ -30,9 +30,9 @@ _SPECIAL_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
 
 
 def pieces_to_keep(tokenizer, texts) -> list[int]:
-    """Sorted ids: the special tokens, the pieces of `texts` and every single-character piece."""
+    """Sorted ids: the special and added tokens, the pieces of `texts` and every single-character piece."""
     vocabulary = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    keep = set(tokenizer.all_special_ids)
+    keep = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)  # every added token stays
     for ids in tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]:  # no length warning
         keep.update(ids)
     keep.update(i for i, piece in enumerate(vocabulary) if len(piece.removeprefix("▁")) <= 1)
@@ -88,11 +88,11 @@ def trim_vocabulary(model, tokenizer, texts, keep: list[int] | None = None):
         if (name in VOCABULARY_TENSORS or name.split(".", 1)[-1] in VOCABULARY_TENSORS) and id(tensor) not in done:
             tensor.data = tensor.data.index_select(0, index)
             done.add(id(tensor))
-    for module in model.modules():
-        if isinstance(module, torch.nn.Embedding) and module.num_embeddings == config.vocab_size:
-            module.num_embeddings = len(keep)
-        if isinstance(module, torch.nn.Linear) and module.out_features == config.vocab_size:
-            module.out_features = len(keep)
+    for module in model.modules():  # the sizes the gathered weights now have
+        if isinstance(module, torch.nn.Embedding):
+            module.num_embeddings = module.weight.shape[0]
+        if isinstance(module, torch.nn.Linear):
+            module.out_features = module.weight.shape[0]
     new_id = {old: new for new, old in enumerate(keep)}
     for name in _SPECIAL_IDS:  # renumbered first: each stays below the vocabulary size as it shrinks
         if getattr(config, name, None) is not None:
