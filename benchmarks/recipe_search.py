@@ -133,6 +133,8 @@ VARIANTS = {
     # Little data: three epochs over fewer texts, evaluated often enough to choose among several checkpoints.
     "e5-full-3ep": (CHECKPOINT, ["--learning_rate", "5e-5", "--num_train_epochs", "3", "--eval_steps", "25",
                                  "--save_steps", "25"], "e5"),
+    "e5-lora-3ep": (CHECKPOINT, ["--use_lora", "--learning_rate", "5e-4", "--num_train_epochs", "3", "--eval_steps",
+                                 "25", "--save_steps", "25"], "e5"),
 }
 
 

@@ -311,7 +311,7 @@ def test_pretrained_section_reads_its_runs_per_task_and_judges_the_targets(tmp_p
     assert "| 3,000 reviews: ours from scratch | not run yet |" in report
     assert ("- **Missed**: reviews from the pretrained start (`e5-full-1ep`, 3 seed(s)): 90.0% (target ≥ 90.0%) in at "
             "most 33.3 min") in report  # the accuracy is met, the time is not
-    assert "- **Met**: LoRA 89.5%: -0.5 points from full fine-tuning" in report
+    assert "- **Met**: reviews: LoRA 89.5%, -0.5 points from full fine-tuning" in report
     assert "- **Met**: reviews-3k: 87.0% vs TF-IDF 81.0% (+6.0 points" in report
     assert "- **Missed**: reviews-1k: 80.0% vs TF-IDF 77.0% (+3.0 points" in report
     assert "steps 1.30x as fast" in report and "26.1% of the parameters" in report
