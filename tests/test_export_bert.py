@@ -56,7 +56,7 @@ def test_export_computes_the_same_numbers_in_bert_and_converts_back_exactly(tiny
     if ours_class is FeedbackForSequenceClassification:
         assert bert.config.id2label == {0: "a", 1: "b", 2: "c"}
 
-    # convert_bert is the inverse: the round trip gives back every tensor exactly.
+    # hf_feedback.convert is the inverse: the round trip gives back every tensor exactly.
     convert(tmp_path / "bert", tmp_path / "back")
     back = ours_class.from_pretrained(tmp_path / "back")
     for name, tensor in ours.state_dict().items():
