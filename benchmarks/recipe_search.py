@@ -135,6 +135,14 @@ VARIANTS = {
                                  "--save_steps", "25"], "e5"),
     "e5-lora-3ep": (CHECKPOINT, ["--use_lora", "--learning_rate", "5e-4", "--num_train_epochs", "3", "--eval_steps",
                                  "25", "--save_steps", "25"], "e5"),
+    # e5's first layers only (--config_overrides num_hidden_layers=N on a checkpoint), as RBT3 keeps RoBERTa's first
+    # three: each step costs about N/12 of the whole encoder's.
+    **{f"e5-L{layers}-{epochs}ep{suffix}": (
+        CHECKPOINT, ["--learning_rate", rate, "--num_train_epochs", str(epochs), "--config_overrides",
+                     f"num_hidden_layers={layers}", *(["--eval_steps", "25", "--save_steps", "25"] if epochs == 3 else [])],
+        "e5")
+       for layers in (3, 4, 6) for epochs in (1, 3)
+       for rate, suffix in (("5e-5", ""), ("1e-4", "-lr1e-4"), ("2e-4", "-lr2e-4"))},
 }
 
 

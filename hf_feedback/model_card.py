@@ -14,6 +14,7 @@ needs the network. Offline, `ModelCard(text)` parses the front matter into `Mode
 checks that the metadata round-trips through YAML.
 """
 
+import json
 import math
 import os
 import platform
@@ -244,6 +245,9 @@ def _summary(config, head, pipeline_tag, base_model, lora, adapter_only):
     upstream = _upstream(base_model)
     if upstream and upstream != base_model:
         start += f" (itself from [{upstream}](https://huggingface.co/{upstream}))"
+    base_layers = _base_layers(base_model)
+    if base_layers and base_layers > config.num_hidden_layers:
+        start += f", keeping its first {config.num_hidden_layers} of {base_layers} layers"
     if pipeline_tag == "text-classification":
         labels = " / ".join(config.id2label[i] for i in sorted(config.id2label))
         what = f"{size} {start} to classify texts as {labels}"
@@ -291,6 +295,14 @@ def _upstream(base_model):
         return None
     upstream = ModelCard.load(card).data.base_model
     return upstream if isinstance(upstream, str) else None
+
+
+def _base_layers(base_model):
+    """How many layers a local base folder's model has (its config.json), or None."""
+    config = Path(base_model) / "config.json" if base_model else None
+    if config is None or not config.is_file():
+        return None
+    return json.loads(config.read_text()).get("num_hidden_layers")
 
 
 def _local_or_hub(name):

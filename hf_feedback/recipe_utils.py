@@ -540,9 +540,10 @@ def _number(raw: str):
 
 # What --config_overrides may change on --model_name_or_path: fields that change how the model trains, not what its
 # weights are (the rest of a checkpoint's architecture is in its weights). E.g. pretraining without dropout (cramming,
-# faster steps) and fine-tuning with it.
+# faster steps) and fine-tuning with it; and num_hidden_layers below the checkpoint's, which keeps its first layers
+# (a shallower, faster model that starts from the pretrained lower layers, as RBT3 keeps RoBERTa's first three).
 CHECKPOINT_OVERRIDES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
-                        "check_input_values")
+                        "check_input_values", "num_hidden_layers")
 
 
 def checkpoint_config_overrides(overrides: str | None, config, checkpoint) -> dict:
@@ -558,6 +559,10 @@ def checkpoint_config_overrides(overrides: str | None, config, checkpoint) -> di
     if missing:
         raise RecipeError(f"--config_overrides {','.join(missing)}: {checkpoint} is a {config.model_type!r} model, "
                           "whose config has no such field")
+    layers = values.get("num_hidden_layers")
+    if layers is not None and not 1 <= layers <= config.num_hidden_layers:
+        raise RecipeError(f"--config_overrides num_hidden_layers={layers}: {checkpoint} has {config.num_hidden_layers} "
+                          f"layers; a checkpoint can keep its first 1 to {config.num_hidden_layers}, not add new ones")
     return values
 
 

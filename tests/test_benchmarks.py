@@ -297,8 +297,21 @@ def test_pretrained_section_reads_its_runs_per_task_and_judges_the_targets(tmp_p
     results = tmp_path / "recipe_search.jsonl"
     results.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     monkeypatch.setattr(recipe_search, "RESULTS", results)
+    variant = pretrained.TAGGING_ROWS[0][1]
+    tagging = [{"task": "pos", "variant": variant, "seed": 42, "arguments": pretrained.TAGGING[variant],
+                "test_accuracy": 0.95, "wall_s": 600.0},
+               {"task": "cws", "variant": variant, "seed": 42, "arguments": pretrained.TAGGING[variant],
+                "test_accuracy": 0.96, "test_f1": 0.93, "wall_s": 660.0},
+               {"task": "cws", "variant": variant, "seed": 42, "arguments": ["--other"], "test_accuracy": 0.1,
+                "test_f1": 0.1, "wall_s": 1.0}]  # run with other arguments: not this variant's
+    tagging_results = tmp_path / "pretrained_tagging.jsonl"
+    tagging_results.write_text("\n".join(json.dumps(line) for line in tagging) + "\n")
+    monkeypatch.setattr(pretrained, "TAGGING_RESULTS", tagging_results)
     result = {"rows": {f"{task}/{variant}": list(pretrained.recorded(task, variant).values())
                        for task, variant, _ in pretrained.ROWS},
+              "tagging": {f"{task}/{variant}": list(pretrained.recorded_tagging(task, variant).values())
+                          for task, variant, _ in pretrained.TAGGING_ROWS},
+              "most_frequent_tag": 0.915,
               "import": {"convert_s": 15.0, "texts": 200, "cosine_min": 0.9998, "cosine_mean": 0.9999,
                          "parameters": 117_492_480, "folder": "x"},
               "trimming": {"trim_s": 1.5, "whole": {"pieces": 250002, "parameters": 117_641_090, "weights_mib": 449,
@@ -316,3 +329,8 @@ def test_pretrained_section_reads_its_runs_per_task_and_judges_the_targets(tmp_p
     assert "- **Missed**: reviews-1k: 80.0% vs TF-IDF 77.0% (+3.0 points" in report
     assert "steps 1.30x as fast" in report and "26.1% of the parameters" in report
     assert "| whole | 250,002 | 117,641,090 | 449 | 1347 | 2.60 |" in report
+    assert "| part of speech: each word's most frequent training tag (section 6's floor) | 91.5% |" in report
+    assert f"| {pretrained.TAGGING_ROWS[1][2]} | 96.0 ± 0.0 | 0.930 ± 0.000 | 1 | 11.0 | `{variant}` |" in report
+    assert f"- **Met**: part of speech from the pretrained start (`{variant}`): 95.0% accuracy (target ≥ 94.0%)" in report
+    assert (f"- **Missed**: word segmentation from the pretrained start (`{variant}`): 93.0% word F1 (target ≥ 95.0%)"
+            in report)

