@@ -102,7 +102,7 @@ def run_section(name, args):
     if name == "causal_lm":
         return causal_lm.run(args.quick)
     if name == "seq2seq":
-        return seq2seq.run(args.quick)
+        return seq2seq.run(args.quick, _read_results(args.json).get("seq2seq"))
     if name == "pretrained":
         return pretrained.run(args.quick or args.recorded, args.quick)
     return accuracy.run(args.quick or args.recorded)

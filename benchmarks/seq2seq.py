@@ -5,8 +5,10 @@ layers of width 256 in each half; one epoch of the training split, batch 32, lea
 WordPiece tokenizer trained on the pinyin and the characters), its validation and test splits cut to EVAL_SAMPLES
 sentences each (the recipe's --max_eval_samples, a seeded sample) to keep the CPU run's generation short. Beside it,
 the floor: each syllable written as the character it most often stood for in the training split
-(hf_feedback.seq2seq.most_frequent_character_baseline). Both are scored on the same test sentences against the
-original sentences, by the same `generation` metric module.
+(hf_feedback.seq2seq.most_frequent_character_baseline), and the same task read as tagging: one run of
+`recipes/token_classification.py --corpus pinyin` with its defaults (a new 6-layer encoder of width 256, one epoch),
+which writes one character per syllable and so never falls out of step. All are scored on the same test sentences
+against the original sentences, by the same `generation` metric module.
 """
 
 from .common import RUNS, recorded_run, table
@@ -15,6 +17,7 @@ EVAL_SAMPLES = 500
 QUICK_ARGS = ["--max_train_samples", "300", "--max_steps", "20", "--eval_steps", "10", "--save_steps", "10",
               "--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",
               "--tokenizer_vocab_size", "3000", "--generation_max_length", "32"]
+TAGGER_QUICK_ARGS = QUICK_ARGS[:-2]  # no generation: a tagger writes one character per syllable
 QUICK_TEST = 100
 SEED = 42  # the recipe's (its default), which also draws its --max_eval_samples sample of the test split
 
@@ -26,26 +29,58 @@ def _run_recipe(quick, samples):
                                  *(QUICK_ARGS if quick else [])], output, output.parent / "seq2seq.log")
 
 
-def run(quick):
+def _run_tagger(quick, samples):
+    """recipes/token_classification.py --corpus pinyin with its defaults: the same task read as tagging, one
+    character per syllable."""
+    output = RUNS / ("quick" if quick else "") / "pinyin_tagger"
+    return output, recorded_run(["recipes/token_classification.py", "--corpus", "pinyin", "--overwrite_output_dir",
+                                 "--disable_tqdm", "true", "--seed", str(SEED), "--max_eval_samples", str(samples),
+                                 *(TAGGER_QUICK_ARGS if quick else [])], output, output.parent / "pinyin_tagger.log")
+
+
+def tagger_predictions(folder, sources):
+    """The characters the syllable tagger saved in `folder` writes for each source (pinyin items joined by spaces)."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from hf_feedback.tagging import predict_tags
+
+    model = AutoModelForTokenClassification.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = [source.split(" ") for source in sources]
+    return ["".join(tags) for tags in predict_tags(model, tokenizer, rows, batch_size=64, max_length=512)]
+
+
+def run(quick, previous=None):
+    """`previous`: this section's last entry in results.json. Where this machine holds no run of the encoder-decoder
+    (a 45-minute run) but `previous` scored one on the same test sentences, its row is kept, with the date and commit
+    it was measured at, and only what is missing runs."""
     from hf_feedback.metrics import load_metric_module
     from hf_feedback.recipe_utils import sample
     from hf_feedback.seq2seq import load_pinyin_task, most_frequent_character_baseline
 
     samples = QUICK_TEST if quick else EVAL_SAMPLES
-    output, record = _run_recipe(quick, samples)
+    keep = (not quick and previous is not None and previous["result"]["test_pairs"] == samples
+            and not (RUNS / "seq2seq" / "benchmark_run.json").is_file())
     task = load_pinyin_task()
     test = sample(task["test"], samples, SEED)  # the sentences the recipe generated for
     references = test["target"]
-    ours = (output / "generated_predictions.txt").read_text().splitlines()
-    if len(ours) != len(references):
-        raise RuntimeError(f"{output}: {len(ours)} predictions for {len(references)} test sentences")
     metric = load_metric_module("generation")
 
     def scores(predictions):
         return {**metric.compute(predictions=predictions, references=references),
                 "by_position": accuracy_by_position(predictions, references)}
 
-    return {"ours": {**scores(ours), **record},
+    if keep:
+        ours = {**previous["result"]["ours"], "measured": {key: previous["run"][key] for key in ("date", "commit")}}
+    else:
+        output, record = _run_recipe(quick, samples)
+        generated = (output / "generated_predictions.txt").read_text().splitlines()
+        if len(generated) != len(references):
+            raise RuntimeError(f"{output}: {len(generated)} predictions for {len(references)} test sentences")
+        ours = {**scores(generated), **record}
+    tagger_output, tagger_record = _run_tagger(quick, samples)
+    tagger = tagger_predictions(tagger_output, test["source"])
+    return {"ours": ours, "tagger": {**scores(tagger), **tagger_record},
             "baseline": scores(most_frequent_character_baseline(task["train"], test)),
             "train_pairs": len(task["train"]), "test_pairs": len(test)}
 
@@ -84,8 +119,11 @@ def render(result):
         "on this machine.",
         "",
         *table(["model", "CER", "sentence accuracy", "BLEU", "chrF", "wall (min)"], [
-            row("ours, encoder-decoder from scratch (`recipes/seq2seq.py`, greedy)", ours,
-                f"{ours['wall_s'] / 60:.1f}"),
+            row("ours, encoder-decoder from scratch (`recipes/seq2seq.py`, greedy)"
+                + (f" (measured {ours['measured']['date']} at {ours['measured']['commit']})" if "measured" in ours
+                   else ""), ours, f"{ours['wall_s'] / 60:.1f}"),
+            *([row("ours, syllable tagger from scratch (`recipes/token_classification.py --corpus pinyin`)",
+                   result["tagger"], f"{result['tagger']['wall_s'] / 60:.1f}")] if "tagger" in result else []),
             row("each syllable's most frequent training character", baseline, "n/a"),
         ]),
         "",
@@ -95,5 +133,6 @@ def render(result):
         "",
         *table(["model", *(f"positions {span}" for span in ours["by_position"])], [
             [name, *(f"{share:.3f}" for share in scores["by_position"].values())]
-            for name, scores in (("ours", ours), ("most frequent character", baseline))]),
+            for name, scores in (("ours", ours), *((("syllable tagger", result["tagger"]),) if "tagger" in result
+                                                   else ()), ("most frequent character", baseline))]),
     ]

@@ -136,29 +136,15 @@ def tag(model, tokenizer, texts, batch_size, max_length):
     separated by spaces for a word segmentation model (B/M/E/S tags), else `token/tag` pairs (People's Daily's
     format). A text with spaces is read as words (what a word-level tagger such as part of speech needs), one
     without as characters."""
-    import torch
-
-    from .tagging import SEGMENTATION_TAGS, encode_words, words_from_tags
+    from .tagging import SEGMENTATION_TAGS, predict_tags, words_from_tags
 
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    for start in range(0, len(texts), batch_size):
-        batch = texts[start:start + batch_size]
-        words = [text.split() if " " in text.strip() else [c for c in text if not c.isspace()] for text in batch]
-        columns, word_ids = encode_words(tokenizer, words, max_length)  # as in training
-        encoded = tokenizer.pad(columns, return_tensors="pt")
-        with torch.no_grad():
-            predicted = model(**encoded).logits.argmax(-1).tolist()
-        for row, row_words in enumerate(words):
-            firsts = {}  # word index -> its first token's prediction; words cut by max_length stay untagged
-            offset = len(predicted[row]) - len(word_ids[row]) if tokenizer.padding_side == "left" else 0
-            for position, word in enumerate(word_ids[row]):
-                if word is not None and word not in firsts:
-                    firsts[word] = names[predicted[row][offset + position]]
-            tags = [firsts.get(i, "?") for i in range(len(row_words))]
-            if set(names) <= set(SEGMENTATION_TAGS):
-                print(" ".join(words_from_tags(row_words, tags)))
-            else:
-                print(" ".join(f"{word}/{t}" for word, t in zip(row_words, tags)))
+    words = [text.split() if " " in text.strip() else [c for c in text if not c.isspace()] for text in texts]
+    for row_words, tags in zip(words, predict_tags(model, tokenizer, words, batch_size, max_length)):
+        if set(names) <= set(SEGMENTATION_TAGS):
+            print(" ".join(words_from_tags(row_words, tags)))
+        else:
+            print(" ".join(f"{word}/{t}" for word, t in zip(row_words, tags)))
 
 
 def attention(folder, text, output, layers=None, max_tokens=48):

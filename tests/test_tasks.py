@@ -13,8 +13,10 @@ from helpers import load_recipe, losses, tiny_xlmr_checkpoint, xlmr_tokenizer
 
 from hf_feedback.__main__ import main as cli
 from hf_feedback.data import load_sentiment_reviews, load_text_classification_data, tokenize_dataset
+from hf_feedback.seq2seq import load_pinyin_task
 from hf_feedback.tagging import (
     _peoples_daily_sentences,
+    _pinyin_tags,
     align_tags,
     load_peoples_daily_tags,
     segmentation_tags,
@@ -295,6 +297,18 @@ def test_peoples_daily_tags_have_a_fixed_split_and_spell_the_words_back(segmenta
     assert len(pos["train"].features["tags"].feature.names) == 44
 
 
+def test_the_pinyin_corpus_tags_each_syllable_with_its_character_in_the_seq2seq_tasks_splits():
+    pairs, tagged = load_pinyin_task(1500), _pinyin_tags(1500)
+    names = tagged["train"].features["tags"].feature.names
+    for split, data in pairs.items():
+        assert tagged[split]["tokens"] == [source.split(" ") for source in data["source"]]
+        assert ["".join(names[i] for i in tags) for tags in tagged[split]["tags"]] == data["target"]
+    # Every character is a class, the test split's unseen ones included; the floor writes the same as it does there.
+    train_characters = {c for target in pairs["train"]["target"] for c in target}
+    assert set(names) == {c for data in pairs.values() for target in data["target"] for c in target} > train_characters
+    assert all(len(tokens) == len(tags) for tokens, tags in zip(tagged["test"]["tokens"], tagged["test"]["tags"]))
+
+
 @pytest.fixture(scope="module")
 def segmenter(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("segmenter")
@@ -359,7 +373,7 @@ def test_bad_tag_files_are_refused_before_training(tmp_path, capsys):
         (["--train_file", str(tmp_path / "untagged.conll")], "Line 2 of train file", "a token without a tag"),
         (["--train_file", str(tmp_path / "good.conll"), "--test_file", str(tmp_path / "unseen.conll")],
          "Tags ['B-Y'] in test file", "never occur in train"),
-        (["--corpus", "ner"], "--corpus must be one of", "'cws', 'pos'"),
+        (["--corpus", "ner"], "--corpus must be one of", "'cws', 'pos', 'pinyin'"),
     ]
     for i, (argv, *words) in enumerate(cases):
         output_dir = tmp_path / f"out{i}"
