@@ -34,6 +34,7 @@ from hf_feedback.recipe_utils import (
     check_data_limits,
     check_vocabulary,
     claim_run,
+    flag_given,
     load_or_train_tokenizer,
     parse_args,
     checkpoint_config_overrides,
@@ -129,6 +130,10 @@ def main(argv=None):
 
         if data_args.train_file is None:
             raw = load_peoples_daily_tags(data_args.corpus)
+            if data_args.corpus == "pinyin" and not flag_given("tokenizer_kind", argv):
+                # One token per syllable: WordPiece keeps each of the ~400 syllables whole, where the unigram trainer
+                # on so small an alphabet learns a few hundred fragments ("zho", "n", "g") and doubles the length.
+                model_args.tokenizer_kind = "wordpiece"
         else:
             raw = load_tagging_data(data_args.train_file, data_args.validation_file, data_args.test_file,
                                     data_args.tokens_column, data_args.tags_column)
