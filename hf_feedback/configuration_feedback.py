@@ -291,7 +291,8 @@ class FeedbackSeq2SeqConfig(FeedbackConfig):
 
     Args:
         decoder_start_token_id (`int`, *optional*): the id every decoded sequence starts from (labels are shifted
-            right behind it); the recipes use the tokenizer's [CLS]. Needed to train or generate.
+            right behind it); the recipes use the tokenizer's [SEP], which no target begins with (targets from
+            the tokenizer's template begin with [CLS]). Needed to train or generate.
     """
 
     model_type = "feedback_seq2seq"

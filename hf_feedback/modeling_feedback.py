@@ -1361,7 +1361,7 @@ def shift_tokens_right(labels, pad_token_id, decoder_start_token_id):
     Decoding position t sees the labels before t and predicts label t (teacher forcing)."""
     if decoder_start_token_id is None:
         raise ValueError("config.decoder_start_token_id is needed to train or generate: the id each decoded "
-                         "sequence starts from (the recipes use the tokenizer's [CLS])")
+                         "sequence starts from (the recipes use the tokenizer's [SEP])")
     shifted = labels.new_full(labels.shape, decoder_start_token_id)
     shifted[:, 1:] = labels[:, :-1]
     return shifted.masked_fill(shifted == -100, pad_token_id)
