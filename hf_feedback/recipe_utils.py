@@ -111,10 +111,13 @@ def check_data_limits(data_args):
 
 def claim_run(set_up, training_args, overwrite_output_dir):
     """The checks every recipe makes before any work, in order: the output_dir (removed again if set-up fails, locked
-    against a second run, not overwritten silently), precision, training arguments, CPU threads."""
+    against a second run, not overwritten silently, and with --overwrite_output_dir emptied of the older run once
+    set-up succeeds), precision, training arguments, CPU threads."""
     set_up.will_create(training_args.output_dir)
     claim_output_dir(training_args)
     check_output_dir(training_args, overwrite_output_dir)
+    if overwrite_output_dir and training_args.resume_from_checkpoint is None and training_args.process_index == 0:
+        set_up.will_replace(training_args.output_dir, keep=(LOCK_FILE,))  # an older run's checkpoints go too
     check_precision(training_args)
     check_training_arguments(training_args)
     check_cpu_threads(training_args)

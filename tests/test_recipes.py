@@ -565,6 +565,27 @@ def test_a_non_empty_output_dir_is_never_overwritten_silently(tmp_path, capsys):
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
+def test_overwriting_an_output_dir_replaces_the_older_run_and_last_means_this_runs_last(tmp_path, capsys):
+    # An older 4-step run left checkpoint-2 and checkpoint-4; a 2-step run over it with --overwrite_output_dir
+    # must not keep them: resumed with `last`, it would take the older run's checkpoint-4, train nothing and
+    # report that run's model as its own.
+    run = ["--output_dir", str(tmp_path), "--config_overrides", TINY_MODEL, "--tokenizer_vocab_size", "500",
+           "--max_train_samples", "64", "--max_eval_samples", "16", "--eval_strategy", "no", "--save_steps", "2",
+           "--per_device_train_batch_size", "8", "--disable_tqdm", "true"]
+    finetune.main([*run, "--max_steps", "4"])
+    (tmp_path / "notes.txt").write_text("the older run's")
+    # A failed set-up puts everything back.
+    expect_exit(capsys, [*run, "--max_steps", "2", "--overwrite_output_dir", "true", "--train_file",
+                         str(tmp_path / "missing.csv")], "missing.csv")
+    assert {"checkpoint-2", "checkpoint-4", "notes.txt"} <= {p.name for p in tmp_path.iterdir()}
+    finetune.main([*run, "--max_steps", "2", "--overwrite_output_dir", "true"])
+    assert not (tmp_path / "checkpoint-4").exists() and not (tmp_path / "notes.txt").exists()
+    assert [p.name for p in tmp_path.glob("checkpoint-*")] == ["checkpoint-2"]
+    assert resolve_resume(transformers.TrainingArguments(str(tmp_path), resume_from_checkpoint="last")).endswith(
+        "checkpoint-2")
+    capsys.readouterr()
+
+
 def test_pretraining_corpus_choices(capsys, tmp_path):
     reviews = pretrain.load_corpus(pretrain.DataArguments(corpus="reviews"))
     assert reviews["text"] == load_sentiment_reviews()["train"]["text"]  # texts only, train split only
