@@ -673,6 +673,13 @@ class FeedbackPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True  # any function registered with transformers' AttentionInterface
     _no_split_modules = ["FeedbackLayer"]
 
+    def post_init(self):
+        super().post_init()
+        if self.can_generate() and self.config.ngram_vocab_size > 0:
+            # A new token's n-grams end in the tokens before it, which a cache of keys and values does not keep:
+            # such a decoder generates without one (`_decode` refuses a filled cache).
+            self.generation_config.use_cache = False
+
     @classmethod
     def _can_set_attn_implementation(cls):
         # FeedbackSelfAttention reads config._attn_implementation at every call, so set_attn_implementation("eager")
@@ -946,6 +953,10 @@ class FeedbackModel(FeedbackPreTrainedModel):
             cache = (EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
                      if config.add_cross_attention else DynamicCache(config=config))
         past = cache.get_seq_length() if cache is not None else 0
+        if past and self.embeddings.ngram_embeddings is not None:
+            raise ValueError("This decoder embeds the n-grams ending at each token (config.ngram_vocab_size > 0), "
+                             "which need the tokens before it, and a cache keeps only their keys and values: decode "
+                             "without a cache (use_cache=False; generate() does so by default)")
         key_length = past + seq_len
         if attention_mask is not None and attention_mask.shape != (batch_size, key_length):
             raise ValueError(f"A decoder's attention_mask covers the {past} cached and {seq_len} new tokens: shape "

@@ -1130,6 +1130,31 @@ def test_greedy_generation_with_the_cache_equals_generation_without_it(kind, tin
     torch.testing.assert_close(torch.cat(stepped, dim=1), whole, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["causal", "seq2seq"])
+def test_a_decoder_with_ngram_embeddings_generates_what_one_forward_reads(family, tiny_config):
+    # A new token's n-grams end in the tokens before it, which a cache of keys and values does not keep: such a
+    # decoder generates without a cache (by default), and refuses one it is handed rather than read them as padding.
+    if family == "causal":
+        model, inputs = causal_lm(tiny_config, ngram_vocab_size=37), {"input_ids": torch.tensor([[2, 15, 27, 33]])}
+        start = 4
+    else:
+        input_ids, attention_mask = _padded_sources()
+        model, inputs, start = seq2seq(tiny_config, ngram_vocab_size=37), dict(
+            input_ids=input_ids, attention_mask=attention_mask), 1
+    generated = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert torch.equal(generated, model.generate(**inputs, max_new_tokens=8, do_sample=False, use_cache=False))
+    with torch.no_grad():  # each new token is the argmax of one forward over all before it
+        whole = (model(generated) if family == "causal" else model(**inputs, decoder_input_ids=generated)).logits
+    new = generated[:, start:]
+    written = (new == 3).long().cumsum(-1) - (new == 3).long() == 0  # up to the first eos (padding after it)
+    assert torch.equal(new[written], whole[:, start - 1:-1].argmax(-1)[written])
+    with pytest.raises(ValueError, match="n-gram"), torch.no_grad():
+        step = model(**inputs, **({} if family == "causal" else {"decoder_input_ids": generated[:, :2]}),
+                     use_cache=True)
+        model(**({"input_ids": generated[:, start:start + 1]} if family == "causal" else dict(
+            **inputs, decoder_input_ids=generated[:, 2:3])), cache=step.cache, use_cache=True)
+
+
 def test_batched_generation_with_left_padding_equals_one_by_one(tiny_config):
     model = causal_lm(tiny_config)
     prompts = [[2, 15], [2, 40, 41, 42, 43], [2, 7, 8]]
