@@ -1455,15 +1455,15 @@ class FeedbackForConditionalGeneration(FeedbackPreTrainedModel, GenerationMixin)
         "lm_head.decoder.weight": "model.encoder.embeddings.word_embeddings.weight",
         "model.decoder.embeddings.word_embeddings.weight": "model.encoder.embeddings.word_embeddings.weight",
     }
-    # Copies of the shared table are never saved; Trainer reloading the best checkpoint then ties them again
-    # instead of warning that they are missing.
-    _keys_to_ignore_on_save = list(_tied_weights_keys)
-
     def __init__(self, config):
         super().__init__(config)
         self.model = FeedbackSeq2SeqModel(config)
         self.lm_head = FeedbackLMHead(config)
         self.post_init()
+        # Copies of the shared table are never saved; Trainer reloading the best checkpoint then ties them again
+        # instead of warning that they are missing. Only copies: untied (config.tie_word_embeddings=False), the LM
+        # head and the decoder's embeddings are weights of their own (all_tied_weights_keys is then empty).
+        self._keys_to_ignore_on_save = set(self.all_tied_weights_keys)
 
     def get_encoder(self):
         return self.model.encoder

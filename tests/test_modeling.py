@@ -1230,6 +1230,21 @@ def _padded_sources():
     return input_ids, (input_ids != 0).long()
 
 
+@pytest.mark.parametrize("tie", [True, False])
+def test_seq2seq_weights_reload_bit_equal_tied_or_not(tie, tiny_config, tmp_path):
+    # Untied, the LM head and the decoder's embeddings are weights of their own, and must be saved.
+    model = seq2seq(tiny_config, tie_word_embeddings=tie)
+    with torch.no_grad():
+        model.lm_head.decoder.weight.add_(1.0)
+    model.save_pretrained(tmp_path)
+    reloaded = FeedbackForConditionalGeneration.from_pretrained(tmp_path)
+    saved, loaded = model.state_dict(), reloaded.state_dict()
+    assert saved.keys() == loaded.keys()
+    assert all(torch.equal(saved[name], loaded[name]) for name in saved)
+    shared = model.model.encoder.embeddings.word_embeddings.weight
+    assert (model.lm_head.decoder.weight.data_ptr() == shared.data_ptr()) == tie
+
+
 def test_seq2seq_loss_is_teacher_forced_cross_entropy_and_the_source_matters(tiny_config):
     model = seq2seq(tiny_config)
     input_ids, attention_mask = _padded_sources()
