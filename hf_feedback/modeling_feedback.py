@@ -787,6 +787,15 @@ class FeedbackPreTrainedModel(PreTrainedModel):
 _PACKING_ARGUMENTS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
+def _token_cross_entropy(logits, labels, num_items_in_batch=None):
+    """Cross-entropy of per-token `logits` (..., C) against `labels` (...), -100 ignored: the mean over labelled
+    tokens, or, given Trainer's `num_items_in_batch` (the labelled-token count of the whole accumulated batch), their
+    sum divided by it, so that gradient accumulation gives the update of one large batch."""
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                           reduction="mean" if num_items_in_batch is None else "sum")
+    return loss if num_items_in_batch is None else loss / num_items_in_batch
+
+
 def _packing_arguments(model, kwargs, loss_arguments=()):
     """A head's keyword arguments split: the packing ones, passed on to the encoder; `loss_arguments` the head uses
     (Trainer's `num_items_in_batch`). Anything else is a mistake, reported as Python reports it."""
@@ -1168,12 +1177,7 @@ class FeedbackForMaskedLM(_FeedbackWithLMHead):
         logits = self.lm_head(hidden_states)  # (B, T, V), or (num_masked, V) when sparse in training
         loss = None
         if labels is not None:
-            num_items = loss_kwargs.get("num_items_in_batch")
-            loss = CrossEntropyLoss(reduction="mean" if num_items is None else "sum")(
-                logits.view(-1, self.config.vocab_size).float(), labels.view(-1)
-            )
-            if num_items is not None:
-                loss = loss / num_items
+            loss = _token_cross_entropy(logits, labels, loss_kwargs.get("num_items_in_batch"))
         output = MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -1513,13 +1517,7 @@ class FeedbackForConditionalGeneration(FeedbackPreTrainedModel, GenerationMixin)
         logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
         loss = None
         if labels is not None:
-            # Divided by Trainer's num_items_in_batch (the target-token count of the whole accumulated batch) when
-            # given, so gradient accumulation gives the update of one large batch.
-            num_items = loss_kwargs.get("num_items_in_batch")
-            loss = CrossEntropyLoss(reduction="mean" if num_items is None else "sum")(
-                logits.view(-1, self.config.vocab_size).float(), labels.view(-1))
-            if num_items is not None:
-                loss = loss / num_items
+            loss = _token_cross_entropy(logits, labels, loss_kwargs.get("num_items_in_batch"))
         output = Seq2SeqLMOutput(
             loss=loss, logits=logits, cache=outputs.cache, decoder_hidden_states=outputs.decoder_hidden_states,
             decoder_attentions=outputs.decoder_attentions, encoder_last_hidden_state=outputs.encoder_last_hidden_state,
@@ -1530,7 +1528,8 @@ class FeedbackForConditionalGeneration(FeedbackPreTrainedModel, GenerationMixin)
 class FeedbackForTokenClassification(FeedbackPreTrainedModel):
     """A label per token (e.g. word segmentation or named entities); -100 labels are ignored."""
 
-    accepts_loss_kwargs = False  # **kwargs carries packing only: Trainer must average the loss over accumulation
+    # Trainer passes num_items_in_batch (the labelled tokens of the whole accumulated batch): micro-batches with
+    # different numbers of labelled tokens then make the update of one large batch.
 
     def __init__(self, config):
         super().__init__(config)
@@ -1553,7 +1552,7 @@ class FeedbackForTokenClassification(FeedbackPreTrainedModel):
         return_dict=None,
         **kwargs,
     ):
-        packing = _packing_arguments(self, kwargs)
+        packing = _packing_arguments(self, kwargs, loss_arguments=("num_items_in_batch",))
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.feedback(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
@@ -1564,7 +1563,7 @@ class FeedbackForTokenClassification(FeedbackPreTrainedModel):
         loss = None
         if labels is not None:
             self._check_labels(labels, self.num_labels)
-            loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
+            loss = _token_cross_entropy(logits, labels, kwargs.get("num_items_in_batch"))
         output = TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )

@@ -1004,7 +1004,7 @@ def test_with_value_checks_off_a_packed_row_never_waits_for_the_device(tiny_conf
 
 def test_trainer_averages_the_loss_over_accumulation_for_heads_that_ignore_the_token_count(tiny_config):
     # A head whose forward takes **kwargs tells Trainer it normalises by num_items_in_batch itself, unless it says
-    # otherwise: only the language models do.
+    # otherwise: the heads with a per-token loss do.
     from transformers import Trainer, TrainingArguments
 
     arguments = TrainingArguments(output_dir="unused", report_to=[], use_cpu=True)
@@ -1012,7 +1012,7 @@ def test_trainer_averages_the_loss_over_accumulation_for_heads_that_ignore_the_t
                                      arguments).model_accepts_loss_kwargs
                for cls in (FeedbackForSequenceClassification, FeedbackForTokenClassification, FeedbackForMaskedLM,
                            FeedbackForPreTraining, FeedbackForCausalLM)}
-    assert accepts == {"FeedbackForSequenceClassification": False, "FeedbackForTokenClassification": False,
+    assert accepts == {"FeedbackForSequenceClassification": False, "FeedbackForTokenClassification": True,
                        "FeedbackForMaskedLM": True, "FeedbackForPreTraining": False, "FeedbackForCausalLM": True}
 
 
