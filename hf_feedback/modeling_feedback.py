@@ -130,12 +130,15 @@ class _Unpadding(_Movable):
     restore: torch.Tensor  # (N,) puts the buckets' concatenated tokens back in the batch's token order
     packed: bool = False  # the input was one packed row (1, N): outputs keep that shape, sequences pool apart
     block_mask: BlockMask | None = None  # flex attention's, made by the first layer that needs it
+    documents: torch.Tensor | None = None  # (N,) each token's sequence in a traced packed row (`from_positions`)
 
     def document_mask(self):
         """Flex attention's BlockMask for the batch's N tokens as one row: each token attends to the real tokens of
         its own sequence (block-diagonal, as the tokens come sequence by sequence). Made once per forward."""
         if self.block_mask is None:
             sequences, real = self.layout.sequences, self.layout.real  # (N,) each; real: padding kept as tokens
+            if self.documents is not None:
+                sequences = self.documents
 
             def same_sequence(batch, head, query, key):
                 keep = sequences[query] == sequences[key]
@@ -222,6 +225,20 @@ class _Unpadding(_Movable):
         mask = attention_mask[:, None, None, :]  # (B, 1, 1, T)
         bucket = _Bucket(every, torch.arange(batch_size, device=device), layout, mask)
         return cls(layout, mask, [bucket], every)
+
+
+    @classmethod
+    def from_positions(cls, position_ids):
+        """A packed row (1, N) known by its `position_ids` alone, traced: where they restart cannot be read, so the
+        row stays one sequence of N tokens, and a (1, 1, N, N) mask lets each token attend to the tokens of its own
+        sequence only (a new one wherever the positions do not continue), as the eager model's buckets do."""
+        row = position_ids[0]  # (N,)
+        restarts = torch.cat([torch.ones_like(row[:1], dtype=torch.bool), row[1:] != row[:-1] + 1])
+        documents = restarts.long().cumsum(0)  # (N,)
+        unpadding = cls.keeping_padding(torch.ones_like(position_ids, dtype=torch.bool))
+        mask = (documents[:, None] == documents[None, :])[None, None]  # (1, 1, N, N)
+        unpadding.buckets[0].mask = mask
+        return replace(unpadding, mask=mask, documents=documents)
 
 
 @dataclass
@@ -849,7 +866,8 @@ class FeedbackModel(FeedbackPreTrainedModel):
         the longest sequence (`_k`: the same, as self-attention's keys are its queries). Each sequence then attends
         only within itself; `last_hidden_state` is (1, N, H) and `pooler_output` (S, H), one vector per sequence.
         With the boundaries given, the model reads nothing from the device to place them (and compiles); from
-        `position_ids` alone it finds them in its one read, in eager mode only.
+        `position_ids` alone it finds them in its one read in eager mode, and compiled masks each token's attention
+        to the tokens whose positions continue its own (no pooled output then: it needs the boundaries).
 
         A decoder (`config.is_decoder`, as [`FeedbackForCausalLM`] is built) attends causally and takes `cache` (a
         transformers `Cache` of earlier steps' keys and values, extended in place; `use_cache` makes one) and an
@@ -900,6 +918,12 @@ class FeedbackModel(FeedbackPreTrainedModel):
         elif attention_mask is not None and torch.compiler.is_compiling():
             attention_mask = attention_mask.bool()
             unpadding = _Unpadding.keeping_padding(attention_mask)
+        elif find_packing and torch.compiler.is_compiling():
+            if self.pooler is not None:  # one vector per sequence: a shape that depends on the positions' values
+                raise ValueError("Compiled, a packed row's sequences are pooled apart only with their boundaries: "
+                                 "pass cu_seq_lens_q / max_length_q (DataCollatorWithFlattening("
+                                 "return_flash_attn_kwargs=True)), not position_ids alone")
+            unpadding = _Unpadding.from_positions(position_ids)
         elif attention_mask is not None and any(count < seq_len for count in lengths[1]):
             attention_mask = attention_mask.bool()
             unpadding = _Unpadding.from_mask(attention_mask, *lengths)

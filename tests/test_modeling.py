@@ -1002,6 +1002,25 @@ def test_with_value_checks_off_a_packed_row_never_waits_for_the_device(tiny_conf
         tiny_config(check_input_values="no")
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "flex_attention"])
+def test_a_compiled_model_keeps_sequences_packed_by_position_ids_alone_apart(attn, tiny_config):
+    # DataCollatorWithFlattening without the flash-attention arguments gives position_ids only. Eager, the model
+    # reads where they restart; compiled it cannot read values, and must still let each text attend to itself only.
+    torch._dynamo.reset()
+    model = build(FeedbackForTokenClassification, tiny_config(position_embedding_type="rotary"), attn=attn).eval()
+    packed, _ = _packed_and_padded([5, 3, 7])
+    with torch.no_grad():
+        eager = model(**packed).logits
+        compiled = torch.compile(model, backend="eager", fullgraph=True)(**packed).logits
+        alone = model(packed["input_ids"][:, :5]).logits  # the first text by itself
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(compiled[:, :5], alone, atol=1e-5, rtol=1e-5)
+    # One pooled vector per sequence needs the boundaries: refused rather than one vector for the whole row.
+    classifier = build(FeedbackForSequenceClassification, tiny_config(), attn=attn).eval()
+    with pytest.raises(Exception, match="cu_seq_lens_q"):
+        torch.compile(classifier, backend="eager", fullgraph=True)(**packed)
+
+
 def test_trainer_averages_the_loss_over_accumulation_for_heads_that_ignore_the_token_count(tiny_config):
     # A head whose forward takes **kwargs tells Trainer it normalises by num_items_in_batch itself, unless it says
     # otherwise: the heads with a per-token loss do.
