@@ -586,6 +586,15 @@ def test_overwriting_an_output_dir_replaces_the_older_run_and_last_means_this_ru
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("name", ["finetune", "pretrain", "token_classification", "seq2seq"])
+def test_every_recipe_explains_its_flags(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_recipe(name).main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "--output_dir" in help_text and "--max_steps" in help_text
+
+
 def test_pretraining_corpus_choices(capsys, tmp_path):
     reviews = pretrain.load_corpus(pretrain.DataArguments(corpus="reviews"))
     assert reviews["text"] == load_sentiment_reviews()["train"]["text"]  # texts only, train split only
