@@ -250,8 +250,7 @@ class _Causal(_Movable):
 
     mask: torch.Tensor | None  # (B or 1, 1, T, K) which of the K cached + new keys each new token sees; None: all
     cache: Cache | None  # the keys and values of earlier steps, extended by each layer (None: no cache)
-    encoder_states: torch.Tensor | None = None  # (B, S, H) what cross-attention reads (config.add_cross_attention)
-    encoder_mask: torch.Tensor | None = None  # (B, 1, 1, S) which of them are real; None: all
+    encoder_mask: torch.Tensor | None = None  # (B, 1, 1, S) which encoder outputs cross-attention reads; None: all
 
     @property
     def self_attention_cache(self):
@@ -524,8 +523,8 @@ class FeedbackCrossAttention(_MultiHeadAttention):
         self.kv_proj = nn.Linear(config.hidden_size, 2 * config.hidden_size)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden_states, plan, output_attentions=False):
-        # hidden_states: (B, T, H) the decoder's; plan: _Causal with encoder_states (B, S, H)
+    def forward(self, hidden_states, encoder_hidden_states, plan, output_attentions=False):
+        # hidden_states: (B, T, H) the decoder's; encoder_hidden_states: (B, S, H); plan: _Causal
         batch_size, seq_len, _ = hidden_states.shape
         q = self.q_proj(hidden_states).view(batch_size, seq_len, self.num_heads, self.head_size).transpose(1, 2)
         cache = plan.cache if isinstance(plan.cache, EncoderDecoderCache) else None
@@ -533,7 +532,7 @@ class FeedbackCrossAttention(_MultiHeadAttention):
             layer = cache.cross_attention_cache.layers[self.layer_idx]
             k, v = layer.keys, layer.values  # (B, nh, S, hs), from the first step
         else:
-            source = plan.encoder_states
+            source = encoder_hidden_states
             kv = self.kv_proj(source).view(source.shape[0], source.shape[1], 2, self.num_heads, self.head_size)
             k, v = kv.permute(2, 0, 3, 1, 4)  # (B, nh, S, hs) each
             if cache is not None:
@@ -596,12 +595,15 @@ class FeedbackLayer(GradientCheckpointingLayer):
             self.cross_attention = FeedbackCrossAttention(config, layer_idx)
             self.cross_attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, hidden_states, rotary=None, unpadding=None, output_attentions=False):
+    def forward(self, hidden_states, rotary=None, unpadding=None, output_attentions=False,
+                encoder_hidden_states=None):
+        # encoder_hidden_states (B, S, H) come as an argument of their own, not inside `unpadding`: reentrant
+        # gradient checkpointing passes gradients to the tensors among a layer's arguments only.
         hidden_states, probs = self._residual(
             hidden_states, self.attention_norm, lambda x: self.attention(x, rotary, unpadding, output_attentions))
         if hasattr(self, "cross_attention"):
             hidden_states, _ = self._residual(hidden_states, self.cross_attention_norm,
-                                              lambda x: self.cross_attention(x, unpadding))
+                                              lambda x: self.cross_attention(x, encoder_hidden_states, unpadding))
         hidden_states, _ = self._residual(hidden_states, self.feed_forward_norm, lambda x: (self.feed_forward(x), None))
         return hidden_states, probs
 
@@ -622,7 +624,8 @@ class FeedbackEncoder(nn.Module):
             nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm_position == "pre" else None
         )
 
-    def forward(self, hidden_states, rotary, unpadding, output_attentions, output_hidden_states):
+    def forward(self, hidden_states, rotary, unpadding, output_attentions, output_hidden_states,
+                encoder_hidden_states=None):
         # hidden_states: (N, H) when unpadded, else (B, T, H). Returns hidden states of every layer's input and of
         # the output, each (B, T, H), when asked.
         all_hidden_states = [] if output_hidden_states else None
@@ -630,7 +633,7 @@ class FeedbackEncoder(nn.Module):
         for layer in self.layers:
             if output_hidden_states:
                 hidden_states = self._record(hidden_states, unpadding, all_hidden_states)
-            hidden_states, probs = layer(hidden_states, rotary, unpadding, output_attentions)
+            hidden_states, probs = layer(hidden_states, rotary, unpadding, output_attentions, encoder_hidden_states)
             if output_attentions:
                 all_attentions.append(probs)
         if self.final_norm is not None:
@@ -982,6 +985,10 @@ class FeedbackModel(FeedbackPreTrainedModel):
             raise ValueError("This decoder attends to an encoder's output (config.add_cross_attention): pass "
                              "encoder_hidden_states")
         use_cache = config.use_cache if use_cache is None else use_cache
+        if use_cache and self.training and self.is_activation_checkpointing:
+            # The recompute in backward would extend the cache a second time (transformers' decoders do the same).
+            logger.warning_once("use_cache=True does not go with activation checkpointing in training: no cache")
+            use_cache = False
         if use_cache and cache is None:  # (an encoder-decoder's keeps the source's keys and values beside)
             cache = (EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
                      if config.add_cross_attention else DynamicCache(config=config))
@@ -1022,9 +1029,9 @@ class FeedbackModel(FeedbackPreTrainedModel):
             cos, sin = self.rotary_emb(hidden_states, position_ids)  # (B, T, hs) each
             rotary = cos[:, None], sin[:, None]
         encoder_mask = None if encoder_attention_mask is None else encoder_attention_mask.bool()[:, None, None, :]
-        plan = _Causal(mask, cache, encoder_hidden_states, encoder_mask)
+        plan = _Causal(mask, cache, encoder_mask)
         hidden_states, all_hidden_states, all_attentions = self.encoder(
-            hidden_states, rotary, plan, output_attentions, output_hidden_states)
+            hidden_states, rotary, plan, output_attentions, output_hidden_states, encoder_hidden_states)
         output = BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
             cache=cache if use_cache else None,

@@ -770,6 +770,32 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_config, batch):
         torch.testing.assert_close(plain[name], checkpointed[name], msg=name)
 
 
+@pytest.mark.parametrize("family", ["seq2seq", "causal"])
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_decoders_checkpoint_their_gradients_as_they_compute_them(family, use_reentrant, tiny_config):
+    # The encoder-decoder with labels; the causal LM without them, as a custom loss (distillation, DPO,
+    # compute_loss_func) calls it: its training forward must not build a cache that the recompute writes twice.
+    def grads(checkpointing):
+        torch.manual_seed(0)
+        if family == "seq2seq":
+            model = seq2seq(tiny_config).train()
+            input_ids, attention_mask = _padded_sources()
+            loss = lambda: model(input_ids, attention_mask, labels=torch.tensor([[20, 21, 3]] * 3)).loss
+        else:
+            model = causal_lm(tiny_config).train()
+            input_ids = torch.randint(4, 99, (2, 7), generator=torch.Generator().manual_seed(0))
+            loss = lambda: model(input_ids).logits.logsumexp(-1).mean()
+        if checkpointing:
+            model.gradient_checkpointing_enable({"use_reentrant": use_reentrant})
+        loss().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, checkpointed = grads(False), grads(True)
+    assert plain.keys() == checkpointed.keys() and len(plain) > 20
+    for name in plain:
+        torch.testing.assert_close(plain[name], checkpointed[name], msg=name)
+
+
 def test_hidden_states_and_tuple_outputs(tiny_config, batch):
     model = build(FeedbackModel, tiny_config(norm_position="pre"))
     out = model(*batch, output_hidden_states=True)
