@@ -700,6 +700,12 @@ class FeedbackPreTrainedModel(PreTrainedModel):
             # such a decoder generates without one (`_decode` refuses a filled cache).
             self.generation_config.use_cache = False
 
+    @staticmethod
+    def create_masks_for_generate(attention_mask=None, **kwargs):
+        # generate() would turn the (B, K) padding mask into a 4D one for a static cache; a decoder makes its own
+        # from the padding mask, sized to what the cache returns.
+        return attention_mask
+
     @classmethod
     def _can_set_attn_implementation(cls):
         # FeedbackSelfAttention reads config._attn_implementation at every call, so set_attn_implementation("eager")
@@ -1013,14 +1019,20 @@ class FeedbackModel(FeedbackPreTrainedModel):
         if token_type_ids is None:
             token_type_ids = torch.zeros((batch_size, seq_len), dtype=torch.long, device=device)
 
+        # The keys attention will see: the cached and new ones, or a static cache's whole preallocated length (its
+        # slots past the new tokens, not yet written, are later than every query and so masked as the future).
+        mask_length = key_length
+        if cache is not None:
+            self_attention_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+            mask_length = max(key_length, self_attention_cache.get_mask_sizes(seq_len, 0)[0])
         mask = None
-        if attention_mask is not None or seq_len > 1:
+        if attention_mask is not None or seq_len > 1 or mask_length > key_length:
             query_at = torch.arange(past, key_length, device=device)[:, None]  # (T, 1) each new token's place
-            keys = torch.arange(key_length, device=device)[None]  # (1, K)
+            keys = torch.arange(mask_length, device=device)[None]  # (1, K)
             mask = keys <= query_at  # (T, K): causal
-            if attention_mask is not None:
-                mask = mask & attention_mask.bool()[:, None, :]  # (B, T, K): and no padding
-            mask = (mask | (keys == query_at)).view(-1, 1, seq_len, key_length)  # a token always sees itself
+            if attention_mask is not None:  # (B, T, K): and no padding
+                mask = mask & F.pad(attention_mask.bool(), (0, mask_length - key_length))[:, None, :]
+            mask = (mask | (keys == query_at)).view(-1, 1, seq_len, mask_length)  # a token always sees itself
             # (so a padded query has a key: no row of -inf, no NaN; its output is never read)
 
         hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, H)

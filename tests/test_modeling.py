@@ -1200,6 +1200,21 @@ def test_a_decoder_with_ngram_embeddings_generates_what_one_forward_reads(family
             **inputs, decoder_input_ids=generated[:, 2:3])), cache=step.cache, use_cache=True)
 
 
+@pytest.mark.parametrize("family", ["causal", "seq2seq"])
+def test_generation_with_a_static_cache_equals_the_dynamic_one(family, tiny_config):
+    # A static cache returns its whole preallocated length of keys: the mask must cover it.
+    if family == "causal":
+        model, prompt = causal_lm(tiny_config), torch.tensor([[0, 2, 15, 27], [2, 40, 41, 42]])  # left-padded
+        inputs = dict(input_ids=prompt, attention_mask=(prompt != 0).long())
+    else:
+        input_ids, attention_mask = _padded_sources()
+        model, inputs = seq2seq(tiny_config), dict(input_ids=input_ids, attention_mask=attention_mask)
+    inputs.update(max_new_tokens=6, do_sample=False)
+    dynamic = model.generate(**inputs)
+    static = model.generate(**inputs, cache_implementation="static")
+    assert torch.equal(static, dynamic)
+
+
 def test_batched_generation_with_left_padding_equals_one_by_one(tiny_config):
     model = causal_lm(tiny_config)
     prompts = [[2, 15], [2, 40, 41, 42, 43], [2, 7, 8]]
