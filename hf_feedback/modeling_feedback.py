@@ -33,7 +33,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.modeling_outputs import (
-    BaseModelOutputWithPast,
+    BaseModelOutputWithPastAndCrossAttentions,
     BaseModelOutputWithPooling,
     CausalLMOutputWithPast,
     Seq2SeqLMOutput,
@@ -599,13 +599,16 @@ class FeedbackLayer(GradientCheckpointingLayer):
                 encoder_hidden_states=None):
         # encoder_hidden_states (B, S, H) come as an argument of their own, not inside `unpadding`: reentrant
         # gradient checkpointing passes gradients to the tensors among a layer's arguments only.
+        # Returns the new hidden states, and (output_attentions) the self- and cross-attention probabilities.
         hidden_states, probs = self._residual(
             hidden_states, self.attention_norm, lambda x: self.attention(x, rotary, unpadding, output_attentions))
+        cross_probs = None
         if hasattr(self, "cross_attention"):
-            hidden_states, _ = self._residual(hidden_states, self.cross_attention_norm,
-                                              lambda x: self.cross_attention(x, encoder_hidden_states, unpadding))
+            hidden_states, cross_probs = self._residual(
+                hidden_states, self.cross_attention_norm,
+                lambda x: self.cross_attention(x, encoder_hidden_states, unpadding, output_attentions))
         hidden_states, _ = self._residual(hidden_states, self.feed_forward_norm, lambda x: (self.feed_forward(x), None))
-        return hidden_states, probs
+        return hidden_states, probs, cross_probs
 
     def _residual(self, hidden_states, norm, sublayer):
         if self.pre_norm:  # x + f(norm(x)): the residual stream is never normalised
@@ -627,20 +630,25 @@ class FeedbackEncoder(nn.Module):
     def forward(self, hidden_states, rotary, unpadding, output_attentions, output_hidden_states,
                 encoder_hidden_states=None):
         # hidden_states: (N, H) when unpadded, else (B, T, H). Returns hidden states of every layer's input and of
-        # the output, each (B, T, H), when asked.
+        # the output, each (B, T, H), and each layer's attention probabilities (and a decoder's cross-attention
+        # ones, (B, nh, T, S)) when asked.
         all_hidden_states = [] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
+        all_cross_attentions = [] if output_attentions and encoder_hidden_states is not None else None
         for layer in self.layers:
             if output_hidden_states:
                 hidden_states = self._record(hidden_states, unpadding, all_hidden_states)
-            hidden_states, probs = layer(hidden_states, rotary, unpadding, output_attentions, encoder_hidden_states)
+            hidden_states, probs, cross_probs = layer(hidden_states, rotary, unpadding, output_attentions,
+                                                      encoder_hidden_states)
             if output_attentions:
                 all_attentions.append(probs)
+            if all_cross_attentions is not None:
+                all_cross_attentions.append(cross_probs)
         if self.final_norm is not None:
             hidden_states = self.final_norm(hidden_states)
         if output_hidden_states:
             hidden_states = self._record(hidden_states, unpadding, all_hidden_states)
-        return hidden_states, all_hidden_states, all_attentions
+        return hidden_states, all_hidden_states, all_attentions, all_cross_attentions
 
     @staticmethod
     def _record(hidden_states, unpadding, all_hidden_states):
@@ -956,7 +964,7 @@ class FeedbackModel(FeedbackPreTrainedModel):
         if unpadding is not None:
             hidden_states = unpadding.from_output(hidden_states)  # (N, H), N = B * T when padding is kept
 
-        hidden_states, all_hidden_states, all_attentions = self.encoder(
+        hidden_states, all_hidden_states, all_attentions, _ = self.encoder(
             hidden_states, rotary, unpadding, output_attentions, output_hidden_states
         )
         tokens = hidden_states
@@ -1042,13 +1050,14 @@ class FeedbackModel(FeedbackPreTrainedModel):
             rotary = cos[:, None], sin[:, None]
         encoder_mask = None if encoder_attention_mask is None else encoder_attention_mask.bool()[:, None, None, :]
         plan = _Causal(mask, cache, encoder_mask)
-        hidden_states, all_hidden_states, all_attentions = self.encoder(
+        hidden_states, all_hidden_states, all_attentions, all_cross_attentions = self.encoder(
             hidden_states, rotary, plan, output_attentions, output_hidden_states, encoder_hidden_states)
-        output = BaseModelOutputWithPast(
+        output = BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=hidden_states,
             cache=cache if use_cache else None,
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
             attentions=tuple(all_attentions) if output_attentions else None,
+            cross_attentions=tuple(all_cross_attentions) if all_cross_attentions is not None else None,
         )
         return output if return_dict else output.to_tuple()
 
@@ -1484,7 +1493,7 @@ class FeedbackSeq2SeqModel(FeedbackPreTrainedModel):
         output = Seq2SeqModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state, cache=decoder_outputs.cache,
             decoder_hidden_states=decoder_outputs.hidden_states, decoder_attentions=decoder_outputs.attentions,
-            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            cross_attentions=decoder_outputs.cross_attentions, encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             encoder_hidden_states=encoder_outputs.hidden_states, encoder_attentions=encoder_outputs.attentions)
         return output if return_dict else output.to_tuple()
 
@@ -1563,7 +1572,8 @@ class FeedbackForConditionalGeneration(FeedbackPreTrainedModel, GenerationMixin)
             loss = _token_cross_entropy(logits, labels, loss_kwargs.get("num_items_in_batch"))
         output = Seq2SeqLMOutput(
             loss=loss, logits=logits, cache=outputs.cache, decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions, encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            decoder_attentions=outputs.decoder_attentions, cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             encoder_hidden_states=outputs.encoder_hidden_states, encoder_attentions=outputs.encoder_attentions)
         return output if return_dict else output.to_tuple()
 

@@ -1305,6 +1305,21 @@ def test_seq2seq_weights_reload_bit_equal_tied_or_not(tie, tiny_config, tmp_path
     assert (model.lm_head.decoder.weight.data_ptr() == shared.data_ptr()) == tie
 
 
+def test_seq2seq_returns_which_source_positions_each_decoded_token_read(tiny_config):
+    model = seq2seq(tiny_config, attn="eager")
+    input_ids, attention_mask = _padded_sources()
+    decoder_input_ids = torch.tensor([[2, 20, 21]] * 3)
+    out = model(input_ids, attention_mask, decoder_input_ids=decoder_input_ids, output_attentions=True)
+    assert len(out.cross_attentions) == 2  # one map per decoder layer
+    cross = out.cross_attentions[0]
+    assert cross.shape == (3, 4, 3, 5)  # (B, nh, decoded T, source S)
+    torch.testing.assert_close(cross.sum(-1), torch.ones(3, 4, 3))
+    assert not cross[2, :, :, 2:].any()  # the third source has two real tokens: padding is never read
+    generated = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=3, do_sample=False,
+                               output_attentions=True, return_dict_in_generate=True)
+    assert len(generated.cross_attentions) == 3 and generated.cross_attentions[0][0].shape[-1] == 5
+
+
 def test_seq2seq_loss_is_teacher_forced_cross_entropy_and_the_source_matters(tiny_config):
     model = seq2seq(tiny_config)
     input_ids, attention_mask = _padded_sources()
