@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import socket
 import sys
 import time
@@ -210,7 +211,8 @@ def _missing_from_checkpoint(folder: Path) -> list[str]:
 
 def _damaged_in_checkpoint(folder: Path) -> list[str]:
     """The files of a checkpoint that cannot be read, each with why; cheap checks that catch a copy or a save cut
-    short: JSON parses, a safetensors header covers its file, a torch.save zip archive has its central directory."""
+    short: JSON parses, a safetensors header covers its file, a torch.save zip archive has its central directory and
+    its members' checksums hold (a file that is not such an archive must load as a legacy torch.save pickle)."""
     damaged = []
     for path in sorted(folder.iterdir()):
         try:
@@ -220,9 +222,15 @@ def _damaged_in_checkpoint(folder: Path) -> list[str]:
                 with safe_open(path, "pt"):
                     pass
             elif path.suffix in (".pt", ".pth", ".bin") and _is_torch_zip(path):
-                zipfile.ZipFile(path).close()
-        except (OSError, ValueError, SafetensorError, zipfile.BadZipFile) as error:
-            damaged.append(f"{path.name} ({error})")
+                with zipfile.ZipFile(path) as archive:
+                    bad = archive.testzip()
+                if bad is not None:
+                    raise ValueError(f"{bad} fails its checksum")
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, ValueError, SafetensorError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError,
+                RuntimeError) as error:
+            damaged.append(f"{path.name} ({str(error).splitlines()[0] if str(error) else type(error).__name__})")
     return damaged
 
 
@@ -244,6 +252,7 @@ def _unusable(folder: Path) -> str | None:
 def resolve_resume(training_args: TrainingArguments):
     """The checkpoint folder `--resume_from_checkpoint` names, checked before any work.
 
+    A run whose results are saved and whose checkpoint has trained all its steps is refused: nothing to do.
     `last` (or `true`) takes the newest complete `checkpoint-N` in output_dir: a run killed while saving leaves a
     folder without its optimizer, schedule or weights, which is skipped with a warning naming it (resuming from it
     would crash, or silently restart the optimizer and the learning-rate schedule). A named folder must be complete.
@@ -251,6 +260,17 @@ def resolve_resume(training_args: TrainingArguments):
     value = training_args.resume_from_checkpoint
     if value is None:
         return None
+    folder = _resumable_folder(training_args, value)
+    state = json.loads((Path(folder) / "trainer_state.json").read_text())
+    steps = training_args.max_steps if training_args.max_steps > 0 else state.get("max_steps", 0)
+    if state.get("global_step", 0) >= steps and (Path(training_args.output_dir) / "train_results.json").is_file():
+        # Trainer would train one step past the end, save a checkpoint and rewrite the finished run's results.
+        raise RecipeError(f"--resume_from_checkpoint {value}: {folder} already trained its {steps} steps and the "
+                          "run's results are saved: nothing to do (pass a larger --max_steps to train further)")
+    return folder
+
+
+def _resumable_folder(training_args, value):
     if value.lower() in ("last", "true"):
         output_dir = Path(training_args.output_dir)
         folders = sorted((p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
@@ -476,10 +496,33 @@ def sample_splits(raw, data_args, seed):
     return raw
 
 
+def check_resume_fits(model, resume):
+    """The checkpoint to resume from must hold this model's weights, shape for shape: a run resumed with other
+    --config_overrides or data (another label count) is refused, naming what differs, before any work."""
+    weights = Path(resume) / "model.safetensors"
+    if not weights.is_file():
+        return  # an adapter or a .bin checkpoint: Trainer's own checks
+    shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    with safe_open(weights, "pt") as saved:
+        misfits = [f"{name} {tuple(saved.get_slice(name).get_shape())} there, {shapes[name]} here"
+                   for name in saved.keys() if name in shapes and tuple(saved.get_slice(name).get_shape()) != shapes[name]]
+    if misfits:
+        config = json.loads((Path(resume) / "config.json").read_text()) if (Path(resume) / "config.json").is_file() else {}
+        ours = json.loads(model.config.to_json_string(use_diff=False))  # as saved: keys of id2label are strings
+        fields = [f"{k}={config[k]!r} there, {ours[k]!r} here" for k in sorted(config) if k in ours
+                  and config[k] != ours[k] and k not in ("architectures", "dtype", "transformers_version", "_name_or_path")]
+        raise RecipeError(f"--resume_from_checkpoint {resume} does not fit this model ({'; '.join(misfits[:2])}"
+                          + (f"; config: {', '.join(fields[:5])}" if fields else "") + "): resume with the "
+                          "--config_overrides, checkpoint and data of the run that wrote it")
+
+
 def train_and_evaluate(trainer, tokenized, resume, after_training=None):
     """Train (resuming from `resume`), evaluate on validation and predict the test split where `tokenized` has
     them, saving each split's metrics and the trainer state; returns the test prediction (None without test).
     `after_training(trainer)`, if given, runs between training and the final evaluation."""
+    if resume is not None:
+        with bad_input_exits():
+            check_resume_fits(trainer.model, resume)
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_metrics("train", train_result.metrics)
     if after_training is not None:

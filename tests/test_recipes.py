@@ -581,9 +581,35 @@ def test_overwriting_an_output_dir_replaces_the_older_run_and_last_means_this_ru
     finetune.main([*run, "--max_steps", "2", "--overwrite_output_dir", "true"])
     assert not (tmp_path / "checkpoint-4").exists() and not (tmp_path / "notes.txt").exists()
     assert [p.name for p in tmp_path.glob("checkpoint-*")] == ["checkpoint-2"]
-    assert resolve_resume(transformers.TrainingArguments(str(tmp_path), resume_from_checkpoint="last")).endswith(
-        "checkpoint-2")
+    continued = transformers.TrainingArguments(str(tmp_path), resume_from_checkpoint="last", max_steps=4)
+    assert resolve_resume(continued).endswith("checkpoint-2")
     capsys.readouterr()
+
+
+def test_a_resume_that_cannot_continue_the_run_is_one_line_and_changes_nothing(tmp_path, capsys):
+    run = ["--output_dir", str(tmp_path), "--config_overrides", TINY_MODEL, "--tokenizer_vocab_size", "500",
+           "--max_train_samples", "64", "--max_eval_samples", "16", "--eval_strategy", "no", "--save_steps", "2",
+           "--per_device_train_batch_size", "8", "--disable_tqdm", "true", "--max_steps", "2"]
+    finetune.main(run)
+    def files():  # (the lock of a refused run goes when its process exits)
+        return {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.name != ".hf_feedback.lock"}
+
+    before = files()
+
+    def refused(args, *words):
+        expect_exit(capsys, args, *words)
+        assert files() == before  # nothing written or added
+
+    # The run is finished: resuming it would train a step past max_steps and rewrite its results.
+    refused([*run, "--resume_from_checkpoint", "last"], "checkpoint-2", "already trained its 2 steps")
+    # Another model than the checkpoint's: its weights cannot be loaded.
+    other = [*run, "--max_steps", "4", "--resume_from_checkpoint", "last"]
+    other[other.index(TINY_MODEL)] = TINY_MODEL.replace("hidden_size=32", "hidden_size=48")
+    refused(other, "checkpoint-2", "does not fit", "hidden_size", "--config_overrides")
+    # A damaged optimizer state is named, not unpickled into a traceback.
+    (tmp_path / "checkpoint-2" / "optimizer.pt").write_bytes(b"not a pickle")
+    before = files()
+    refused([*run, "--max_steps", "4", "--resume_from_checkpoint", str(tmp_path / "checkpoint-2")], "optimizer.pt")
 
 
 @pytest.mark.parametrize("name", ["finetune", "pretrain", "token_classification", "seq2seq"])
