@@ -337,6 +337,9 @@ def check_training_arguments(training_args: TrainingArguments):
             raise RecipeError(f"--{name} must be at least 1, got {getattr(training_args, name)}")
     if not training_args.learning_rate > 0:
         raise RecipeError(f"--learning_rate must be positive, got {training_args.learning_rate}")
+    if training_args.max_steps < -1 or training_args.max_steps == 0:
+        raise RecipeError(f"--max_steps must be a positive number of steps (or -1, the default: train "
+                          f"--num_train_epochs), got {training_args.max_steps}")
     if training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
         raise RecipeError(
             f"nothing to train: --max_steps {training_args.max_steps} and --num_train_epochs "
@@ -558,13 +561,23 @@ def load_or_train_tokenizer(source, texts, vocab_size, training_args, trust_remo
     copy, so they all share one vocabulary. A resumed run reuses the tokenizer its output_dir already holds.
     """
     if source:
+        config = {}
+        if (Path(source) / "config.json").is_file():  # AutoTokenizer reads it first: say when it is the problem
+            try:
+                config = json.loads((Path(source) / "config.json").read_text())
+            except ValueError as error:
+                raise RecipeError(f"{source}: config.json is damaged ({error}); copy the checkpoint again") from None
         try:
             return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as error:
             if not Path(source).exists():
                 raise RecipeError(f"{source}: no such folder (--model_name_or_path / --tokenizer_name), nor a Hub "
                                   "repository that could be fetched") from None
-            raise RecipeError(f"no tokenizer could be loaded from {source}; pass --tokenizer_name ({error})") from error
+            if config and "vocab_size" not in config and "vocab_size" not in (config.get("text_config") or {}):
+                raise RecipeError(f"{source} holds a {config.get('model_type')!r} model, which does not read text "
+                                  "(it has no vocabulary); choose a text model") from None
+            raise RecipeError(f"{source} has no tokenizer that loads ({str(error).splitlines()[0]}); a model folder "
+                              "without one needs --tokenizer_name naming a folder that has one") from error
     folder = Path(training_args.output_dir)
     resuming = training_args.resume_from_checkpoint is not None and (folder / "tokenizer.json").is_file()
     with training_args.main_process_first(desc="training the tokenizer"):

@@ -484,7 +484,7 @@ def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
     expect_exit(capsys, [*out, "--learning_rate", "-1"], "--learning_rate must be positive, got -1.0")
     expect_exit(capsys, [*out, "--noam_warmup_steps", "0"], "--noam_warmup_steps must be a positive number")
     expect_exit(capsys, [*out, "--max_train_samples", "0"], "--max_train_samples must be at least 1")
-    expect_exit(capsys, [*out, "--max_steps", "-5", "--num_train_epochs", "0"], "nothing to train")
+    expect_exit(capsys, [*out, "--max_steps", "-1", "--num_train_epochs", "0"], "nothing to train")
     expect_exit(capsys, [*out, "--resume_from_checkpoint", "last"], "has no complete checkpoint-N folder")
 
     # A three-label classifier cannot be fine-tuned on two-label data.
@@ -532,6 +532,24 @@ def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
     (damaged / "model.safetensors").write_bytes((damaged / "model.safetensors").read_bytes()[:500])
     expect_exit(capsys, [*out, "--model_name_or_path", str(damaged)],
                 f"{damaged}: the weights (model.safetensors) are damaged or incomplete")
+
+
+def test_messages_name_the_real_problem(tmp_path, capsys, tiny_config):
+    out = ["--output_dir", str(tmp_path / "out")]
+    untokenized = tmp_path / "untokenized"  # a model folder without a tokenizer
+    FeedbackForSequenceClassification(tiny_config()).save_pretrained(untokenized)
+    message = expect_exit(capsys, [*out, "--tokenizer_name", str(untokenized)], "no tokenizer", str(untokenized))
+    assert "pass --tokenizer_name" not in message  # it was passed: the folder it names has none
+    truncated = tmp_path / "truncated"
+    shutil.copytree(untokenized, truncated)
+    (truncated / "config.json").write_text((truncated / "config.json").read_text()[:40])
+    message = expect_exit(capsys, [*out, "--model_name_or_path", str(truncated)], "config.json", "damaged")
+    assert "tokenizer" not in message
+    vision = tmp_path / "vision"
+    transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(vision)
+    message = expect_exit(capsys, [*out, "--model_name_or_path", str(vision)], "'vit'", "does not read text")
+    assert "tokenizer" not in message
+    expect_exit(capsys, [*out, "--max_steps", "-5"], "--max_steps must be a positive number of steps", "-1")
 
 
 def test_foreign_checkpoints_are_refused_or_fine_tuned_with_their_card(tmp_path, capsys):
