@@ -100,7 +100,8 @@ class FeedbackConfig(PretrainedConfig):
         ngram_vocab_size (`int`, defaults to 0): rows of a table of hashed n-gram embeddings added to each token's
             embedding (the n-grams of token ids that end at the token, one per size in `ngram_sizes`; fastText's
             hashing trick, or the n-gram input vocabulary of Huang et al. 2025, "Over-Tokenized Transformer"); 0 turns
-            them off. The model then needs `input_ids` (not `inputs_embeds`).
+            them off. The model then needs `input_ids` (not `inputs_embeds`), and a decoder generates without a KV
+            cache (a cache does not keep the tokens a new token's n-grams end in).
         ngram_sizes (`list[int]`, defaults to `[2, 3]`): the n-gram sizes (each >= 2) hashed into that table.
         char_vocab_size (`int`, defaults to 0): rows of a table of character embeddings; when > 0, each token's
             embedding adds the mean of the embeddings of the characters it is written with (character-enhanced word
@@ -291,7 +292,8 @@ class FeedbackSeq2SeqConfig(FeedbackConfig):
 
     Args:
         decoder_start_token_id (`int`, *optional*): the id every decoded sequence starts from (labels are shifted
-            right behind it); the recipes use the tokenizer's [CLS]. Needed to train or generate.
+            right behind it); the recipes use the tokenizer's [SEP], which no target begins with (targets from
+            the tokenizer's template begin with [CLS]). Needed to train or generate.
     """
 
     model_type = "feedback_seq2seq"

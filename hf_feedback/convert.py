@@ -237,6 +237,17 @@ def check_folders(source, destination, overwrite):
     return source, destination
 
 
+def not_our_encoder(config, source):
+    """Why the exporters (BERT, ONNX) refuse `source`'s `config`, or None when it is an hf_feedback encoder."""
+    if config.model_type == "feedback":
+        return None
+    if config.model_type == "feedback_seq2seq":
+        return (f"{source} holds an hf_feedback encoder-decoder ({', '.join(config.architectures or [])}), which "
+                "the exporters do not take: they export the encoder models (FeedbackModel and its heads)")
+    return (f"{source} holds a {config.model_type!r} model, not an hf_feedback one (for other transformers models "
+            "use optimum's exporter)")
+
+
 def save_with_tokenizer(model, source, destination):
     """Save `model` to `destination` with the tokenizer of `source`, where it has one; the tokenizer's
     `model_max_length` is the model's longest input where it said more (or nothing), so that truncation=True fits."""

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from . import modeling_feedback
-from .convert import check_folders
+from .convert import check_folders, not_our_encoder
 from .failures import BadInput, load_pretrained
 
 # Saved head -> names of the outputs it exports.
@@ -58,9 +58,8 @@ def _probe_batch(tokenizer, input_names):
 
 def _check_source(source):
     config = load_pretrained(AutoConfig.from_pretrained, source)
-    if config.model_type != "feedback":
-        raise NotExportable(f"{source} holds a {config.model_type!r} model, not an hf_feedback one (for other "
-                            "transformers models use optimum's exporter)")
+    if not_our_encoder(config, source):
+        raise NotExportable(not_our_encoder(config, source))
     architecture = (config.architectures or ["FeedbackModel"])[0]
     if architecture not in OUTPUTS:
         raise NotExportable(f"{source} holds a {architecture}, which the ONNX export does not know; "

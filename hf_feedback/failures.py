@@ -3,8 +3,8 @@
 Bad input (a flag, a file, a column, a value, a checkpoint; found by our checks or by datasets, transformers,
 safetensors or torch while setting up) ends as one line, `error: <the problem and the fix>` on stderr, and exit
 status 2, with no traceback; `HF_FEEDBACK_DEBUG=1` shows the traceback instead. Anything else (a bug, a fault while
-training) keeps Python's traceback and exit status 1. Files a failed set-up created are removed, so the corrected
-command runs with the same arguments.
+training) keeps Python's traceback and exit status 1. Files a failed set-up created are removed, and what it was to
+replace is put back, so the corrected command runs with the same arguments.
 """
 
 import json
@@ -35,12 +35,37 @@ def debugging() -> bool:
 class _SetUp:
     def __init__(self):
         self.new_folders = []
+        self.set_aside = []  # (folder, where its earlier contents wait until set-up ends)
 
     def will_create(self, folder):
         """`folder` may be written during set-up; if it does not exist yet, a failed set-up removes it again."""
         folder = Path(folder)
         if not folder.exists():
             self.new_folders.append(folder)
+
+    def will_replace(self, folder, keep=()):
+        """What `folder` holds (but the names in `keep`) makes way for this run now: it is deleted when set-up
+        succeeds and put back when set-up fails, so that a run never leaves its files beside an older run's (a
+        `checkpoint-N` of that run would be taken for this run's) and a refused command changes nothing."""
+        folder = Path(folder)
+        aside = folder / f".replaced-{os.getpid()}"
+        aside.mkdir()
+        for path in list(folder.iterdir()):
+            if path != aside and path.name not in keep:
+                path.rename(aside / path.name)
+        self.set_aside.append((folder, aside))
+
+    def _end(self, succeeded):
+        for folder, aside in self.set_aside:
+            if not succeeded:
+                for path in aside.iterdir():
+                    target = folder / path.name
+                    if target.is_dir() and not target.is_symlink():
+                        shutil.rmtree(target)
+                    elif target.exists() or target.is_symlink():
+                        target.unlink()
+                    path.rename(target)
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextmanager
@@ -54,13 +79,17 @@ def bad_input_exits(prefix="error"):
     set_up = _SetUp()
     try:
         yield set_up
-    except BAD_INPUT as error:
+    except BaseException as error:
+        set_up._end(succeeded=False)
+        if not isinstance(error, BAD_INPUT):
+            raise
         for folder in set_up.new_folders:
             shutil.rmtree(folder, ignore_errors=True)
         if debugging():
             raise
         print(f"{prefix}: {error}", file=sys.stderr)
         sys.exit(2)
+    set_up._end(succeeded=True)
 
 
 def load_pretrained(load, folder, **kwargs):

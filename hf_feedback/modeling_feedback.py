@@ -33,7 +33,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.modeling_outputs import (
-    BaseModelOutputWithPast,
+    BaseModelOutputWithPastAndCrossAttentions,
     BaseModelOutputWithPooling,
     CausalLMOutputWithPast,
     Seq2SeqLMOutput,
@@ -130,12 +130,15 @@ class _Unpadding(_Movable):
     restore: torch.Tensor  # (N,) puts the buckets' concatenated tokens back in the batch's token order
     packed: bool = False  # the input was one packed row (1, N): outputs keep that shape, sequences pool apart
     block_mask: BlockMask | None = None  # flex attention's, made by the first layer that needs it
+    documents: torch.Tensor | None = None  # (N,) each token's sequence in a traced packed row (`from_positions`)
 
     def document_mask(self):
         """Flex attention's BlockMask for the batch's N tokens as one row: each token attends to the real tokens of
         its own sequence (block-diagonal, as the tokens come sequence by sequence). Made once per forward."""
         if self.block_mask is None:
             sequences, real = self.layout.sequences, self.layout.real  # (N,) each; real: padding kept as tokens
+            if self.documents is not None:
+                sequences = self.documents
 
             def same_sequence(batch, head, query, key):
                 keep = sequences[query] == sequences[key]
@@ -224,6 +227,20 @@ class _Unpadding(_Movable):
         return cls(layout, mask, [bucket], every)
 
 
+    @classmethod
+    def from_positions(cls, position_ids):
+        """A packed row (1, N) known by its `position_ids` alone, traced: where they restart cannot be read, so the
+        row stays one sequence of N tokens, and a (1, 1, N, N) mask lets each token attend to the tokens of its own
+        sequence only (a new one wherever the positions do not continue), as the eager model's buckets do."""
+        row = position_ids[0]  # (N,)
+        restarts = torch.cat([torch.ones_like(row[:1], dtype=torch.bool), row[1:] != row[:-1] + 1])
+        documents = restarts.long().cumsum(0)  # (N,)
+        unpadding = cls.keeping_padding(torch.ones_like(position_ids, dtype=torch.bool))
+        mask = (documents[:, None] == documents[None, :])[None, None]  # (1, 1, N, N)
+        unpadding.buckets[0].mask = mask
+        return replace(unpadding, mask=mask, documents=documents)
+
+
 @dataclass
 class _Causal(_Movable):
     """How a decoder (config.is_decoder) attends: each new token to the cached tokens and the new ones up to itself.
@@ -233,8 +250,7 @@ class _Causal(_Movable):
 
     mask: torch.Tensor | None  # (B or 1, 1, T, K) which of the K cached + new keys each new token sees; None: all
     cache: Cache | None  # the keys and values of earlier steps, extended by each layer (None: no cache)
-    encoder_states: torch.Tensor | None = None  # (B, S, H) what cross-attention reads (config.add_cross_attention)
-    encoder_mask: torch.Tensor | None = None  # (B, 1, 1, S) which of them are real; None: all
+    encoder_mask: torch.Tensor | None = None  # (B, 1, 1, S) which encoder outputs cross-attention reads; None: all
 
     @property
     def self_attention_cache(self):
@@ -507,8 +523,8 @@ class FeedbackCrossAttention(_MultiHeadAttention):
         self.kv_proj = nn.Linear(config.hidden_size, 2 * config.hidden_size)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden_states, plan, output_attentions=False):
-        # hidden_states: (B, T, H) the decoder's; plan: _Causal with encoder_states (B, S, H)
+    def forward(self, hidden_states, encoder_hidden_states, plan, output_attentions=False):
+        # hidden_states: (B, T, H) the decoder's; encoder_hidden_states: (B, S, H); plan: _Causal
         batch_size, seq_len, _ = hidden_states.shape
         q = self.q_proj(hidden_states).view(batch_size, seq_len, self.num_heads, self.head_size).transpose(1, 2)
         cache = plan.cache if isinstance(plan.cache, EncoderDecoderCache) else None
@@ -516,7 +532,7 @@ class FeedbackCrossAttention(_MultiHeadAttention):
             layer = cache.cross_attention_cache.layers[self.layer_idx]
             k, v = layer.keys, layer.values  # (B, nh, S, hs), from the first step
         else:
-            source = plan.encoder_states
+            source = encoder_hidden_states
             kv = self.kv_proj(source).view(source.shape[0], source.shape[1], 2, self.num_heads, self.head_size)
             k, v = kv.permute(2, 0, 3, 1, 4)  # (B, nh, S, hs) each
             if cache is not None:
@@ -579,14 +595,20 @@ class FeedbackLayer(GradientCheckpointingLayer):
             self.cross_attention = FeedbackCrossAttention(config, layer_idx)
             self.cross_attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, hidden_states, rotary=None, unpadding=None, output_attentions=False):
+    def forward(self, hidden_states, rotary=None, unpadding=None, output_attentions=False,
+                encoder_hidden_states=None):
+        # encoder_hidden_states (B, S, H) come as an argument of their own, not inside `unpadding`: reentrant
+        # gradient checkpointing passes gradients to the tensors among a layer's arguments only.
+        # Returns the new hidden states, and (output_attentions) the self- and cross-attention probabilities.
         hidden_states, probs = self._residual(
             hidden_states, self.attention_norm, lambda x: self.attention(x, rotary, unpadding, output_attentions))
+        cross_probs = None
         if hasattr(self, "cross_attention"):
-            hidden_states, _ = self._residual(hidden_states, self.cross_attention_norm,
-                                              lambda x: self.cross_attention(x, unpadding))
+            hidden_states, cross_probs = self._residual(
+                hidden_states, self.cross_attention_norm,
+                lambda x: self.cross_attention(x, encoder_hidden_states, unpadding, output_attentions))
         hidden_states, _ = self._residual(hidden_states, self.feed_forward_norm, lambda x: (self.feed_forward(x), None))
-        return hidden_states, probs
+        return hidden_states, probs, cross_probs
 
     def _residual(self, hidden_states, norm, sublayer):
         if self.pre_norm:  # x + f(norm(x)): the residual stream is never normalised
@@ -605,22 +627,28 @@ class FeedbackEncoder(nn.Module):
             nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm_position == "pre" else None
         )
 
-    def forward(self, hidden_states, rotary, unpadding, output_attentions, output_hidden_states):
+    def forward(self, hidden_states, rotary, unpadding, output_attentions, output_hidden_states,
+                encoder_hidden_states=None):
         # hidden_states: (N, H) when unpadded, else (B, T, H). Returns hidden states of every layer's input and of
-        # the output, each (B, T, H), when asked.
+        # the output, each (B, T, H), and each layer's attention probabilities (and a decoder's cross-attention
+        # ones, (B, nh, T, S)) when asked.
         all_hidden_states = [] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
+        all_cross_attentions = [] if output_attentions and encoder_hidden_states is not None else None
         for layer in self.layers:
             if output_hidden_states:
                 hidden_states = self._record(hidden_states, unpadding, all_hidden_states)
-            hidden_states, probs = layer(hidden_states, rotary, unpadding, output_attentions)
+            hidden_states, probs, cross_probs = layer(hidden_states, rotary, unpadding, output_attentions,
+                                                      encoder_hidden_states)
             if output_attentions:
                 all_attentions.append(probs)
+            if all_cross_attentions is not None:
+                all_cross_attentions.append(cross_probs)
         if self.final_norm is not None:
             hidden_states = self.final_norm(hidden_states)
         if output_hidden_states:
             hidden_states = self._record(hidden_states, unpadding, all_hidden_states)
-        return hidden_states, all_hidden_states, all_attentions
+        return hidden_states, all_hidden_states, all_attentions, all_cross_attentions
 
     @staticmethod
     def _record(hidden_states, unpadding, all_hidden_states):
@@ -672,6 +700,19 @@ class FeedbackPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True  # any function registered with transformers' AttentionInterface
     _no_split_modules = ["FeedbackLayer"]
+
+    def post_init(self):
+        super().post_init()
+        if self.can_generate() and self.config.ngram_vocab_size > 0:
+            # A new token's n-grams end in the tokens before it, which a cache of keys and values does not keep:
+            # such a decoder generates without one (`_decode` refuses a filled cache).
+            self.generation_config.use_cache = False
+
+    @staticmethod
+    def create_masks_for_generate(attention_mask=None, **kwargs):
+        # generate() would turn the (B, K) padding mask into a 4D one for a static cache; a decoder makes its own
+        # from the padding mask, sized to what the cache returns.
+        return attention_mask
 
     @classmethod
     def _can_set_attn_implementation(cls):
@@ -780,6 +821,15 @@ class FeedbackPreTrainedModel(PreTrainedModel):
 _PACKING_ARGUMENTS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
+def _token_cross_entropy(logits, labels, num_items_in_batch=None):
+    """Cross-entropy of per-token `logits` (..., C) against `labels` (...), -100 ignored: the mean over labelled
+    tokens, or, given Trainer's `num_items_in_batch` (the labelled-token count of the whole accumulated batch), their
+    sum divided by it, so that gradient accumulation gives the update of one large batch."""
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                           reduction="mean" if num_items_in_batch is None else "sum")
+    return loss if num_items_in_batch is None else loss / num_items_in_batch
+
+
 def _packing_arguments(model, kwargs, loss_arguments=()):
     """A head's keyword arguments split: the packing ones, passed on to the encoder; `loss_arguments` the head uses
     (Trainer's `num_items_in_batch`). Anything else is a mistake, reported as Python reports it."""
@@ -833,7 +883,8 @@ class FeedbackModel(FeedbackPreTrainedModel):
         the longest sequence (`_k`: the same, as self-attention's keys are its queries). Each sequence then attends
         only within itself; `last_hidden_state` is (1, N, H) and `pooler_output` (S, H), one vector per sequence.
         With the boundaries given, the model reads nothing from the device to place them (and compiles); from
-        `position_ids` alone it finds them in its one read, in eager mode only.
+        `position_ids` alone it finds them in its one read in eager mode, and compiled masks each token's attention
+        to the tokens whose positions continue its own (no pooled output then: it needs the boundaries).
 
         A decoder (`config.is_decoder`, as [`FeedbackForCausalLM`] is built) attends causally and takes `cache` (a
         transformers `Cache` of earlier steps' keys and values, extended in place; `use_cache` makes one) and an
@@ -884,6 +935,12 @@ class FeedbackModel(FeedbackPreTrainedModel):
         elif attention_mask is not None and torch.compiler.is_compiling():
             attention_mask = attention_mask.bool()
             unpadding = _Unpadding.keeping_padding(attention_mask)
+        elif find_packing and torch.compiler.is_compiling():
+            if self.pooler is not None:  # one vector per sequence: a shape that depends on the positions' values
+                raise ValueError("Compiled, a packed row's sequences are pooled apart only with their boundaries: "
+                                 "pass cu_seq_lens_q / max_length_q (DataCollatorWithFlattening("
+                                 "return_flash_attn_kwargs=True)), not position_ids alone")
+            unpadding = _Unpadding.from_positions(position_ids)
         elif attention_mask is not None and any(count < seq_len for count in lengths[1]):
             attention_mask = attention_mask.bool()
             unpadding = _Unpadding.from_mask(attention_mask, *lengths)
@@ -907,7 +964,7 @@ class FeedbackModel(FeedbackPreTrainedModel):
         if unpadding is not None:
             hidden_states = unpadding.from_output(hidden_states)  # (N, H), N = B * T when padding is kept
 
-        hidden_states, all_hidden_states, all_attentions = self.encoder(
+        hidden_states, all_hidden_states, all_attentions, _ = self.encoder(
             hidden_states, rotary, unpadding, output_attentions, output_hidden_states
         )
         tokens = hidden_states
@@ -942,10 +999,18 @@ class FeedbackModel(FeedbackPreTrainedModel):
             raise ValueError("This decoder attends to an encoder's output (config.add_cross_attention): pass "
                              "encoder_hidden_states")
         use_cache = config.use_cache if use_cache is None else use_cache
+        if use_cache and self.training and self.is_activation_checkpointing:
+            # The recompute in backward would extend the cache a second time (transformers' decoders do the same).
+            logger.warning_once("use_cache=True does not go with activation checkpointing in training: no cache")
+            use_cache = False
         if use_cache and cache is None:  # (an encoder-decoder's keeps the source's keys and values beside)
             cache = (EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
                      if config.add_cross_attention else DynamicCache(config=config))
         past = cache.get_seq_length() if cache is not None else 0
+        if past and self.embeddings.ngram_embeddings is not None:
+            raise ValueError("This decoder embeds the n-grams ending at each token (config.ngram_vocab_size > 0), "
+                             "which need the tokens before it, and a cache keeps only their keys and values: decode "
+                             "without a cache (use_cache=False; generate() does so by default)")
         key_length = past + seq_len
         if attention_mask is not None and attention_mask.shape != (batch_size, key_length):
             raise ValueError(f"A decoder's attention_mask covers the {past} cached and {seq_len} new tokens: shape "
@@ -962,14 +1027,20 @@ class FeedbackModel(FeedbackPreTrainedModel):
         if token_type_ids is None:
             token_type_ids = torch.zeros((batch_size, seq_len), dtype=torch.long, device=device)
 
+        # The keys attention will see: the cached and new ones, or a static cache's whole preallocated length (its
+        # slots past the new tokens, not yet written, are later than every query and so masked as the future).
+        mask_length = key_length
+        if cache is not None:
+            self_attention_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+            mask_length = max(key_length, self_attention_cache.get_mask_sizes(seq_len, 0)[0])
         mask = None
-        if attention_mask is not None or seq_len > 1:
+        if attention_mask is not None or seq_len > 1 or mask_length > key_length:
             query_at = torch.arange(past, key_length, device=device)[:, None]  # (T, 1) each new token's place
-            keys = torch.arange(key_length, device=device)[None]  # (1, K)
+            keys = torch.arange(mask_length, device=device)[None]  # (1, K)
             mask = keys <= query_at  # (T, K): causal
-            if attention_mask is not None:
-                mask = mask & attention_mask.bool()[:, None, :]  # (B, T, K): and no padding
-            mask = (mask | (keys == query_at)).view(-1, 1, seq_len, key_length)  # a token always sees itself
+            if attention_mask is not None:  # (B, T, K): and no padding
+                mask = mask & F.pad(attention_mask.bool(), (0, mask_length - key_length))[:, None, :]
+            mask = (mask | (keys == query_at)).view(-1, 1, seq_len, mask_length)  # a token always sees itself
             # (so a padded query has a key: no row of -inf, no NaN; its output is never read)
 
         hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, H)
@@ -978,14 +1049,15 @@ class FeedbackModel(FeedbackPreTrainedModel):
             cos, sin = self.rotary_emb(hidden_states, position_ids)  # (B, T, hs) each
             rotary = cos[:, None], sin[:, None]
         encoder_mask = None if encoder_attention_mask is None else encoder_attention_mask.bool()[:, None, None, :]
-        plan = _Causal(mask, cache, encoder_hidden_states, encoder_mask)
-        hidden_states, all_hidden_states, all_attentions = self.encoder(
-            hidden_states, rotary, plan, output_attentions, output_hidden_states)
-        output = BaseModelOutputWithPast(
+        plan = _Causal(mask, cache, encoder_mask)
+        hidden_states, all_hidden_states, all_attentions, all_cross_attentions = self.encoder(
+            hidden_states, rotary, plan, output_attentions, output_hidden_states, encoder_hidden_states)
+        output = BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=hidden_states,
             cache=cache if use_cache else None,
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
             attentions=tuple(all_attentions) if output_attentions else None,
+            cross_attentions=tuple(all_cross_attentions) if all_cross_attentions is not None else None,
         )
         return output if return_dict else output.to_tuple()
 
@@ -1157,12 +1229,7 @@ class FeedbackForMaskedLM(_FeedbackWithLMHead):
         logits = self.lm_head(hidden_states)  # (B, T, V), or (num_masked, V) when sparse in training
         loss = None
         if labels is not None:
-            num_items = loss_kwargs.get("num_items_in_batch")
-            loss = CrossEntropyLoss(reduction="mean" if num_items is None else "sum")(
-                logits.view(-1, self.config.vocab_size).float(), labels.view(-1)
-            )
-            if num_items is not None:
-                loss = loss / num_items
+            loss = _token_cross_entropy(logits, labels, loss_kwargs.get("num_items_in_batch"))
         output = MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -1361,7 +1428,7 @@ def shift_tokens_right(labels, pad_token_id, decoder_start_token_id):
     Decoding position t sees the labels before t and predicts label t (teacher forcing)."""
     if decoder_start_token_id is None:
         raise ValueError("config.decoder_start_token_id is needed to train or generate: the id each decoded "
-                         "sequence starts from (the recipes use the tokenizer's [CLS])")
+                         "sequence starts from (the recipes use the tokenizer's [SEP])")
     shifted = labels.new_full(labels.shape, decoder_start_token_id)
     shifted[:, 1:] = labels[:, :-1]
     return shifted.masked_fill(shifted == -100, pad_token_id)
@@ -1426,7 +1493,7 @@ class FeedbackSeq2SeqModel(FeedbackPreTrainedModel):
         output = Seq2SeqModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state, cache=decoder_outputs.cache,
             decoder_hidden_states=decoder_outputs.hidden_states, decoder_attentions=decoder_outputs.attentions,
-            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            cross_attentions=decoder_outputs.cross_attentions, encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             encoder_hidden_states=encoder_outputs.hidden_states, encoder_attentions=encoder_outputs.attentions)
         return output if return_dict else output.to_tuple()
 
@@ -1444,15 +1511,15 @@ class FeedbackForConditionalGeneration(FeedbackPreTrainedModel, GenerationMixin)
         "lm_head.decoder.weight": "model.encoder.embeddings.word_embeddings.weight",
         "model.decoder.embeddings.word_embeddings.weight": "model.encoder.embeddings.word_embeddings.weight",
     }
-    # Copies of the shared table are never saved; Trainer reloading the best checkpoint then ties them again
-    # instead of warning that they are missing.
-    _keys_to_ignore_on_save = list(_tied_weights_keys)
-
     def __init__(self, config):
         super().__init__(config)
         self.model = FeedbackSeq2SeqModel(config)
         self.lm_head = FeedbackLMHead(config)
         self.post_init()
+        # Copies of the shared table are never saved; Trainer reloading the best checkpoint then ties them again
+        # instead of warning that they are missing. Only copies: untied (config.tie_word_embeddings=False), the LM
+        # head and the decoder's embeddings are weights of their own (all_tied_weights_keys is then empty).
+        self._keys_to_ignore_on_save = set(self.all_tied_weights_keys)
 
     def get_encoder(self):
         return self.model.encoder
@@ -1502,16 +1569,11 @@ class FeedbackForConditionalGeneration(FeedbackPreTrainedModel, GenerationMixin)
         logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
         loss = None
         if labels is not None:
-            # Divided by Trainer's num_items_in_batch (the target-token count of the whole accumulated batch) when
-            # given, so gradient accumulation gives the update of one large batch.
-            num_items = loss_kwargs.get("num_items_in_batch")
-            loss = CrossEntropyLoss(reduction="mean" if num_items is None else "sum")(
-                logits.view(-1, self.config.vocab_size).float(), labels.view(-1))
-            if num_items is not None:
-                loss = loss / num_items
+            loss = _token_cross_entropy(logits, labels, loss_kwargs.get("num_items_in_batch"))
         output = Seq2SeqLMOutput(
             loss=loss, logits=logits, cache=outputs.cache, decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions, encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            decoder_attentions=outputs.decoder_attentions, cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             encoder_hidden_states=outputs.encoder_hidden_states, encoder_attentions=outputs.encoder_attentions)
         return output if return_dict else output.to_tuple()
 
@@ -1519,7 +1581,8 @@ class FeedbackForConditionalGeneration(FeedbackPreTrainedModel, GenerationMixin)
 class FeedbackForTokenClassification(FeedbackPreTrainedModel):
     """A label per token (e.g. word segmentation or named entities); -100 labels are ignored."""
 
-    accepts_loss_kwargs = False  # **kwargs carries packing only: Trainer must average the loss over accumulation
+    # Trainer passes num_items_in_batch (the labelled tokens of the whole accumulated batch): micro-batches with
+    # different numbers of labelled tokens then make the update of one large batch.
 
     def __init__(self, config):
         super().__init__(config)
@@ -1542,7 +1605,7 @@ class FeedbackForTokenClassification(FeedbackPreTrainedModel):
         return_dict=None,
         **kwargs,
     ):
-        packing = _packing_arguments(self, kwargs)
+        packing = _packing_arguments(self, kwargs, loss_arguments=("num_items_in_batch",))
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.feedback(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
@@ -1553,7 +1616,7 @@ class FeedbackForTokenClassification(FeedbackPreTrainedModel):
         loss = None
         if labels is not None:
             self._check_labels(labels, self.num_labels)
-            loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
+            loss = _token_cross_entropy(logits, labels, kwargs.get("num_items_in_batch"))
         output = TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import socket
 import sys
 import time
@@ -111,10 +112,13 @@ def check_data_limits(data_args):
 
 def claim_run(set_up, training_args, overwrite_output_dir):
     """The checks every recipe makes before any work, in order: the output_dir (removed again if set-up fails, locked
-    against a second run, not overwritten silently), precision, training arguments, CPU threads."""
+    against a second run, not overwritten silently, and with --overwrite_output_dir emptied of the older run once
+    set-up succeeds), precision, training arguments, CPU threads."""
     set_up.will_create(training_args.output_dir)
     claim_output_dir(training_args)
     check_output_dir(training_args, overwrite_output_dir)
+    if overwrite_output_dir and training_args.resume_from_checkpoint is None and training_args.process_index == 0:
+        set_up.will_replace(training_args.output_dir, keep=(LOCK_FILE,))  # an older run's checkpoints go too
     check_precision(training_args)
     check_training_arguments(training_args)
     check_cpu_threads(training_args)
@@ -207,7 +211,8 @@ def _missing_from_checkpoint(folder: Path) -> list[str]:
 
 def _damaged_in_checkpoint(folder: Path) -> list[str]:
     """The files of a checkpoint that cannot be read, each with why; cheap checks that catch a copy or a save cut
-    short: JSON parses, a safetensors header covers its file, a torch.save zip archive has its central directory."""
+    short: JSON parses, a safetensors header covers its file, a torch.save zip archive has its central directory and
+    its members' checksums hold (a file that is not such an archive must load as a legacy torch.save pickle)."""
     damaged = []
     for path in sorted(folder.iterdir()):
         try:
@@ -217,9 +222,15 @@ def _damaged_in_checkpoint(folder: Path) -> list[str]:
                 with safe_open(path, "pt"):
                     pass
             elif path.suffix in (".pt", ".pth", ".bin") and _is_torch_zip(path):
-                zipfile.ZipFile(path).close()
-        except (OSError, ValueError, SafetensorError, zipfile.BadZipFile) as error:
-            damaged.append(f"{path.name} ({error})")
+                with zipfile.ZipFile(path) as archive:
+                    bad = archive.testzip()
+                if bad is not None:
+                    raise ValueError(f"{bad} fails its checksum")
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, ValueError, SafetensorError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError,
+                RuntimeError) as error:
+            damaged.append(f"{path.name} ({str(error).splitlines()[0] if str(error) else type(error).__name__})")
     return damaged
 
 
@@ -241,6 +252,7 @@ def _unusable(folder: Path) -> str | None:
 def resolve_resume(training_args: TrainingArguments):
     """The checkpoint folder `--resume_from_checkpoint` names, checked before any work.
 
+    A run whose results are saved and whose checkpoint has trained all its steps is refused: nothing to do.
     `last` (or `true`) takes the newest complete `checkpoint-N` in output_dir: a run killed while saving leaves a
     folder without its optimizer, schedule or weights, which is skipped with a warning naming it (resuming from it
     would crash, or silently restart the optimizer and the learning-rate schedule). A named folder must be complete.
@@ -248,6 +260,17 @@ def resolve_resume(training_args: TrainingArguments):
     value = training_args.resume_from_checkpoint
     if value is None:
         return None
+    folder = _resumable_folder(training_args, value)
+    state = json.loads((Path(folder) / "trainer_state.json").read_text())
+    steps = training_args.max_steps if training_args.max_steps > 0 else state.get("max_steps", 0)
+    if state.get("global_step", 0) >= steps and (Path(training_args.output_dir) / "train_results.json").is_file():
+        # Trainer would train one step past the end, save a checkpoint and rewrite the finished run's results.
+        raise RecipeError(f"--resume_from_checkpoint {value}: {folder} already trained its {steps} steps and the "
+                          "run's results are saved: nothing to do (pass a larger --max_steps to train further)")
+    return folder
+
+
+def _resumable_folder(training_args, value):
     if value.lower() in ("last", "true"):
         output_dir = Path(training_args.output_dir)
         folders = sorted((p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
@@ -314,6 +337,9 @@ def check_training_arguments(training_args: TrainingArguments):
             raise RecipeError(f"--{name} must be at least 1, got {getattr(training_args, name)}")
     if not training_args.learning_rate > 0:
         raise RecipeError(f"--learning_rate must be positive, got {training_args.learning_rate}")
+    if training_args.max_steps < -1 or training_args.max_steps == 0:
+        raise RecipeError(f"--max_steps must be a positive number of steps (or -1, the default: train "
+                          f"--num_train_epochs), got {training_args.max_steps}")
     if training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
         raise RecipeError(
             f"nothing to train: --max_steps {training_args.max_steps} and --num_train_epochs "
@@ -473,10 +499,33 @@ def sample_splits(raw, data_args, seed):
     return raw
 
 
+def check_resume_fits(model, resume):
+    """The checkpoint to resume from must hold this model's weights, shape for shape: a run resumed with other
+    --config_overrides or data (another label count) is refused, naming what differs, before any work."""
+    weights = Path(resume) / "model.safetensors"
+    if not weights.is_file():
+        return  # an adapter or a .bin checkpoint: Trainer's own checks
+    shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    with safe_open(weights, "pt") as saved:
+        misfits = [f"{name} {tuple(saved.get_slice(name).get_shape())} there, {shapes[name]} here"
+                   for name in saved.keys() if name in shapes and tuple(saved.get_slice(name).get_shape()) != shapes[name]]
+    if misfits:
+        config = json.loads((Path(resume) / "config.json").read_text()) if (Path(resume) / "config.json").is_file() else {}
+        ours = json.loads(model.config.to_json_string(use_diff=False))  # as saved: keys of id2label are strings
+        fields = [f"{k}={config[k]!r} there, {ours[k]!r} here" for k in sorted(config) if k in ours
+                  and config[k] != ours[k] and k not in ("architectures", "dtype", "transformers_version", "_name_or_path")]
+        raise RecipeError(f"--resume_from_checkpoint {resume} does not fit this model ({'; '.join(misfits[:2])}"
+                          + (f"; config: {', '.join(fields[:5])}" if fields else "") + "): resume with the "
+                          "--config_overrides, checkpoint and data of the run that wrote it")
+
+
 def train_and_evaluate(trainer, tokenized, resume, after_training=None):
     """Train (resuming from `resume`), evaluate on validation and predict the test split where `tokenized` has
     them, saving each split's metrics and the trainer state; returns the test prediction (None without test).
     `after_training(trainer)`, if given, runs between training and the final evaluation."""
+    if resume is not None:
+        with bad_input_exits():
+            check_resume_fits(trainer.model, resume)
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_metrics("train", train_result.metrics)
     if after_training is not None:
@@ -512,13 +561,23 @@ def load_or_train_tokenizer(source, texts, vocab_size, training_args, trust_remo
     copy, so they all share one vocabulary. A resumed run reuses the tokenizer its output_dir already holds.
     """
     if source:
+        config = {}
+        if (Path(source) / "config.json").is_file():  # AutoTokenizer reads it first: say when it is the problem
+            try:
+                config = json.loads((Path(source) / "config.json").read_text())
+            except ValueError as error:
+                raise RecipeError(f"{source}: config.json is damaged ({error}); copy the checkpoint again") from None
         try:
             return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as error:
             if not Path(source).exists():
                 raise RecipeError(f"{source}: no such folder (--model_name_or_path / --tokenizer_name), nor a Hub "
                                   "repository that could be fetched") from None
-            raise RecipeError(f"no tokenizer could be loaded from {source}; pass --tokenizer_name ({error})") from error
+            if config and "vocab_size" not in config and "vocab_size" not in (config.get("text_config") or {}):
+                raise RecipeError(f"{source} holds a {config.get('model_type')!r} model, which does not read text "
+                                  "(it has no vocabulary); choose a text model") from None
+            raise RecipeError(f"{source} has no tokenizer that loads ({str(error).splitlines()[0]}); a model folder "
+                              "without one needs --tokenizer_name naming a folder that has one") from error
     folder = Path(training_args.output_dir)
     resuming = training_args.resume_from_checkpoint is not None and (folder / "tokenizer.json").is_file()
     with training_args.main_process_first(desc="training the tokenizer"):

@@ -77,9 +77,9 @@ def most_frequent_character_baseline(train, test) -> list[str]:
 
 def tokenize_pairs(dataset, tokenizer, max_source_length, max_target_length):
     """`input_ids` / `attention_mask` of each source ([CLS] source [SEP]) and `labels`, the target's tokens and [SEP]
-    without [CLS]: the decoder starts from [CLS] (config.decoder_start_token_id) and learns to say [SEP] at the
-    end. (A label sequence that began with the start token would give the first two decoder positions equal inputs,
-    which rotary positions cannot tell apart.)"""
+    without [CLS]: the decoder starts from [SEP] (config.decoder_start_token_id, which no target begins with) and
+    learns to say [SEP] at the end. Labels the tokenizer's template makes (`text_target`, [CLS] target [SEP]) train
+    as well, with one more token to learn."""
 
     def tokenize(batch):
         encoded = tokenizer(batch["source"], truncation=True, max_length=max_source_length)

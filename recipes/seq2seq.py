@@ -93,7 +93,10 @@ NEW_MODEL = dict(norm_position="pre", position_embedding_type="rotary")
 
 
 def load_model(model_args, tokenizer, max_length):
-    special = dict(pad_token_id=tokenizer.pad_token_id, decoder_start_token_id=tokenizer.cls_token_id,
+    # The decoder starts from [SEP], a token no target begins with (BART starts from its </s> too): targets
+    # tokenized by the tokenizer's own template, as transformers' run_translation.py does (`text_target`), begin
+    # with [CLS], and a start of [CLS] would give the first two decoder positions equal inputs.
+    special = dict(pad_token_id=tokenizer.pad_token_id, decoder_start_token_id=tokenizer.sep_token_id,
                    eos_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id)
     if model_args.model_name_or_path is None:
         config = FeedbackSeq2SeqConfig(**{"vocab_size": len(tokenizer), "max_position_embeddings": max(512, max_length),

@@ -70,7 +70,7 @@ class TaggingDataArguments:
     tokens_column: str = "tokens"
     tags_column: str = "tags"
     max_seq_length: int = field(default=256, metadata={
-        "help": "Longer sentences are cut to this many tokens (their last words go untagged). 256 keeps over 99% "
+        "help": "Longer sentences are cut to this many tokens (their last words go untagged). 256 keeps over 99%% "
                 "of People's Daily sentences whole."})
     select_best_checkpoint: bool = field(default=True, metadata={
         "help": "Keep the checkpoint with the best validation F1 (token accuracy for tags without chunks)."})

@@ -80,6 +80,42 @@ def test_a_model_that_is_not_bert_is_refused_naming_each_field(tiny_config, tmp_
     assert not (tmp_path / "bert").exists()
 
 
+@pytest.mark.parametrize("ours_class, overrides, named", [
+    (FeedbackForMaskedLM, dict(tie_word_embeddings=False), "tie_word_embeddings=False (BERT: True)"),
+    (FeedbackModel, dict(is_decoder=True), "is_decoder=True (BERT: False)"),
+])
+def test_an_untied_masked_lm_and_a_decoder_are_refused_by_name(tiny_config, tmp_path, ours_class, overrides, named):
+    # An export would drop the untied output projection, or make a causal model bidirectional, without a word.
+    ours_class(tiny_config(**{**BERT_CASE, **overrides})).save_pretrained(tmp_path / "ours")
+    with pytest.raises(NotBert, match=named.replace("(", r"\(").replace(")", r"\)")):
+        export_bert(tmp_path / "ours", tmp_path / "bert")
+    assert not (tmp_path / "bert").exists()
+
+
+def test_a_model_without_segments_exports_with_one_zero_segment_embedding(tiny_config, batch, tmp_path):
+    ours = _randomised(FeedbackForSequenceClassification(tiny_config(**BERT_CASE, type_vocab_size=0)))
+    ours.save_pretrained(tmp_path / "ours")
+    export_bert(tmp_path / "ours", tmp_path / "bert")
+    bert = AutoModelForSequenceClassification.from_pretrained(tmp_path / "bert").eval()
+    assert bert.config.type_vocab_size == 1
+    assert not bert.bert.embeddings.token_type_embeddings.weight.any()
+    with torch.no_grad():
+        torch.testing.assert_close(bert(*batch).logits, ours(*batch).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_both_exporters_refuse_an_encoder_decoder_as_ours(tiny_config, tmp_path, capsys):
+    from hf_feedback import FeedbackForConditionalGeneration, FeedbackSeq2SeqConfig
+
+    fields = {k: v for k, v in tiny_config().to_diff_dict().items() if k not in ("auto_map", "model_type")}
+    FeedbackForConditionalGeneration(FeedbackSeq2SeqConfig(**fields)).save_pretrained(tmp_path / "seq2seq")
+    for kind in ("bert", "onnx"):
+        with pytest.raises(SystemExit) as exit_:
+            cli(["export", kind, str(tmp_path / "seq2seq"), str(tmp_path / kind)])
+        error = capsys.readouterr().err
+        assert exit_.value.code == 2 and "an hf_feedback encoder-decoder (FeedbackForConditionalGeneration)" in error
+        assert "not an hf_feedback one" not in error and not (tmp_path / kind).exists()
+
+
 def test_mean_pooling_does_not_matter_where_nothing_is_pooled(tiny_config, tmp_path):
     # A masked LM never pools, so the recipe default (mean) exports as it is.
     FeedbackForMaskedLM(tiny_config(**{**BERT_CASE, "pooling": "mean"})).save_pretrained(tmp_path / "ours")

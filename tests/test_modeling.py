@@ -770,6 +770,32 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_config, batch):
         torch.testing.assert_close(plain[name], checkpointed[name], msg=name)
 
 
+@pytest.mark.parametrize("family", ["seq2seq", "causal"])
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_decoders_checkpoint_their_gradients_as_they_compute_them(family, use_reentrant, tiny_config):
+    # The encoder-decoder with labels; the causal LM without them, as a custom loss (distillation, DPO,
+    # compute_loss_func) calls it: its training forward must not build a cache that the recompute writes twice.
+    def grads(checkpointing):
+        torch.manual_seed(0)
+        if family == "seq2seq":
+            model = seq2seq(tiny_config).train()
+            input_ids, attention_mask = _padded_sources()
+            loss = lambda: model(input_ids, attention_mask, labels=torch.tensor([[20, 21, 3]] * 3)).loss
+        else:
+            model = causal_lm(tiny_config).train()
+            input_ids = torch.randint(4, 99, (2, 7), generator=torch.Generator().manual_seed(0))
+            loss = lambda: model(input_ids).logits.logsumexp(-1).mean()
+        if checkpointing:
+            model.gradient_checkpointing_enable({"use_reentrant": use_reentrant})
+        loss().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, checkpointed = grads(False), grads(True)
+    assert plain.keys() == checkpointed.keys() and len(plain) > 20
+    for name in plain:
+        torch.testing.assert_close(plain[name], checkpointed[name], msg=name)
+
+
 def test_hidden_states_and_tuple_outputs(tiny_config, batch):
     model = build(FeedbackModel, tiny_config(norm_position="pre"))
     out = model(*batch, output_hidden_states=True)
@@ -1002,9 +1028,28 @@ def test_with_value_checks_off_a_packed_row_never_waits_for_the_device(tiny_conf
         tiny_config(check_input_values="no")
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "flex_attention"])
+def test_a_compiled_model_keeps_sequences_packed_by_position_ids_alone_apart(attn, tiny_config):
+    # DataCollatorWithFlattening without the flash-attention arguments gives position_ids only. Eager, the model
+    # reads where they restart; compiled it cannot read values, and must still let each text attend to itself only.
+    torch._dynamo.reset()
+    model = build(FeedbackForTokenClassification, tiny_config(position_embedding_type="rotary"), attn=attn).eval()
+    packed, _ = _packed_and_padded([5, 3, 7])
+    with torch.no_grad():
+        eager = model(**packed).logits
+        compiled = torch.compile(model, backend="eager", fullgraph=True)(**packed).logits
+        alone = model(packed["input_ids"][:, :5]).logits  # the first text by itself
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(compiled[:, :5], alone, atol=1e-5, rtol=1e-5)
+    # One pooled vector per sequence needs the boundaries: refused rather than one vector for the whole row.
+    classifier = build(FeedbackForSequenceClassification, tiny_config(), attn=attn).eval()
+    with pytest.raises(Exception, match="cu_seq_lens_q"):
+        torch.compile(classifier, backend="eager", fullgraph=True)(**packed)
+
+
 def test_trainer_averages_the_loss_over_accumulation_for_heads_that_ignore_the_token_count(tiny_config):
     # A head whose forward takes **kwargs tells Trainer it normalises by num_items_in_batch itself, unless it says
-    # otherwise: only the language models do.
+    # otherwise: the heads with a per-token loss do.
     from transformers import Trainer, TrainingArguments
 
     arguments = TrainingArguments(output_dir="unused", report_to=[], use_cpu=True)
@@ -1012,7 +1057,7 @@ def test_trainer_averages_the_loss_over_accumulation_for_heads_that_ignore_the_t
                                      arguments).model_accepts_loss_kwargs
                for cls in (FeedbackForSequenceClassification, FeedbackForTokenClassification, FeedbackForMaskedLM,
                            FeedbackForPreTraining, FeedbackForCausalLM)}
-    assert accepts == {"FeedbackForSequenceClassification": False, "FeedbackForTokenClassification": False,
+    assert accepts == {"FeedbackForSequenceClassification": False, "FeedbackForTokenClassification": True,
                        "FeedbackForMaskedLM": True, "FeedbackForPreTraining": False, "FeedbackForCausalLM": True}
 
 
@@ -1130,6 +1175,46 @@ def test_greedy_generation_with_the_cache_equals_generation_without_it(kind, tin
     torch.testing.assert_close(torch.cat(stepped, dim=1), whole, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["causal", "seq2seq"])
+def test_a_decoder_with_ngram_embeddings_generates_what_one_forward_reads(family, tiny_config):
+    # A new token's n-grams end in the tokens before it, which a cache of keys and values does not keep: such a
+    # decoder generates without a cache (by default), and refuses one it is handed rather than read them as padding.
+    if family == "causal":
+        model, inputs = causal_lm(tiny_config, ngram_vocab_size=37), {"input_ids": torch.tensor([[2, 15, 27, 33]])}
+        start = 4
+    else:
+        input_ids, attention_mask = _padded_sources()
+        model, inputs, start = seq2seq(tiny_config, ngram_vocab_size=37), dict(
+            input_ids=input_ids, attention_mask=attention_mask), 1
+    generated = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert torch.equal(generated, model.generate(**inputs, max_new_tokens=8, do_sample=False, use_cache=False))
+    with torch.no_grad():  # each new token is the argmax of one forward over all before it
+        whole = (model(generated) if family == "causal" else model(**inputs, decoder_input_ids=generated)).logits
+    new = generated[:, start:]
+    written = (new == 3).long().cumsum(-1) - (new == 3).long() == 0  # up to the first eos (padding after it)
+    assert torch.equal(new[written], whole[:, start - 1:-1].argmax(-1)[written])
+    with pytest.raises(ValueError, match="n-gram"), torch.no_grad():
+        step = model(**inputs, **({} if family == "causal" else {"decoder_input_ids": generated[:, :2]}),
+                     use_cache=True)
+        model(**({"input_ids": generated[:, start:start + 1]} if family == "causal" else dict(
+            **inputs, decoder_input_ids=generated[:, 2:3])), cache=step.cache, use_cache=True)
+
+
+@pytest.mark.parametrize("family", ["causal", "seq2seq"])
+def test_generation_with_a_static_cache_equals_the_dynamic_one(family, tiny_config):
+    # A static cache returns its whole preallocated length of keys: the mask must cover it.
+    if family == "causal":
+        model, prompt = causal_lm(tiny_config), torch.tensor([[0, 2, 15, 27], [2, 40, 41, 42]])  # left-padded
+        inputs = dict(input_ids=prompt, attention_mask=(prompt != 0).long())
+    else:
+        input_ids, attention_mask = _padded_sources()
+        model, inputs = seq2seq(tiny_config), dict(input_ids=input_ids, attention_mask=attention_mask)
+    inputs.update(max_new_tokens=6, do_sample=False)
+    dynamic = model.generate(**inputs)
+    static = model.generate(**inputs, cache_implementation="static")
+    assert torch.equal(static, dynamic)
+
+
 def test_batched_generation_with_left_padding_equals_one_by_one(tiny_config):
     model = causal_lm(tiny_config)
     prompts = [[2, 15], [2, 40, 41, 42, 43], [2, 7, 8]]
@@ -1203,6 +1288,36 @@ def _padded_sources():
     width = max(map(len, SOURCES))
     input_ids = torch.tensor([s + [0] * (width - len(s)) for s in SOURCES])
     return input_ids, (input_ids != 0).long()
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_seq2seq_weights_reload_bit_equal_tied_or_not(tie, tiny_config, tmp_path):
+    # Untied, the LM head and the decoder's embeddings are weights of their own, and must be saved.
+    model = seq2seq(tiny_config, tie_word_embeddings=tie)
+    with torch.no_grad():
+        model.lm_head.decoder.weight.add_(1.0)
+    model.save_pretrained(tmp_path)
+    reloaded = FeedbackForConditionalGeneration.from_pretrained(tmp_path)
+    saved, loaded = model.state_dict(), reloaded.state_dict()
+    assert saved.keys() == loaded.keys()
+    assert all(torch.equal(saved[name], loaded[name]) for name in saved)
+    shared = model.model.encoder.embeddings.word_embeddings.weight
+    assert (model.lm_head.decoder.weight.data_ptr() == shared.data_ptr()) == tie
+
+
+def test_seq2seq_returns_which_source_positions_each_decoded_token_read(tiny_config):
+    model = seq2seq(tiny_config, attn="eager")
+    input_ids, attention_mask = _padded_sources()
+    decoder_input_ids = torch.tensor([[2, 20, 21]] * 3)
+    out = model(input_ids, attention_mask, decoder_input_ids=decoder_input_ids, output_attentions=True)
+    assert len(out.cross_attentions) == 2  # one map per decoder layer
+    cross = out.cross_attentions[0]
+    assert cross.shape == (3, 4, 3, 5)  # (B, nh, decoded T, source S)
+    torch.testing.assert_close(cross.sum(-1), torch.ones(3, 4, 3))
+    assert not cross[2, :, :, 2:].any()  # the third source has two real tokens: padding is never read
+    generated = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=3, do_sample=False,
+                               output_attentions=True, return_dict_in_generate=True)
+    assert len(generated.cross_attentions) == 3 and generated.cross_attentions[0][0].shape[-1] == 5
 
 
 def test_seq2seq_loss_is_teacher_forced_cross_entropy_and_the_source_matters(tiny_config):

@@ -484,7 +484,7 @@ def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
     expect_exit(capsys, [*out, "--learning_rate", "-1"], "--learning_rate must be positive, got -1.0")
     expect_exit(capsys, [*out, "--noam_warmup_steps", "0"], "--noam_warmup_steps must be a positive number")
     expect_exit(capsys, [*out, "--max_train_samples", "0"], "--max_train_samples must be at least 1")
-    expect_exit(capsys, [*out, "--max_steps", "-5", "--num_train_epochs", "0"], "nothing to train")
+    expect_exit(capsys, [*out, "--max_steps", "-1", "--num_train_epochs", "0"], "nothing to train")
     expect_exit(capsys, [*out, "--resume_from_checkpoint", "last"], "has no complete checkpoint-N folder")
 
     # A three-label classifier cannot be fine-tuned on two-label data.
@@ -534,6 +534,24 @@ def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
                 f"{damaged}: the weights (model.safetensors) are damaged or incomplete")
 
 
+def test_messages_name_the_real_problem(tmp_path, capsys, tiny_config):
+    out = ["--output_dir", str(tmp_path / "out")]
+    untokenized = tmp_path / "untokenized"  # a model folder without a tokenizer
+    FeedbackForSequenceClassification(tiny_config()).save_pretrained(untokenized)
+    message = expect_exit(capsys, [*out, "--tokenizer_name", str(untokenized)], "no tokenizer", str(untokenized))
+    assert "pass --tokenizer_name" not in message  # it was passed: the folder it names has none
+    truncated = tmp_path / "truncated"
+    shutil.copytree(untokenized, truncated)
+    (truncated / "config.json").write_text((truncated / "config.json").read_text()[:40])
+    message = expect_exit(capsys, [*out, "--model_name_or_path", str(truncated)], "config.json", "damaged")
+    assert "tokenizer" not in message
+    vision = tmp_path / "vision"
+    transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(vision)
+    message = expect_exit(capsys, [*out, "--model_name_or_path", str(vision)], "'vit'", "does not read text")
+    assert "tokenizer" not in message
+    expect_exit(capsys, [*out, "--max_steps", "-5"], "--max_steps must be a positive number of steps", "-1")
+
+
 def test_foreign_checkpoints_are_refused_or_fine_tuned_with_their_card(tmp_path, capsys):
     tokenizer = train_tokenizer(load_sentiment_reviews()["train"]["text"][:300], vocab_size=500)
     # An image model has no vocabulary: refused before any work, saying what it holds.
@@ -563,6 +581,62 @@ def test_a_non_empty_output_dir_is_never_overwritten_silently(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("keep me")
     expect_exit(capsys, ["--output_dir", str(tmp_path)], "not empty", "--overwrite_output_dir")
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_overwriting_an_output_dir_replaces_the_older_run_and_last_means_this_runs_last(tmp_path, capsys):
+    # An older 4-step run left checkpoint-2 and checkpoint-4; a 2-step run over it with --overwrite_output_dir
+    # must not keep them: resumed with `last`, it would take the older run's checkpoint-4, train nothing and
+    # report that run's model as its own.
+    run = ["--output_dir", str(tmp_path), "--config_overrides", TINY_MODEL, "--tokenizer_vocab_size", "500",
+           "--max_train_samples", "64", "--max_eval_samples", "16", "--eval_strategy", "no", "--save_steps", "2",
+           "--per_device_train_batch_size", "8", "--disable_tqdm", "true"]
+    finetune.main([*run, "--max_steps", "4"])
+    (tmp_path / "notes.txt").write_text("the older run's")
+    # A failed set-up puts everything back.
+    expect_exit(capsys, [*run, "--max_steps", "2", "--overwrite_output_dir", "true", "--train_file",
+                         str(tmp_path / "missing.csv")], "missing.csv")
+    assert {"checkpoint-2", "checkpoint-4", "notes.txt"} <= {p.name for p in tmp_path.iterdir()}
+    finetune.main([*run, "--max_steps", "2", "--overwrite_output_dir", "true"])
+    assert not (tmp_path / "checkpoint-4").exists() and not (tmp_path / "notes.txt").exists()
+    assert [p.name for p in tmp_path.glob("checkpoint-*")] == ["checkpoint-2"]
+    continued = transformers.TrainingArguments(str(tmp_path), resume_from_checkpoint="last", max_steps=4)
+    assert resolve_resume(continued).endswith("checkpoint-2")
+    capsys.readouterr()
+
+
+def test_a_resume_that_cannot_continue_the_run_is_one_line_and_changes_nothing(tmp_path, capsys):
+    run = ["--output_dir", str(tmp_path), "--config_overrides", TINY_MODEL, "--tokenizer_vocab_size", "500",
+           "--max_train_samples", "64", "--max_eval_samples", "16", "--eval_strategy", "no", "--save_steps", "2",
+           "--per_device_train_batch_size", "8", "--disable_tqdm", "true", "--max_steps", "2"]
+    finetune.main(run)
+    def files():  # (the lock of a refused run goes when its process exits)
+        return {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.name != ".hf_feedback.lock"}
+
+    before = files()
+
+    def refused(args, *words):
+        expect_exit(capsys, args, *words)
+        assert files() == before  # nothing written or added
+
+    # The run is finished: resuming it would train a step past max_steps and rewrite its results.
+    refused([*run, "--resume_from_checkpoint", "last"], "checkpoint-2", "already trained its 2 steps")
+    # Another model than the checkpoint's: its weights cannot be loaded.
+    other = [*run, "--max_steps", "4", "--resume_from_checkpoint", "last"]
+    other[other.index(TINY_MODEL)] = TINY_MODEL.replace("hidden_size=32", "hidden_size=48")
+    refused(other, "checkpoint-2", "does not fit", "hidden_size", "--config_overrides")
+    # A damaged optimizer state is named, not unpickled into a traceback.
+    (tmp_path / "checkpoint-2" / "optimizer.pt").write_bytes(b"not a pickle")
+    before = files()
+    refused([*run, "--max_steps", "4", "--resume_from_checkpoint", str(tmp_path / "checkpoint-2")], "optimizer.pt")
+
+
+@pytest.mark.parametrize("name", ["finetune", "pretrain", "token_classification", "seq2seq"])
+def test_every_recipe_explains_its_flags(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_recipe(name).main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "--output_dir" in help_text and "--max_steps" in help_text
 
 
 def test_pretraining_corpus_choices(capsys, tmp_path):

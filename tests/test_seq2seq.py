@@ -93,7 +93,7 @@ def test_the_recipe_learns_to_write_characters_and_its_folder_generates(pinyin_f
     assert type(model).__name__ == "FeedbackForConditionalGeneration"
     with torch.no_grad():
         generated = model.generate(**tokenizer(["zhong guo ren min"], return_tensors="pt"), max_new_tokens=8)
-    assert generated[0, 0] == tokenizer.cls_token_id and generated.shape[1] > 1
+    assert generated[0, 0] == tokenizer.sep_token_id and generated.shape[1] > 1  # the start token
     capsys.readouterr()
     cli(["predict", str(output_dir), "zhong guo ren min", "jin tian"])  # text<TAB>what it writes, per line
     lines = capsys.readouterr().out.splitlines()
@@ -119,3 +119,26 @@ def test_bad_seq2seq_input_fails_before_training(pinyin_files, tmp_path, capsys)
     refused(["--validation_file", train], "--validation_file / --test_file come with --train_file")
     refused(["--train_file", train, "--source_column", "pinyin", "--target_column", "hanzi", "--max_target_length",
              "2"], "--max_target_length must be at least 4")
+
+
+def test_a_folder_driven_as_run_translation_can_learn_its_first_target_token():
+    # transformers' run_translation.py tokenizes targets with the tokenizer's own template (`text_target`: [CLS]
+    # target [SEP]) and lets DataCollatorForSeq2Seq shift them behind config.decoder_start_token_id. Were the start
+    # token the one targets begin with, the decoder would read [CLS] [CLS]: with rotary positions, positions 0 and 1
+    # give the same logits (to 1e-6), and the first target token could never be learned.
+    from transformers import DataCollatorForSeq2Seq
+
+    from hf_feedback.recipe_utils import FineTuningModelArguments
+    from hf_feedback.tokenization import train_tokenizer
+
+    texts = ["a b c d", "h g f e", "c a b h"]
+    tokenizer = train_tokenizer(texts, vocab_size=20, min_frequency=1)
+    model = seq2seq.load_model(FineTuningModelArguments(config_overrides="hidden_size=32,num_hidden_layers=1,"
+                                                        "num_attention_heads=2,intermediate_size=64"), tokenizer, 16)
+    features = [{**tokenizer(text), "labels": tokenizer(text_target=text)["input_ids"]} for text in texts]
+    batch = DataCollatorForSeq2Seq(tokenizer, model=model)(features)
+    assert (batch["labels"][:, 0] == tokenizer.cls_token_id).all()
+    assert (batch["decoder_input_ids"][:, 0] == model.config.decoder_start_token_id).all()
+    with torch.no_grad():
+        logits = model.eval()(**batch).logits  # (B, T, V)
+    assert (logits[:, 0] - logits[:, 1]).abs().amax() > 1e-3

@@ -7,7 +7,7 @@ from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
 from transformers import TrainingArguments
 
-from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification
+from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification, FeedbackForTokenClassification
 from hf_feedback.training import (
     FeedbackTrainer,
     WeightedCrossEntropy,
@@ -342,14 +342,18 @@ class _MaskedTokens(torch.utils.data.Dataset):
         return {"input_ids": self.input_ids[index], "labels": self.labels[index]}
 
 
-def test_masked_lm_loss_under_gradient_accumulation_matches_one_large_batch(tmp_path, tiny_config):
+@pytest.mark.parametrize("model_class", [FeedbackForMaskedLM, FeedbackForTokenClassification])
+def test_per_token_loss_under_gradient_accumulation_matches_one_large_batch(model_class, tmp_path, tiny_config):
+    data = _MaskedTokens()
+    if model_class is FeedbackForTokenClassification:  # the same labelled tokens, as tags 0 / 1
+        data.labels = torch.where(data.labels == -100, -100, data.labels % 2)
     trained = []
     for batch, accumulation in ((4, 1), (2, 2)):
         torch.manual_seed(0)
-        model = FeedbackForMaskedLM(tiny_config())
+        model = model_class(tiny_config())
         args = _args(tmp_path / f"b{batch}", per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
                      max_steps=1, optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", max_grad_norm=0.0,
                      weight_decay=0.0, train_sampling_strategy="sequential")
-        FeedbackTrainer(model=model, args=args, train_dataset=_MaskedTokens()).train()
+        FeedbackTrainer(model=model, args=args, train_dataset=data).train()
         trained.append(model.feedback.embeddings.word_embeddings.weight.detach().clone())
     torch.testing.assert_close(trained[0], trained[1], atol=1e-6, rtol=1e-5)
