@@ -2,8 +2,9 @@
 recipes/token_classification.py. Tiny models, few steps, data built from the bundled corpora."""
 
 import csv
-import math
 import json
+import math
+from collections import Counter
 
 import pytest
 import torch
@@ -18,7 +19,9 @@ from hf_feedback.tagging import (
     _peoples_daily_sentences,
     _pinyin_tags,
     align_tags,
+    encode_words,
     load_peoples_daily_tags,
+    predict_tags,
     segmentation_tags,
     words_from_tags,
 )
@@ -307,6 +310,30 @@ def test_the_pinyin_corpus_tags_each_syllable_with_its_character_in_the_seq2seq_
     train_characters = {c for target in pairs["train"]["target"] for c in target}
     assert set(names) == {c for data in pairs.values() for target in data["target"] for c in target} > train_characters
     assert all(len(tokens) == len(tags) for tokens, tags in zip(tagged["test"]["tokens"], tagged["test"]["tags"]))
+
+
+def test_the_pinyin_corpus_trains_a_tagger_reading_one_token_per_syllable(tmp_path, monkeypatch):
+    # The bundled corpus cut to its first 800 sentences (pypinyin over all of them takes a minute).
+    monkeypatch.setattr(token_classification, "load_peoples_daily_tags", lambda task: _pinyin_tags(800))
+    output_dir = tmp_path / "pinyin"
+    token_classification.main(["--output_dir", str(output_dir), "--corpus", "pinyin", "--config_overrides", TINY_MODEL,
+                               "--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no",
+                               "--disable_tqdm", "true"])
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    corpus = _pinyin_tags(800)
+    test, seen = corpus["test"], Counter(item for tokens in corpus["train"]["tokens"] for item in tokens)
+    rows = [list(tokens) for tokens in test["tokens"]]
+    columns, word_ids = encode_words(tokenizer, rows, 512)
+    # Each pinyin item the training text has twice or more is one token of the WordPiece vocabulary (the unigram
+    # trainer's fragments made 2 tokens of the average syllable).
+    for row, tokens in enumerate(rows):
+        counts = Counter(word for word in word_ids[row] if word is not None)
+        assert all(counts[i] == 1 for i, item in enumerate(tokens) if seen[item] >= 2), tokens
+    assert sum(len(ids) - 2 for ids in columns["input_ids"]) < 1.01 * sum(map(len, rows))
+    model = AutoModelForTokenClassification.from_pretrained(output_dir)
+    predicted = predict_tags(model, tokenizer, rows[:5])
+    assert [len(tags) for tags in predicted] == [len(tokens) for tokens in rows[:5]]
+    assert model.config.num_labels == len(test.features["tags"].feature.names)
 
 
 @pytest.fixture(scope="module")
