@@ -243,13 +243,15 @@ def render(result):
               "evaluation every 100 steps (25 for the small tasks) and saving included; the test split is the bundled "
               "one in every task):", ""]
     lines += table(["model", "test accuracy (%)", "test macro F1", "seeds", "wall (min)", "variant"], body)
-    lines += ["", *_render_tagging(result), "", "Targets:", *_targets(result)]
+    if "tagging" in result:  # recorded before the section tagged
+        lines += ["", *_render_tagging(result)]
+    lines += ["", "Targets:", *_targets(result)]
     return lines
 
 
 def _render_tagging(result):
     body = [["part of speech: each word's most frequent training tag (section 6's floor)",
-             percent(result["most_frequent_tag"]), "", "", "", ""]]
+             f"{100 * result['most_frequent_tag']:.1f}", "", "", "", ""]]
     for task, variant, title in TAGGING_ROWS:
         rows = result.get("tagging", {}).get(f"{task}/{variant}", [])
         if not rows:

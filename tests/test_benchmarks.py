@@ -329,7 +329,7 @@ def test_pretrained_section_reads_its_runs_per_task_and_judges_the_targets(tmp_p
     assert "- **Missed**: reviews-1k: 80.0% vs TF-IDF 77.0% (+3.0 points" in report
     assert "steps 1.30x as fast" in report and "26.1% of the parameters" in report
     assert "| whole | 250,002 | 117,641,090 | 449 | 1347 | 2.60 |" in report
-    assert "| part of speech: each word's most frequent training tag (section 6's floor) | 91.5% |" in report
+    assert "| part of speech: each word's most frequent training tag (section 6's floor) | 91.5 |" in report
     assert f"| {pretrained.TAGGING_ROWS[1][2]} | 96.0 ± 0.0 | 0.930 ± 0.000 | 1 | 11.0 | `{variant}` |" in report
     assert f"- **Met**: part of speech from the pretrained start (`{variant}`): 95.0% accuracy (target ≥ 94.0%)" in report
     assert (f"- **Missed**: word segmentation from the pretrained start (`{variant}`): 93.0% word F1 (target ≥ 95.0%)"
