@@ -71,7 +71,10 @@ def run(quick, previous=None):
                 "by_position": accuracy_by_position(predictions, references)}
 
     if keep:
-        ours = {**previous["result"]["ours"], "measured": {key: previous["run"][key] for key in ("date", "commit")}}
+        # A row kept before keeps the date and commit it was measured at, not those of the run that kept it.
+        measured = (previous["result"]["ours"].get("measured")
+                    or {key: previous["run"][key] for key in ("date", "commit")})
+        ours = {**previous["result"]["ours"], "measured": measured}
     else:
         output, record = _run_recipe(quick, samples)
         generated = (output / "generated_predictions.txt").read_text().splitlines()
