@@ -82,10 +82,15 @@ def load_peoples_daily_tags(task: str = "cws") -> datasets.DatasetDict:
             rows[split]["tokens"].append(words)
             rows[split]["tags"].append([tag for _, tag in sentence])
     names = SEGMENTATION_TAGS if task == "cws" else sorted({t for tags in rows["train"]["tags"] for t in tags})
+    return _tagged_splits(rows, names)
+
+
+def _tagged_splits(rows, names) -> datasets.DatasetDict:
+    """{split: {"tokens": [...], "tags": [...]}} as datasets whose tags are a ClassLabel of `names`."""
     features = datasets.Features({"tokens": datasets.List(datasets.Value("string")),
                                   "tags": datasets.List(datasets.ClassLabel(names=names))})
-    return datasets.DatasetDict({split: datasets.Dataset.from_dict(rows[split], features=features)
-                                 for split in _SPLITS})
+    return datasets.DatasetDict({split: datasets.Dataset.from_dict(data, features=features)
+                                 for split, data in rows.items()})
 
 
 def _pinyin_tags(max_sentences: int | None = None) -> datasets.DatasetDict:
@@ -98,10 +103,7 @@ def _pinyin_tags(max_sentences: int | None = None) -> datasets.DatasetDict:
     rows = {split: {"tokens": [source.split(" ") for source in data["source"]],
                     "tags": [list(target) for target in data["target"]]} for split, data in task.items()}
     names = sorted({character for data in rows.values() for tags in data["tags"] for character in tags})
-    features = datasets.Features({"tokens": datasets.List(datasets.Value("string")),
-                                  "tags": datasets.List(datasets.ClassLabel(names=names))})
-    return datasets.DatasetDict({split: datasets.Dataset.from_dict(data, features=features)
-                                 for split, data in rows.items()})
+    return _tagged_splits(rows, names)
 
 
 def _read_conll(split: str, path: Path) -> datasets.Dataset:
