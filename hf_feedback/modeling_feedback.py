@@ -254,7 +254,12 @@ class _Causal(_Movable):
 
     @property
     def self_attention_cache(self):
-        return self.cache.self_attention_cache if isinstance(self.cache, EncoderDecoderCache) else self.cache
+        return _self_attention_cache(self.cache)
+
+
+def _self_attention_cache(cache):
+    """The self-attention half of an encoder-decoder's cache, or a decoder's cache itself."""
+    return cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1031,8 +1036,7 @@ class FeedbackModel(FeedbackPreTrainedModel):
         # slots past the new tokens, not yet written, are later than every query and so masked as the future).
         mask_length = key_length
         if cache is not None:
-            self_attention_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
-            mask_length = max(key_length, self_attention_cache.get_mask_sizes(seq_len, 0)[0])
+            mask_length = max(key_length, _self_attention_cache(cache).get_mask_sizes(seq_len, 0)[0])
         mask = None
         if attention_mask is not None or seq_len > 1 or mask_length > key_length:
             query_at = torch.arange(past, key_length, device=device)[:, None]  # (T, 1) each new token's place
