@@ -7,9 +7,14 @@ sentences each (the recipe's --max_eval_samples, a seeded sample) to keep the CP
 the floor: each syllable written as the character it most often stood for in the training split
 (hf_feedback.seq2seq.most_frequent_character_baseline), and the same task read as tagging: one run of
 `recipes/token_classification.py --corpus pinyin` with its defaults (a new 6-layer encoder of width 256, one epoch),
-which writes one character per syllable and so never falls out of step. All are scored on the same test sentences
-against the original sentences, by the same `generation` metric module.
+which writes one character per syllable and so never falls out of step; and a causal language model of the training
+sentences (`recipes/pretrain.py --objective clm` with its defaults, one token per character) writing each sentence
+under hf_feedback.seq2seq.PinyinConstraint (one character per item, each one the item spelled in training), greedy and
+with a beam search, beside a classic input method that does the same with a Kneser-Ney character 3-gram. All are
+scored on the same test sentences against the original sentences, by the same `generation` metric module.
 """
+
+from collections import Counter
 
 from .common import RUNS, recorded_run, table
 
@@ -18,7 +23,10 @@ QUICK_ARGS = ["--max_train_samples", "300", "--max_steps", "20", "--eval_steps",
               "--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",
               "--tokenizer_vocab_size", "3000", "--generation_max_length", "32"]
 TAGGER_QUICK_ARGS = QUICK_ARGS[:-2]  # no generation: a tagger writes one character per syllable
+LM_QUICK_ARGS = ["--max_train_samples", "300", "--max_steps", "20", "--config_overrides",
+                 "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"]
 QUICK_TEST = 100
+BEAM = 8  # beam width of the constrained decoders
 SEED = 42  # the recipe's (its default), which also draws its --max_eval_samples sample of the test split
 
 
@@ -36,6 +44,62 @@ def _run_tagger(quick, samples):
     return output, recorded_run(["recipes/token_classification.py", "--corpus", "pinyin", "--overwrite_output_dir",
                                  "--disable_tqdm", "true", "--seed", str(SEED), "--max_eval_samples", str(samples),
                                  *(TAGGER_QUICK_ARGS if quick else [])], output, output.parent / "pinyin_tagger.log")
+
+
+def _run_pinyin_lm(quick, train_targets):
+    """recipes/pretrain.py --objective clm with its defaults on the task's training sentences, one token per
+    character (hf_feedback.seq2seq.character_corpus): the language model that writes from pinyin under
+    PinyinConstraint. It never sees a test sentence."""
+    from hf_feedback.seq2seq import character_corpus
+
+    output = RUNS / ("quick" if quick else "") / "pinyin_lm"
+    corpus = output.parent / "pinyin_lm_corpus.txt"
+    corpus.parent.mkdir(parents=True, exist_ok=True)
+    corpus.write_text("\n".join(character_corpus(train_targets)) + "\n")
+    return output, recorded_run(["recipes/pretrain.py", "--objective", "clm", "--train_file", str(corpus),
+                                 "--overwrite_output_dir", "--disable_tqdm", "true", "--seed", str(SEED),
+                                 *(LM_QUICK_ARGS if quick else [])], output, output.parent / "pinyin_lm.log")
+
+
+def lm_predictions(folder, sources, candidates, num_beams):
+    """What the causal LM saved in `folder` writes for each source under PinyinConstraint, and the seconds it took."""
+    import time
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_feedback.seq2seq import write_from_pinyin
+
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    start = time.perf_counter()
+    written = write_from_pinyin(model, tokenizer, list(sources), candidates, num_beams=num_beams)
+    return written, time.perf_counter() - start
+
+
+def kneser_ney_input_method(train, sources, candidates, order=3, beam=BEAM):
+    """A classic input method, the counting floor beside the LM: an interpolated modified Kneser-Ney character
+    n-gram of the training sentences and a beam search over the characters each item spelled in training, scored
+    as PinyinConstraint scores the LM (log P(character | the order - 1 before) + log P(item | character))."""
+    import math
+
+    from .causal_lm import KneserNey
+
+    ids = {"[CLS]": 0, "[SEP]": 1}
+    rows = [[0, *(ids.setdefault(c, len(ids)) for c in text), 1] for text in train["target"]]
+    model = KneserNey(rows, len(ids), order)
+    totals = Counter()
+    for characters in candidates.values():
+        totals.update(characters)
+    written = []
+    for source in sources:
+        beams = [(0.0, [0], "")]  # (score, ids, text)
+        for item in source.split(" "):
+            options = [(c, math.log(n / totals[c])) for c, n in candidates.get(item, {}).items()] or [(item, 0.0)]
+            beams = sorted(((score + emission + math.log(model.probability(history[1 - order:], ids.get(c, -1))),
+                             history + [ids.get(c, -1)], text + c)
+                            for score, history, text in beams for c, emission in options), key=lambda b: -b[0])[:beam]
+        written.append(max(beams, key=lambda b: b[0] + math.log(model.probability(b[1][1 - order:], 1)))[2])
+    return written
 
 
 def tagger_predictions(folder, sources):
@@ -56,7 +120,7 @@ def run(quick, previous=None):
     it was measured at, and only what is missing runs."""
     from hf_feedback.metrics import load_metric_module
     from hf_feedback.recipe_utils import sample
-    from hf_feedback.seq2seq import load_pinyin_task, most_frequent_character_baseline
+    from hf_feedback.seq2seq import load_pinyin_task, most_frequent_character_baseline, pinyin_candidates
 
     samples = QUICK_TEST if quick else EVAL_SAMPLES
     keep = (not quick and previous is not None and previous["result"]["test_pairs"] == samples
@@ -83,7 +147,15 @@ def run(quick, previous=None):
         ours = {**scores(generated), **record}
     tagger_output, tagger_record = _run_tagger(quick, samples)
     tagger = tagger_predictions(tagger_output, test["source"])
+    candidates = pinyin_candidates(task["train"])
+    lm_output, lm_record = _run_pinyin_lm(quick, task["train"]["target"])
+    lm = {}
+    for beams in (1, BEAM):
+        written, seconds = lm_predictions(lm_output, test["source"], candidates, beams)
+        lm[beams] = {**scores(written), **lm_record, "decode_s": seconds}
     return {"ours": ours, "tagger": {**scores(tagger), **tagger_record},
+            "lm_greedy": lm[1], "lm_beam": lm[BEAM], "beam": BEAM,
+            "kneser_ney": scores(kneser_ney_input_method(task["train"], test["source"], candidates)),
             "baseline": scores(most_frequent_character_baseline(task["train"], test)),
             "train_pairs": len(task["train"]), "test_pairs": len(test)}
 
@@ -127,6 +199,14 @@ def render(result):
                    else ""), ours, f"{ours['wall_s'] / 60:.1f}"),
             *([row("ours, syllable tagger from scratch (`recipes/token_classification.py --corpus pinyin`)",
                    result["tagger"], f"{result['tagger']['wall_s'] / 60:.1f}")] if "tagger" in result else []),
+            *([row(f"ours, causal LM of the training sentences (`recipes/pretrain.py --objective clm`) writing "
+                   f"under PinyinConstraint, {how}", result[key], f"{result[key]['wall_s'] / 60:.1f} + "
+                   f"{result[key]['decode_s'] / 60:.1f} (decoding)")
+               for key, how in (("lm_greedy", "greedy"), ("lm_beam", f"beam {result.get('beam')}"))
+               if key in result]),
+            *([row(f"Kneser-Ney 3-gram of the training sentences + the same constrained beam search (beam "
+                   f"{result['beam']}): a classic input method", result["kneser_ney"], "n/a")]
+              if "kneser_ney" in result else []),
             row("each syllable's most frequent training character", baseline, "n/a"),
         ]),
         "",
@@ -137,5 +217,10 @@ def render(result):
         *table(["model", *(f"positions {span}" for span in ours["by_position"])], [
             [name, *(f"{share:.3f}" for share in scores["by_position"].values())]
             for name, scores in (("ours", ours), *((("syllable tagger", result["tagger"]),) if "tagger" in result
-                                                   else ()), ("most frequent character", baseline))]),
+                                                   else ()),
+                                 *((("causal LM, constrained, greedy", result["lm_greedy"]),
+                                    (f"causal LM, constrained, beam {result['beam']}", result["lm_beam"]),
+                                    ("Kneser-Ney 3-gram input method", result["kneser_ney"])) if "lm_beam" in result
+                                   else ()),
+                                 ("most frequent character", baseline))]),
     ]

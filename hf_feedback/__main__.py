@@ -120,14 +120,14 @@ def predict(folder, texts, batch_size=32, int8=False):
 
 
 def write(model, tokenizer, texts, batch_size, max_new_tokens=64):
-    """Print `text<TAB>generated` for each text, greedily (`hf_feedback.seq2seq.generate_greedily`): an
+    """Print `text<TAB>generated` for each text, greedily (`hf_feedback.seq2seq.generate_texts`): an
     encoder-decoder's output for it, or a causal language model's continuation of it."""
-    from .seq2seq import generate_greedily
+    from .seq2seq import generate_texts
 
     for start in range(0, len(texts), batch_size):
         batch = texts[start:start + batch_size]
         prompts = tokenizer(batch, add_special_tokens=False, truncation=True)["input_ids"]
-        for text, output in zip(batch, generate_greedily(model, tokenizer, prompts, max_new_tokens)):
+        for text, output in zip(batch, generate_texts(model, tokenizer, prompts, max_new_tokens)):
             print(f"{text}\t{output}")
 
 

@@ -90,7 +90,7 @@ def write_model_card(
     base_model: str | None = None,
     corpora: Sequence[str | None] = (),
     template_path: str | os.PathLike | None = None,
-    sample: tuple[str, str] | None = None,
+    samples: Sequence[tuple[str, str, str]] = (),
 ) -> Path:
     """Render the model card of a finished run into `output_dir/README.md` and return its path.
 
@@ -107,7 +107,8 @@ def write_model_card(
             or the bundled corpora `BUNDLED_REVIEWS` / `BUNDLED_PEOPLES_DAILY`; `None` entries are skipped. Empty:
             the bundled corpus of the task (the reviews for classification, People's Daily for masked LM).
         template_path: a Jinja2 template; defaults to the project's `model_card.md`.
-        sample: (prompt, text) a causal language model generated from the prompt, shown in the card.
+        samples: (how, prompt, text): what a causal language model wrote after the prompt, and how it
+            decoded ("Greedy decoding"), shown in the card.
 
     Raises `FileNotFoundError` when the template is missing, `ValueError` when a split size is not a count.
     """
@@ -168,7 +169,7 @@ def write_model_card(
         metric_names=metric_names,
         results=results,
         pictures=[(title, name) for title, name in _PICTURES if (output_dir / name).is_file()],
-        sample=sample,
+        samples=samples,
     )
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "README.md"

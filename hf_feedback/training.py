@@ -11,6 +11,7 @@ training argument is the schedule's factor, not the peak learning rate.
 """
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -76,6 +77,34 @@ class RunLoss(TrainerCallback, ExportableState):
         return {"args": {"loss_sum": self.loss_sum, "steps": self.steps}, "attributes": {}}
 
 
+class TimeEstimate(TrainerCallback):
+    """Prints, once the first `steps` optimizer steps after the start (or the resume) are done (half the run's steps
+    when it has fewer than twice as many), how long the rest will take at their pace. The first step (start-up,
+    allocation) is left out of the clock; evaluation and saving are not counted. Fifty steps: a length-grouped
+    sampler serves the longest batches first, so the first few overstate the pace."""
+
+    def __init__(self, steps: int = 50):
+        self.steps, self.clock = steps, None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.clock is None:
+            self.clock = (state.global_step, time.perf_counter())
+            return
+        first, start = self.clock
+        timed = min(self.steps, (state.max_steps - first) // 2)
+        if timed > 0 and state.global_step == first + timed and state.is_world_process_zero:
+            pace = (time.perf_counter() - start) / timed
+            left = state.max_steps - state.global_step
+            print(f"{state.global_step:,} of {state.max_steps:,} steps done; at {pace:.2f} s a step the other "
+                  f"{left:,} take about {_duration(pace * left)} (evaluation and saving not counted)", flush=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 class FeedbackTrainer(Trainer):
     """`transformers.Trainer` that can train with the Noam schedule; every Trainer argument still works.
 
@@ -114,6 +143,7 @@ class FeedbackTrainer(Trainer):
                 )
         self.noam_warmup_steps = noam_warmup_steps
         self.add_callback(RunLoss())
+        self.add_callback(TimeEstimate())
         self._resumed_loss = RunLoss()  # the sum the checkpoint resumed from held (none: a fresh run)
 
     def _run_loss(self) -> RunLoss:

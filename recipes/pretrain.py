@@ -14,13 +14,15 @@ tokens masked unless --mlm_probability says otherwise), or with `--objective ele
 replaced-token detection, where a small generator fills the masked tokens and the encoder learns from every token
 which ones were replaced. The output folder (model + tokenizer) is what `recipes/finetune.py --model_name_or_path`
 expects (fine-tuning keeps the encoder and drops the pretraining head). `--objective clm` trains a
-FeedbackForCausalLM instead (the same blocks as a decoder: each token predicts the next from those before it), whose
-folder serves `generate()` and the text-generation pipeline; its card shows a sample. Every `TrainingArguments` flag
-works.
+FeedbackForCausalLM instead (the same blocks as a decoder: each token predicts the next from those before it) with
+its own defaults (OBJECTIVE_DEFAULTS: single characters, two epochs), whose folder serves `generate()` and the
+text-generation pipeline; its card shows a greedy and a sampled continuation. Every `TrainingArguments` flag works.
 """
 
+import argparse
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +53,7 @@ from hf_feedback.recipe_utils import (
     training_collator,
 )
 from hf_feedback.sentence_embeddings import write_sentence_transformers_files
-from hf_feedback.seq2seq import detokenize, generate_greedily
+from hf_feedback.seq2seq import REPETITION_PENALTY, continuations
 from hf_feedback.training import FeedbackTrainer
 
 
@@ -102,13 +104,28 @@ DEFAULTS = dict(
     save_steps=200,
 )
 
+# What an objective changes in DEFAULTS: a causal LM of the bundled 1.7M characters learns most per CPU minute over
+# single characters, with a higher rate over smaller batches, for two epochs (benchmarks/RESULTS.md, section 7).
+OBJECTIVE_DEFAULTS = {
+    "clm": dict(output_dir="outputs/causal_lm", tokenizer_kind="wordpiece", num_train_epochs=2, learning_rate=2e-3,
+                per_device_train_batch_size=32, max_seq_length=512),
+}
+
+
+def _objective(argv):
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--objective", default="mlm")
+    return parser.parse_known_args(sys.argv[1:] if argv is None else argv)[0].objective
+
 
 # --objective: the model class it trains, and what a new model of it sets on top of NEW_MODEL.
 OBJECTIVES = {
     "mlm": (FeedbackForMaskedLM, {}),
     "electra": (FeedbackForPreTraining, {}),
-    # Every position is predicted, so there is nothing for sparse prediction to skip.
-    "clm": (FeedbackForCausalLM, {"is_decoder": True, "sparse_prediction": False}),
+    # Every position is predicted, so there is nothing for sparse prediction to skip. 4 layers with a 1024-wide
+    # feed-forward: the shape of the probes in benchmarks/results/causal_lm_probes.txt (6 x 512 was not compared).
+    "clm": (FeedbackForCausalLM, {"is_decoder": True, "sparse_prediction": False, "num_hidden_layers": 4,
+                                  "intermediate_size": 1024}),
 }
 
 # What a new masked LM changes from FeedbackConfig's BERT-like defaults; --config_overrides wins. Rotary positions:
@@ -135,20 +152,16 @@ def load_corpus(data_args) -> datasets.Dataset:
     if data_args.include_review_texts:
         corpus = datasets.concatenate_datasets([corpus, _review_texts()])
     if len(corpus) < 2:
-        raise RecipeError("the pretraining corpus is empty")
+        raise RecipeError(f"the pretraining corpus holds {len(corpus)} text(s); it needs at least 2, one of them held out "
+                          "for validation")
     return corpus
-
-
-def greedy_sample(model, tokenizer, text, prompt_tokens=4, new_tokens=40):
-    """(prompt, continuation): the model's greedy continuation of the first few tokens of a held-out text."""
-    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"][:prompt_tokens]
-    return detokenize(tokenizer.decode(prompt_ids)), generate_greedily(model, tokenizer, [prompt_ids], new_tokens)[0]
 
 
 def main(argv=None):
     with bad_input_exits() as set_up:
         model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, TrainingArguments),
-                                                          DEFAULTS, argv)
+                                                          {**DEFAULTS, **OBJECTIVE_DEFAULTS.get(_objective(argv), {})},
+                                                          argv)
         output_dir = Path(training_args.output_dir)
         claim_run(set_up, training_args, model_args.overwrite_output_dir)
         if not 0 < data_args.mlm_probability < 1:
@@ -175,6 +188,8 @@ def main(argv=None):
             model = new_model(model_class, tokenizer,
                               {"max_position_embeddings": max(512, data_args.max_seq_length), **NEW_MODEL,
                                **objective_config}, model_args.config_overrides)
+            if causal:  # what generate() and the pipeline do with the folder unless told otherwise
+                model.generation_config.repetition_penalty = REPETITION_PENALTY
         with training_args.main_process_first(desc="tokenizing"):
             max_length = min(data_args.max_seq_length, model.config.max_position_embeddings)
             tokenized = tokenize_dataset(datasets.DatasetDict(train=splits["train"], validation=splits["test"]),
@@ -209,7 +224,7 @@ def main(argv=None):
                          {split: len(data) for split, data in tokenized.items()}, base_model=model_args.model_name_or_path,
                          corpora=[data_args.train_file or CORPORA[data_args.corpus][1],
                                   BUNDLED_REVIEWS if data_args.include_review_texts else None],
-                         sample=greedy_sample(model, tokenizer, splits["test"]["text"][0]) if causal else None)
+                         samples=continuations(model, tokenizer, splits["test"]["text"][0], training_args.seed) if causal else ())
         if data_args.objective in ("mlm", "clm"):
             print(f"validation perplexity: {metrics['perplexity']:.2f}  ({len(tokenized['validation'])} texts)")
         else:

@@ -134,18 +134,58 @@ def test_bigram_baseline_perplexity_follows_its_formula():
     picks the largest bigram weight, and each predicted token gets w + (1 - w) x its add-one unigram probability."""
     from benchmarks.causal_lm import LAMBDAS, bigram_perplexity
 
-    class Characters:  # [CLS]=1, one id per letter, [SEP]=2, ten ids in all
-        def __call__(self, texts, truncation, max_length):
-            return {"input_ids": [[1, *(ord(c) - ord("a") + 3 for c in text), 2][:max_length] for text in texts]}
-
-        def __len__(self):
-            return 10
-
-    result = bigram_perplexity(Characters(), ["abc"] * 20, ["abc"] * 3)
+    row = [1, 3, 4, 5, 2]  # [CLS] a b c [SEP] in a vocabulary of ten
+    result = bigram_perplexity([row] * 20, [row] * 3, vocab_size=10)
     weight = max(LAMBDAS)
     unigram = (20 + 1) / (4 * 20 + 10)  # each of a, b, c, [SEP] predicted once per text
     assert result["weight"] == weight and result["tokens"] == 3 * 4
     assert math.isclose(result["perplexity"], 1 / (weight + (1 - weight) * unigram), rel_tol=1e-12)
+    assert math.isclose(result["log_likelihood"], -12 * math.log(result["perplexity"]), rel_tol=1e-12)
+
+
+def test_kneser_ney_follows_chen_and_goodman_and_sums_to_one():
+    """Section 7's Kneser-Ney baseline, worked by hand on three rows: bigram counts (1,3):2 (4,2):2 and four seen
+    once give Y = 4/(4+2x2) = 0.5, D1 = 1 - 2Y x 2/4 = 0.5, D2 = 2 - 3Y x 1/2 = 1.25 (no count seen 3 or 4 times:
+    those counts read as 1, D3+ = 3 - 4Y = 1); the unigram level counts distinct left neighbours (3:1 4:2 2:2 5:1,
+    6 in all; D1 = 1/3, D2 = 1.5), so P(4) = (2 - 1.5 + (2/3 + 3) / 6) / 6 and P(4 | 3) = (1 - 0.5 + 0.5 x 2 x
+    P(4)) / 2. Every history's distribution over the vocabulary sums to one, seen or not, at orders 2-5."""
+    import random
+
+    from benchmarks.causal_lm import KneserNey
+
+    kn = KneserNey([[1, 3, 4, 2], [1, 3, 5, 2], [1, 4, 2]], vocab_size=6, order=2)
+    assert kn.discounts[2] == pytest.approx((0.0, 0.5, 1.25, 1.0))
+    assert kn.discounts[1] == pytest.approx((0.0, 1 / 3, 1.5, 5 / 3))
+    unigram = (2 - 1.5 + (2 / 3 + 3) / 6) / 6
+    assert kn.probability([3], 4) == pytest.approx((1 - 0.5 + 0.5 * 2 * unigram) / 2, rel=1e-12)
+    assert kn.probability([0], 4) == pytest.approx(unigram, rel=1e-12)  # an unseen history: the unigrams alone
+    log_sum, count = kn.log_likelihood([[1, 3, 4, 2]])
+    assert count == 3 and log_sum == pytest.approx(sum(math.log(kn.probability([h], t)) for h, t in
+                                                       [(1, 3), (3, 4), (4, 2)]), rel=1e-12)
+    rng = random.Random(0)
+    rows = [[1, *(rng.randint(3, 12) for _ in range(rng.randint(1, 15))), 2] for _ in range(200)]
+    for order in (2, 3, 5):
+        kn = KneserNey(rows, 13, order)
+        for history in ([1, 1, 1, 1], [1, 1, 1, 5], [3, 4, 5, 6], [0, 0, 0, 0]):
+            total = sum(kn.probability(history[len(history) - order + 1:], token) for token in range(13))
+            assert total == pytest.approx(1.0, abs=1e-12), (order, history)
+
+
+def test_model_log_likelihood_is_the_per_token_mean_of_the_model_loss_and_runs_count_repeats(tiny_config):
+    """Section 7 scores our model token by token as it scores the n-grams: over rows of different lengths (padded in
+    batches of two) the sum equals each row's own loss x its predicted tokens."""
+    from benchmarks.causal_lm import longest_run, model_log_likelihood
+    from hf_feedback import FeedbackForCausalLM
+
+    torch.manual_seed(0)
+    model = FeedbackForCausalLM(tiny_config(is_decoder=True)).eval()
+    rows = [[2, 15, 27, 33, 3], [2, 40, 3], [2, 7, 8, 9, 10, 11, 3]]
+    log_sum, count = model_log_likelihood(model, rows, pad_token_id=0, batch_size=2)
+    with torch.no_grad():
+        expected = [-model(input_ids=torch.tensor([row]), labels=torch.tensor([row])).loss.item() * (len(row) - 1)
+                    for row in rows]
+    assert count == 4 + 2 + 6 and log_sum == pytest.approx(sum(expected), rel=1e-5)
+    assert [longest_run(ids) for ids in ([], [5], [5, 5, 6, 6, 6, 5], [1, 2, 3])] == [0, 1, 3, 1]
 
 
 def test_pair_tasks_label_each_pair_by_what_its_texts_share_and_tfidf_reads_both_texts(tmp_path):

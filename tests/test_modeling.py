@@ -1245,6 +1245,21 @@ def test_beam_search_and_sampling_generate(tiny_config):
     assert torch.equal(first, model.generate(prompt, max_new_tokens=6, do_sample=True, top_k=20))
 
 
+def test_repetition_controls_hold_under_the_cache(tiny_config):
+    """generate()'s repetition controls reach our decoder through its cache: with the output bias pushed towards one
+    token, greedy decoding repeats it; no_repeat_ngram_size=1 then writes every token once, and a repetition penalty
+    that makes a written token's logit ~1e4 times smaller lets it be written only once."""
+    model = causal_lm(tiny_config)
+    with torch.no_grad():
+        model.lm_head.decoder.bias[40] += 50.0
+    prompt = torch.tensor([[2, 15, 27]])
+    greedy = model.generate(prompt, max_new_tokens=8, do_sample=False)[0, 3:].tolist()
+    assert greedy == [40] * 8
+    for controls in ({"no_repeat_ngram_size": 1}, {"repetition_penalty": 1e4}):
+        written = model.generate(prompt, max_new_tokens=8, do_sample=False, **controls)[0, 3:].tolist()
+        assert written.count(40) == 1 and len(set(written)) == len(written), (controls, written)
+
+
 def test_decoder_and_encoder_refuse_each_others_inputs(tiny_config, batch):
     with pytest.raises(ValueError, match="needs a decoder configuration"):
         FeedbackForCausalLM(tiny_config())

@@ -31,6 +31,7 @@ from hf_feedback.recipe_utils import (
     new_model,
     resolve_resume,
 )
+from hf_feedback.seq2seq import CARD_DECODING, REPETITION_PENALTY
 from hf_feedback.tokenization import cooccurrence_vectors, token_characters, train_tokenizer
 
 TINY_MODEL = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"
@@ -649,6 +650,16 @@ def test_pretraining_corpus_choices(capsys, tmp_path):
     expect_exit(capsys, [*out, "--corpus", "reviews", "--train_file", "x.txt"], "give one", recipe=pretrain)
     expect_exit(capsys, [*out, "--corpus", "reviews", "--include_review_texts"], "--corpus reviews is them",
                 recipe=pretrain)
+    (tmp_path / "one.txt").write_text("一二三\n")  # one text leaves none to validate on
+    expect_exit(capsys, [*out, "--objective", "clm", "--train_file", str(tmp_path / "one.txt")],
+                "the pretraining corpus holds 1 text(s); it needs at least 2", recipe=pretrain)
+    # --objective clm has its own defaults; every flag still wins over them.
+    clm = pretrain.parse_args((pretrain.ModelArguments, pretrain.DataArguments, pretrain.TrainingArguments),
+                              {**pretrain.DEFAULTS, **pretrain.OBJECTIVE_DEFAULTS["clm"]},
+                              ["--objective", "clm", "--learning_rate", "1e-4"])
+    assert (clm[0].tokenizer_kind, clm[1].max_seq_length, clm[2].learning_rate, clm[2].num_train_epochs) == (
+        "wordpiece", 512, 1e-4, 2)
+    assert pretrain._objective(["--objective", "clm", "--x", "1"]) == "clm" and pretrain._objective([]) == "mlm"
 
 
 NO_DROPOUT = TINY_MODEL + ",hidden_dropout_prob=0,attention_probs_dropout_prob=0"
@@ -696,17 +707,22 @@ def test_padding_free_pretraining_lowers_the_loss(tmp_path, capsys):
 def test_causal_lm_pretraining_lowers_perplexity_and_its_folder_generates(tmp_path, capsys):
     output_dir = tmp_path / "clm"
     pretrain.main(["--output_dir", str(output_dir), "--objective", "clm", *PRETRAIN])
+    # Half-way (a run this short times half its steps after the first), the run says how long the rest will take.
+    assert re.search(r"^15 of 30 steps done; at [0-9.]+ s a step the other 15 take about [0-9]+ s", capsys.readouterr().out,
+                     flags=re.M)
     loss = losses(output_dir)
     assert loss[-1] < loss[0] - 0.5, loss  # from ~log(vocab) down
     results = json.loads((output_dir / "eval_results.json").read_text())
     assert results["perplexity"] == pytest.approx(math.exp(results["eval_loss"]), rel=1e-4)
     config = json.loads((output_dir / "config.json").read_text())
     assert config["architectures"] == ["FeedbackForCausalLM"] and config["is_decoder"] is True
+    assert json.loads((output_dir / "generation_config.json").read_text())["repetition_penalty"] == REPETITION_PENALTY
     assert not (output_dir / "modules.json").exists()  # a decoder is no sentence-transformers model
     card = (output_dir / "README.md").read_text()
     assert "pipeline_tag: text-generation" in card and "causal language model" in card
-    sample = re.search(r"> \*\*(.+?)\*\*(.*)", card)
-    assert sample and sample.group(2)  # the prompt and what the model wrote after it
+    samples = re.findall(r"^(.+?):\n\n> \*\*(.+?)\*\*(.*)$", card, flags=re.M)  # how, the prompt, what it wrote
+    assert [how for how, _, _ in samples] == list(CARD_DECODING) and all(text for _, _, text in samples)
+    assert len({prompt for _, prompt, _ in samples}) == 1
     generate = pipeline("text-generation", model=str(output_dir), trust_remote_code=True)
     text = generate("中国", max_new_tokens=5, do_sample=False)[0]["generated_text"]
     assert text.startswith("中国") and len(text) > 2

@@ -3,6 +3,8 @@ real runs of the encoder-decoder recipe."""
 
 import hashlib
 import json
+import math
+from collections import Counter
 
 import pytest
 import torch
@@ -13,11 +15,15 @@ from helpers import load_recipe, losses
 from hf_feedback.__main__ import main as cli
 from hf_feedback.metrics import load_metric_module
 from hf_feedback.seq2seq import (
+    PinyinConstraint,
+    character_corpus,
     decode_generated,
     detokenize,
     load_pinyin_task,
     most_frequent_character_baseline,
+    pinyin_candidates,
     pinyin_of,
+    write_from_pinyin,
 )
 
 seq2seq = load_recipe("seq2seq")
@@ -142,3 +148,46 @@ def test_a_folder_driven_as_run_translation_can_learn_its_first_target_token():
     with torch.no_grad():
         logits = model.eval()(**batch).logits  # (B, T, V)
     assert (logits[:, 0] - logits[:, 1]).abs().amax() > 1e-3
+
+
+def test_a_causal_lm_writes_one_candidate_character_per_pinyin_item(pinyin_task):
+    """write_from_pinyin under PinyinConstraint: greedy equals a step-by-step argmax, over the characters each item
+    spelled in training, of the model's log-probability + log P(item | character); beam search keeps in step too;
+    an item never seen in training is written as itself."""
+    from hf_feedback import FeedbackConfig, FeedbackForCausalLM
+    from hf_feedback.tokenization import train_tokenizer
+
+    train, test = pinyin_task["train"], pinyin_task["test"]
+    tokenizer = train_tokenizer(character_corpus(train["target"]), vocab_size=6000, kind="wordpiece")
+    assert all(len(tokenizer(text)["input_ids"]) == len(text.replace(" ", "")) + 2
+               for text in character_corpus(train["target"][:50]))  # one token per character
+    torch.manual_seed(0)
+    model = FeedbackForCausalLM(FeedbackConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                               num_attention_heads=2, intermediate_size=64, is_decoder=True)).eval()
+    candidates = pinyin_candidates(train)
+    sources = [*test["source"][:3], "zhong ＠ guo"]  # "＠" never occurs in training
+    greedy = write_from_pinyin(model, tokenizer, sources, candidates, num_beams=1, batch_size=2)
+    beams = write_from_pinyin(model, tokenizer, sources, candidates, num_beams=3, batch_size=2)
+    for source, *written in zip(sources, greedy, beams):
+        items = source.split(" ")
+        for text in written:
+            assert len(text) == len(items)
+            assert all(c in candidates[i] if i in candidates else c == i for i, c in zip(items, text)), (items, text)
+    totals = sum((counts for counts in candidates.values()), start=Counter())
+    vocab = tokenizer.get_vocab()
+    for source, text in zip(sources, greedy):
+        ids = [tokenizer.cls_token_id]
+        for item in source.split(" "):
+            if item not in candidates:
+                ids.append(tokenizer.unk_token_id)
+                continue
+            with torch.no_grad():
+                log_probs = model(torch.tensor([ids])).logits[0, -1].log_softmax(-1)
+            best = max((c for c in candidates[item] if c in vocab),
+                       key=lambda c: log_probs[vocab[c]].item() + math.log(candidates[item][c] / totals[c]))
+            ids.append(vocab[best])
+        assert text == "".join(i if i not in candidates else t for i, t in
+                               zip(source.split(" "), tokenizer.convert_ids_to_tokens(ids[1:]))), (source, text)
+    constraint = PinyinConstraint(["zhong guo"], candidates, tokenizer)
+    scores = constraint(torch.tensor([[tokenizer.cls_token_id, vocab["中"], vocab["国"]]]), torch.zeros(1, len(vocab)))
+    assert torch.isfinite(scores).sum() == 1 and scores[0, tokenizer.sep_token_id] == 0  # then only the end
