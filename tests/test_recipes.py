@@ -308,8 +308,8 @@ def test_a_second_run_into_a_busy_output_dir_is_refused_with_the_holder_named(tm
 
 def test_runs_with_a_saved_tokenizer_repeat_exactly_across_processes(tmp_path):
     """The tokenizers WordPiece trainer breaks ties in each process's hash order, so a run that trains its own
-    tokenizer may learn a slightly different vocabulary each time (the README says so). Given a saved tokenizer,
-    two fresh processes train the same model bit for bit."""
+    tokenizer may learn a slightly different vocabulary each time (benchmarks/HISTORY.md says so). Given a saved
+    tokenizer, two fresh processes train the same model bit for bit."""
     common = ["--config_overrides", TINY_MODEL, "--max_train_samples", "320", "--max_eval_samples", "32",
               "--max_steps", "10", "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "no",
               "--disable_tqdm", "true"]
