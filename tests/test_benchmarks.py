@@ -188,6 +188,30 @@ def test_model_log_likelihood_is_the_per_token_mean_of_the_model_loss_and_runs_c
     assert [longest_run(ids) for ids in ([], [5], [5, 5, 6, 6, 6, 5], [1, 2, 3])] == [0, 1, 3, 1]
 
 
+def test_causal_lm_section_judges_the_recipe_defaults_against_the_bigram_and_kneser_ney():
+    from benchmarks import causal_lm
+
+    def variant(ours, wall_s, runs):
+        scores = lambda perplexity: {"perplexity": perplexity, "bits_per_character": 5.0}  # noqa: E731
+        return {"description": "tokens", "arguments": [], "wall_s": wall_s, "steps": 10, "epochs": 2.0,
+                "vocabulary": 100, "tokens": 1000, "ours": scores(ours), "kn3": scores(48.0), "kn5": scores(42.0),
+                "bigram": {**scores(100.0), "weight": 0.9},
+                "samples": [{"how": "Greedy decoding", "prompt": "要", "text": "保险", "longest_run": runs}]}
+
+    default, other = list(causal_lm.VARIANTS)
+    report = "\n".join(causal_lm.render({"variants": {default: variant(40.0, 20 * 60, 4), other: variant(500.0, 60, 1)},
+                                          "train_texts": 9, "validation_texts": 1, "characters": 1000}))
+    targets = report.split("Targets:\n")[1].splitlines()
+    assert targets == [
+        f"- **Met**: the recipe's defaults ({default}): perplexity 40.0 = 0.40 x the bigram's (target ≤ 0.75) in 20.0 "
+        "min (target ≤ 30)",
+        f"- **Met**: the recipe's defaults ({default}): perplexity 40.0 against the best Kneser-Ney n-gram's 42.0 "
+        "(target: below it)",
+        f"- **Missed**: the recipe's defaults ({default}): the card's continuations repeat one token at most 4 times "
+        "in a row (target ≤ 3)"]  # the other tokenization is a row, not a target
+    assert "| ours, causal LM (`recipes/pretrain.py --objective clm`; 10 steps, 2.0 epochs) | 500.0 | 5.000 | 5.00 |" in report
+
+
 def test_pair_tasks_label_each_pair_by_what_its_texts_share_and_tfidf_reads_both_texts(tmp_path):
     import collections
     import random
