@@ -14,8 +14,6 @@ with a beam search, beside a classic input method that does the same with a Knes
 scored on the same test sentences against the original sentences, by the same `generation` metric module.
 """
 
-from collections import Counter
-
 from .common import RUNS, recorded_run, table, verdict
 
 EVAL_SAMPLES = 500
@@ -48,17 +46,21 @@ def _run_tagger(quick, samples):
                                  *(TAGGER_QUICK_ARGS if quick else [])], output, output.parent / "pinyin_tagger.log")
 
 
-def _run_pinyin_lm(quick, train_targets, seed=None):
-    """recipes/pretrain.py --objective clm with its defaults on the task's training sentences, one token per
-    character (hf_feedback.seq2seq.character_corpus): the language model that writes from pinyin under
-    PinyinConstraint. It never sees a test sentence."""
+def _write_lm_corpus(quick, train_targets):
+    """The task's training sentences, one token per character (hf_feedback.seq2seq.character_corpus), as the file
+    the language model trains on: it never sees a test sentence."""
     from hf_feedback.seq2seq import character_corpus
 
-    seed = SEED if seed is None else seed
-    output = RUNS / ("quick" if quick else "") / ("pinyin_lm" if seed == SEED else f"pinyin_lm_seed{seed}")
-    corpus = output.parent / "pinyin_lm_corpus.txt"
+    corpus = RUNS / ("quick" if quick else "") / "pinyin_lm_corpus.txt"
     corpus.parent.mkdir(parents=True, exist_ok=True)
     corpus.write_text("\n".join(character_corpus(train_targets)) + "\n")
+    return corpus
+
+
+def _run_pinyin_lm(quick, corpus, seed):
+    """recipes/pretrain.py --objective clm with its defaults on `corpus`: the language model that writes from pinyin
+    under PinyinConstraint."""
+    output = RUNS / ("quick" if quick else "") / ("pinyin_lm" if seed == SEED else f"pinyin_lm_seed{seed}")
     return output, recorded_run(["recipes/pretrain.py", "--objective", "clm", "--train_file", str(corpus),
                                  "--overwrite_output_dir", "--disable_tqdm", "true", "--seed", str(seed),
                                  *(LM_QUICK_ARGS if quick else [])], output, output.parent / f"{output.name}.log")
@@ -85,19 +87,18 @@ def kneser_ney_input_method(train, sources, candidates, order=3, beam=BEAM):
     as PinyinConstraint scores the LM (log P(character | the order - 1 before) + log P(item | character))."""
     import math
 
+    from hf_feedback.seq2seq import pinyin_emissions
+
     from .causal_lm import KneserNey
 
     ids = {"[CLS]": 0, "[SEP]": 1}
     rows = [[0, *(ids.setdefault(c, len(ids)) for c in text), 1] for text in train["target"]]
-    model = KneserNey(rows, len(ids), order)
-    totals = Counter()
-    for characters in candidates.values():
-        totals.update(characters)
+    model, emissions = KneserNey(rows, len(ids), order), pinyin_emissions(candidates)
     written = []
     for source in sources:
         beams = [(0.0, [0], "")]  # (score, ids, text)
         for item in source.split(" "):
-            options = [(c, math.log(n / totals[c])) for c, n in candidates.get(item, {}).items()] or [(item, 0.0)]
+            options = list(emissions.get(item, {}).items()) or [(item, 0.0)]
             beams = sorted(((score + emission + math.log(model.probability(history[1 - order:], ids.get(c, -1))),
                              history + [ids.get(c, -1)], text + c)
                             for score, history, text in beams for c, emission in options), key=lambda b: -b[0])[:beam]
@@ -151,9 +152,9 @@ def run(quick, previous=None):
     tagger_output, tagger_record = _run_tagger(quick, samples)
     tagger = tagger_predictions(tagger_output, test["source"])
     candidates = pinyin_candidates(task["train"])
-    lm = {1: [], BEAM: []}
+    lm, corpus = {1: [], BEAM: []}, _write_lm_corpus(quick, task["train"]["target"])
     for seed in LM_SEEDS[:1] if quick else LM_SEEDS:
-        lm_output, lm_record = _run_pinyin_lm(quick, task["train"]["target"], seed)
+        lm_output, lm_record = _run_pinyin_lm(quick, corpus, seed)
         for beams in (1, BEAM):
             written, seconds = lm_predictions(lm_output, test["source"], candidates, beams)
             lm[beams].append({**scores(written), **lm_record, "decode_s": seconds})

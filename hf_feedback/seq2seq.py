@@ -159,6 +159,17 @@ def pinyin_candidates(train) -> dict[str, Counter]:
     return counts
 
 
+def pinyin_emissions(candidates) -> dict[str, dict[str, float]]:
+    """log P(item | character) for each item of `pinyin_candidates` and each character it stood for: a polyphonic
+    character spends part of its probability on its other readings."""
+    import math
+
+    totals = Counter()
+    for characters in candidates.values():
+        totals.update(characters)
+    return {item: {c: math.log(n / totals[c]) for c, n in characters.items()} for item, characters in candidates.items()}
+
+
 def character_corpus(texts) -> list[str]:
     """Texts with a space between every two characters, so that a WordPiece tokenizer trained on them (or reading
     them) gives one token per character, digits and Latin letters included: the language model of the pinyin task
@@ -177,21 +188,15 @@ class PinyinConstraint(LogitsProcessor):
     work; the processor needs the prompt length (the tokens before the first character, e.g. 1 for [CLS])."""
 
     def __init__(self, sources, candidates, tokenizer, prompt_length=1, num_beams=1):
-        import math
-
         import torch
 
         self.prompt_length, self.num_beams, self.eos = prompt_length, num_beams, tokenizer.sep_token_id
-        character_totals = Counter()
-        for characters in candidates.values():
-            character_totals.update(characters)
-        vocab = tokenizer.get_vocab()
+        emissions, vocab = pinyin_emissions(candidates), tokenizer.get_vocab()
         self.allowed = []  # per sentence, per item: (token ids, their log P(item | character))
         for source in sources:
             steps = []
             for item in source.split(" "):
-                options = [(vocab[c], math.log(n / character_totals[c])) for c, n in candidates.get(item, {}).items()
-                           if c in vocab]
+                options = [(vocab[c], log_p) for c, log_p in emissions.get(item, {}).items() if c in vocab]
                 if not options:
                     options = [(vocab.get(item, tokenizer.unk_token_id), 0.0)]
                 ids, bias = zip(*options)
@@ -271,5 +276,5 @@ def continuations(model, tokenizer, text, seed, prompt_tokens=4, new_tokens=40):
 
 
 __all__ = ["CARD_DECODING", "PinyinConstraint", "REPETITION_PENALTY", "build_generation_metrics", "character_corpus",
-           "continuations", "pinyin_candidates", "write_from_pinyin", "decode_generated", "detokenize", "generate_texts", "load_pinyin_task", "load_seq2seq_files",
+           "continuations", "pinyin_candidates", "pinyin_emissions", "write_from_pinyin", "decode_generated", "detokenize", "generate_texts", "load_pinyin_task", "load_seq2seq_files",
            "most_frequent_character_baseline", "pinyin_of", "tokenize_pairs"]
