@@ -17,6 +17,15 @@ PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label
 # RoPE as published, and the scaling types transformers' common tests exercise (computed by its ROPE_INIT_FUNCTIONS).
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn")
 assert set(ROPE_TYPES[1:]) <= set(ROPE_INIT_FUNCTIONS)
+DEFAULT_ROPE_THETA = 10000.0  # RoFormer's base; sinusoidal positions always use it (Vaswani et al.)
+
+
+def _default_rope(key, value) -> bool:
+    """Whether a RoPE setting (`rope_parameters`, a legacy `rope_theta` or `rope_scaling`) says nothing but the
+    default: what every config saved before rope parameters were kept to rotary positions carries."""
+    if key == "rope_theta":
+        return value == DEFAULT_ROPE_THETA
+    return value is None or value == {"rope_type": "default", "rope_theta": DEFAULT_ROPE_THETA}
 
 # Every Auto class a checkpoint can be opened with, whichever head saved it. transformers itself only records
 # the class that was saved, so a classifier folder could not be opened with AutoModel on a machine without
@@ -76,10 +85,13 @@ class FeedbackConfig(PretrainedConfig):
             (RoPE, rotates queries and keys inside attention). Without `position_ids`, positions count from
             each sequence's first real token, so left padding does not shift them.
         rope_parameters (`dict`, defaults to `{"rope_type": "default", "rope_theta": 10000.0}`): transformers'
-            v5 RoPE parameters. `rope_theta` is the base of the rotary / sinusoidal frequencies; `rope_type` is
-            `"default"` or, for rotary positions only, one of transformers' scaling types `"linear"`, `"dynamic"`
-            or `"yarn"` with their keys (`factor`, ...). A config saved with a top-level `rope_theta` (before
-            rope_parameters) loads into `{"rope_type": "default", "rope_theta": <its value>}`.
+            v5 RoPE parameters, carried by a config with rotary positions only (transformers takes a config that
+            has them for a RoPE model). `rope_theta` is the base of the rotary frequencies; `rope_type` is
+            `"default"` or one of transformers' scaling types `"linear"`, `"dynamic"` or `"yarn"` with their keys
+            (`factor`, ...). A config saved with a top-level `rope_theta` (before rope_parameters) loads into
+            `{"rope_type": "default", "rope_theta": <its value>}`. Sinusoidal positions use Vaswani et al.'s base
+            of 10000; a config of learned or sinusoidal positions refuses any other RoPE setting (a saved one that
+            carries the default loads, dropping it).
         pooling (`str`, defaults to `"mean"`): sentence vector for the pooler: the mean over real tokens
             (`"mean"`, padding excluded), their element-wise maximum (`"max"`, padding excluded: max-over-time
             pooling, which keeps the strongest evidence of a long text instead of averaging it away) or the first
@@ -152,7 +164,6 @@ class FeedbackConfig(PretrainedConfig):
     classifier_dropout: float | None = None
     norm_position: str = "post"
     position_embedding_type: str = "absolute"
-    rope_parameters: dict | None = None
     pooling: str = "mean"
     tie_word_embeddings: bool = True
     sparse_prediction: bool = False
@@ -170,8 +181,15 @@ class FeedbackConfig(PretrainedConfig):
     def __post_init__(self, **kwargs):
         if isinstance(self.ngram_sizes, tuple):
             self.ngram_sizes = list(self.ngram_sizes)  # as config.json gives it back
+        rope = {key: kwargs.pop(key) for key in ("rope_parameters", "rope_theta", "rope_scaling") if key in kwargs}
+        if self.position_embedding_type == "rotary":
+            self.rope_parameters = rope.pop("rope_parameters", None)
+            kwargs.update(rope)  # transformers turns a legacy rope_theta / rope_scaling into rope_parameters
+        elif any(not _default_rope(key, value) for key, value in rope.items()):
+            raise ValueError(f"FeedbackConfig: {rope} set rotary positions, but position_embedding_type is "
+                             f"{self.position_embedding_type!r}; RoPE settings need position_embedding_type='rotary'")
         self._validate()
-        super().__post_init__(**kwargs)  # also fills rope_parameters, from a legacy rope_theta if there is one
+        super().__post_init__(**kwargs)  # also fills rope_parameters (rotary only), from a legacy rope_theta
         self._validate_rope()
         if getattr(self, "auto_map", None) is None:
             self.auto_map = dict(self._default_auto_map)
@@ -181,16 +199,26 @@ class FeedbackConfig(PretrainedConfig):
         # arguments one by one on the loaded config, and users assign fields. Check every such change with the same
         # rules as construction, and undo a rejected one so the config stays valid. (A loaded config that must
         # change several linked fields at once, e.g. hidden_size and num_attention_heads, is built anew instead.)
-        if name not in self.__dataclass_fields__ or not getattr(self, "_post_init_done", False):
+        checked = name in self.__dataclass_fields__ or name == "rope_parameters"
+        if not checked or not getattr(self, "_post_init_done", False):
             super().__setattr__(name, value)
             return
-        previous = getattr(self, name)
+        previous, previous_rope = getattr(self, name, None), self.__dict__.get("rope_parameters")
         super().__setattr__(name, value)
+        if name == "position_embedding_type":
+            # Rotary positions bring their RoPE parameters; others drop the default ones (other ones are refused).
+            if value == "rotary" and previous_rope is None:
+                self.__dict__["rope_parameters"] = {"rope_type": "default", "rope_theta": DEFAULT_ROPE_THETA}
+            elif value != "rotary" and _default_rope("rope_parameters", previous_rope):
+                self.__dict__.pop("rope_parameters", None)
         try:
             self._validate()
             self._validate_rope()
         except ValueError:
             super().__setattr__(name, previous)
+            self.__dict__.pop("rope_parameters", None)
+            if previous_rope is not None:
+                self.__dict__["rope_parameters"] = previous_rope
             raise
 
     def _validate(self):
@@ -264,6 +292,11 @@ class FeedbackConfig(PretrainedConfig):
                 )
 
     def _validate_rope(self):
+        if self.position_embedding_type != "rotary":
+            if "rope_parameters" in self.__dict__:
+                raise ValueError(f"FeedbackConfig.rope_parameters set rotary positions, but position_embedding_type "
+                                 f"is {self.position_embedding_type!r}; set position_embedding_type='rotary' first")
+            return
         rope = self.rope_parameters
         if not isinstance(rope, dict) or rope.get("rope_type") not in ROPE_TYPES:
             raise ValueError(f"FeedbackConfig.rope_parameters must be a dict whose rope_type is one of "
@@ -271,9 +304,6 @@ class FeedbackConfig(PretrainedConfig):
         theta = rope.get("rope_theta")
         if isinstance(theta, bool) or not isinstance(theta, Real) or theta < 1:
             raise ValueError(f"FeedbackConfig.rope_parameters['rope_theta'] must be a number >= 1, got {theta!r}")
-        if rope["rope_type"] != "default" and self.position_embedding_type != "rotary":
-            raise ValueError(f"FeedbackConfig.rope_parameters: rope_type {rope['rope_type']!r} scales rotary "
-                             f"positions only; position_embedding_type is {self.position_embedding_type!r}")
         if rope.get("partial_rotary_factor", 1.0) != 1.0:
             raise ValueError("FeedbackConfig.rope_parameters: partial_rotary_factor must be 1.0 (every head "
                              "dimension rotates)")

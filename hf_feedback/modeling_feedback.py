@@ -270,8 +270,9 @@ def _inverse_frequencies(dim, theta, device):
     return 1.0 / (theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
 
 
-def sinusoidal_position_embeddings(position_ids, dim, theta):
-    """Fixed sin/cos embeddings: PE[p, 2i] = sin(p / theta^(2i/dim)), PE[p, 2i+1] = cos(same)."""
+def sinusoidal_position_embeddings(position_ids, dim, theta=10000.0):
+    """Fixed sin/cos embeddings: PE[p, 2i] = sin(p / theta^(2i/dim)), PE[p, 2i+1] = cos(same); Vaswani et al.'s
+    base of 10000."""
     angles = position_ids.float()[..., None] * _inverse_frequencies(dim, theta, position_ids.device)  # (B, T, dim/2)
     return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (B, T, dim), interleaved
 
@@ -395,8 +396,7 @@ class FeedbackEmbeddings(nn.Module):
         if self.position_embeddings is not None:
             embeddings = embeddings + self.position_embeddings(position_ids)
         elif self.config.position_embedding_type == "sinusoidal":
-            theta = self.config.rope_parameters["rope_theta"]
-            pe = sinusoidal_position_embeddings(position_ids, self.config.hidden_size, theta)
+            pe = sinusoidal_position_embeddings(position_ids, self.config.hidden_size)
             embeddings = embeddings + pe.to(embeddings.dtype)
         if self.token_type_embeddings is not None:
             embeddings = embeddings + self.token_type_embeddings(token_type_ids)
@@ -1264,11 +1264,19 @@ def generator_config(config):
     feed-forward), as deep, predicting only the masked tokens."""
     heads = max(1, round(config.num_attention_heads * config.generator_size))
     head_size = max(2, round(config.hidden_size * config.generator_size / heads) // 2 * 2)  # even, for rotary
-    return FeedbackConfig(**{
+    small = FeedbackConfig(**{
         **config.to_diff_dict(), "hidden_size": heads * head_size, "num_attention_heads": heads,
         "intermediate_size": max(1, round(config.intermediate_size * config.generator_size)),
         "ngram_vocab_size": 0, "sparse_prediction": True, "auto_map": None, "architectures": None,
     })
+    small._attn_implementation = config._attn_implementation  # attends as the discriminator was asked to
+    return small
+
+
+class FeedbackElectraGenerator(FeedbackModel):
+    """The generator inside [`FeedbackForPreTraining`]: a [`FeedbackModel`] (its weights are one's), named apart so
+    that the discriminator, `feedback`, is the head's one base model (the part a base checkpoint loads into and
+    fine-tuning starts from)."""
 
 
 class FeedbackForPreTraining(FeedbackPreTrainedModel):
@@ -1295,7 +1303,7 @@ class FeedbackForPreTraining(FeedbackPreTrainedModel):
         self.discriminator_dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.discriminator_prediction = nn.Linear(config.hidden_size, 1)
         small = generator_config(config)
-        self.generator = FeedbackModel(small, add_pooling_layer=False)
+        self.generator = FeedbackElectraGenerator(small, add_pooling_layer=False)
         self.generator_lm_head = FeedbackLMHead(small)
         self.post_init()
 
@@ -1306,8 +1314,10 @@ class FeedbackForPreTraining(FeedbackPreTrainedModel):
         self.generator_lm_head.decoder = new_embeddings
 
     def resize_token_embeddings(self, *args, **kwargs):
-        raise NotImplementedError("FeedbackForPreTraining holds two vocabularies (generator and discriminator); "
-                                  "train it with the tokenizer it was made for")
+        # Both networks read one vocabulary: the generator's table (its LM head is tied to it) follows the
+        # discriminator's, which Trainer and transformers resize through get_input_embeddings.
+        self.generator.resize_token_embeddings(*args, **kwargs)
+        return super().resize_token_embeddings(*args, **kwargs)
 
     def forward(
         self,
@@ -1334,7 +1344,11 @@ class FeedbackForPreTraining(FeedbackPreTrainedModel):
             generator_logits = self.generator_lm_head(hidden[masked])  # (num_masked, V)
             generator_loss = CrossEntropyLoss()(generator_logits.float(), labels[masked])
             with torch.no_grad():  # Gumbel-max: one sample of the generator's distribution at each masked token
-                uniform = torch.rand_like(generator_logits, dtype=torch.float32).clamp_(1e-9, 1 - 1e-9)
+                # In evaluation the noise comes from a fixed seed: the same batch gets the same samples, so a
+                # checkpoint's evaluation loss is reproducible and checkpoints compare on equal terms.
+                seeded = None if self.training else torch.Generator(generator_logits.device).manual_seed(0)
+                uniform = torch.rand(generator_logits.shape, generator=seeded, device=generator_logits.device)
+                uniform = uniform.clamp_(1e-9, 1 - 1e-9)
                 sampled = (generator_logits.float() - torch.log(-torch.log(uniform))).argmax(-1)
             input_ids = input_ids.masked_scatter(masked, sampled)  # (B, T): the corrupted text
             original = torch.where(masked, labels, input_ids)
@@ -1388,10 +1402,12 @@ class FeedbackForCausalLM(_FeedbackWithLMHead, GenerationMixin):
     ):
         r"""
         labels (B, T): the ids to predict, the inputs themselves (shifted inside: position t predicts t + 1); -100
-            is ignored. logits_to_keep: compute logits for the last this many positions only (0: all), as
-            `generate()` asks for 1.
+            is ignored. `shift_labels` (B, T) in `loss_kwargs`: targets already aligned with the positions (what
+            sequence- and context-parallel training hands over, shifted before the sequence was cut); the loss then
+            reads them instead of shifting `labels`. logits_to_keep: compute logits for the last this many
+            positions only (0: all), as `generate()` asks for 1.
         """
-        packing = _packing_arguments(self, loss_kwargs, loss_arguments=("num_items_in_batch",))  # (refused below)
+        packing = _packing_arguments(self, loss_kwargs, loss_arguments=("num_items_in_batch", "shift_labels"))
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.feedback(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
@@ -1405,8 +1421,8 @@ class FeedbackForCausalLM(_FeedbackWithLMHead, GenerationMixin):
         logits = self.lm_head(hidden_states)  # (B, T, V)
         loss = None
         if labels is not None:
-            self._check_labels(labels, self.config.vocab_size)
-            # transformers' causal-LM loss: shifts the labels, ignores -100, and divides by Trainer's
+            self._check_labels(loss_kwargs.get("shift_labels", labels), self.config.vocab_size)
+            # transformers' causal-LM loss: shifts the labels (unless given shift_labels), ignores -100, and divides by Trainer's
             # num_items_in_batch (the token count of the whole accumulated batch) when given.
             loss = self.loss_function(logits=logits.float(), labels=labels, vocab_size=self.config.vocab_size,
                                       **loss_kwargs)
@@ -1438,7 +1454,19 @@ def shift_tokens_right(labels, pad_token_id, decoder_start_token_id):
     return shifted.masked_fill(shifted == -100, pad_token_id)
 
 
-class FeedbackSeq2SeqModel(FeedbackPreTrainedModel):
+class _FeedbackSeq2SeqPreTrainedModel(FeedbackPreTrainedModel):
+    """What the encoder-decoder's classes share: each half keeps a copy of the configuration (`_half_config`), so a
+    change of vocabulary reaches both copies (their input checks read it)."""
+
+    def resize_token_embeddings(self, *args, **kwargs):
+        embeddings = super().resize_token_embeddings(*args, **kwargs)
+        for module in self.modules():
+            if isinstance(module, FeedbackModel):
+                module.config.vocab_size = self.config.vocab_size
+        return embeddings
+
+
+class FeedbackSeq2SeqModel(_FeedbackSeq2SeqPreTrainedModel):
     """The encoder and the decoder (`config.is_decoder` and `add_cross_attention` set on its half), sharing the word
     embeddings; returns the decoder's last hidden states beside the encoder's (`Seq2SeqModelOutput`)."""
 
@@ -1502,7 +1530,7 @@ class FeedbackSeq2SeqModel(FeedbackPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class FeedbackForConditionalGeneration(FeedbackPreTrainedModel, GenerationMixin):
+class FeedbackForConditionalGeneration(_FeedbackSeq2SeqPreTrainedModel, GenerationMixin):
     """Sequence to sequence (translation, transliteration, summarisation): the encoder reads the source, the decoder
     writes the target token by token, attending to what it wrote (causally, with a cache) and to the source; the
     LM head, tied to the shared embeddings, gives each next token's distribution. `labels` (B, T) are the target

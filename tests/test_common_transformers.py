@@ -6,8 +6,10 @@ repository. Without network on the first run these tests fail with a message say
 The transformers test files import `parameterized` (installed by .ci/run).
 
 `FeedbackModelTester` is modelled on BERT's tester (tests/models/bert/test_modeling_bert.py in transformers' git
-repository; the sdist does not ship it). All four heads run on the default configuration; the architectural
-switches run on the base model, where they act: rotary, pre-norm, swiglu and cls pooling together, sinusoidal alone.
+repository; the sdist does not ship it). Every head runs on the default configuration (the four encoder heads and
+ELECTRA's), the causal LM as a decoder, the encoder-decoder (and its bare model) as transformers tests BART; the
+architectural switches run on the base model, where they act: rotary, pre-norm, swiglu and cls pooling together,
+sinusoidal alone.
 
 Run alone: `python -m pytest -q tests/test_common_transformers.py`.
 """
@@ -23,15 +25,21 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+import torch
 import transformers
 from transformers.models.auto import modeling_auto
 
 from hf_feedback import (
     FeedbackConfig,
+    FeedbackForCausalLM,
+    FeedbackForConditionalGeneration,
     FeedbackForMaskedLM,
+    FeedbackForPreTraining,
     FeedbackForSequenceClassification,
     FeedbackForTokenClassification,
     FeedbackModel,
+    FeedbackSeq2SeqConfig,
+    FeedbackSeq2SeqModel,
 )
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -161,29 +169,33 @@ class FeedbackModelTester:
 # What transformers' own name tables would hold if hf_feedback were part of it: the mixin picks base models,
 # label shapes and heads by these names, and skips what it cannot place.
 _AS_IF_IN_TRANSFORMERS = [
-    (modeling_auto.MODEL_MAPPING_NAMES, "FeedbackModel"),
-    (modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES, "FeedbackForSequenceClassification"),
-    (modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES, "FeedbackForMaskedLM"),
-    (modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES, "FeedbackForTokenClassification"),
+    (modeling_auto.MODEL_MAPPING_NAMES, {"feedback": "FeedbackModel", "feedback_seq2seq": "FeedbackSeq2SeqModel"}),
+    (modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES, {"feedback": "FeedbackForSequenceClassification"}),
+    (modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES, {"feedback": "FeedbackForMaskedLM"}),
+    (modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES, {"feedback": "FeedbackForTokenClassification"}),
+    (modeling_auto.MODEL_FOR_PRETRAINING_MAPPING_NAMES, {"feedback": "FeedbackForPreTraining"}),
+    (modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, {"feedback": "FeedbackForCausalLM"}),
+    (modeling_auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES, {"feedback_seq2seq": "FeedbackForConditionalGeneration"}),
 ]
 
 
 # Skips, each reported by pytest -rs with transformers' own reason (about 200 of some 530 tests):
 # - hardware or libraries absent from a CPU machine: accelerator, several accelerators, MPS, Flash Attention 2/3/4,
 #   the kernels library, deepspeed; they run where those exist.
-# - features an encoder of this shape does not have, so there is nothing to test: sub-configs and composite models,
-#   decoder and seq2seq heads, a KV cache, sliding-window masks, experts / router logits / grouped_mm, a tensor-
-#   parallel plan, axial or partial RoPE, _keep_in_fp32_modules, weight renamings for legacy checkpoints ("No
+# - features a class of this shape does not have, so there is nothing to test: sub-configs and composite models,
+#   a decoder head on an encoder (and the reverse), sliding-window masks, experts / router logits / grouped_mm, a
+#   tensor-parallel plan, axial or partial RoPE, _keep_in_fp32_modules, weight renamings for legacy checkpoints ("No
 #   conversion found"), transformers' output recorders (capture_outputs: the model returns its hidden states and
-#   attentions itself), resizing position embeddings (not offered).
+#   attentions itself), resizing position embeddings (not offered), RoPE scaling where positions are not rotary
+#   (those configs carry no rope_parameters, which is how transformers tells).
 # - tests marked slow: they run with RUN_SLOW=1.
-# - RoPE scaling on classes without rotary positions (see setUp).
+# - generate(): transformers' generation tests are not in its sdist (see FeedbackCausalLMTest).
 # transformers' export tests (tests/exporters, not in the sdist) are not run; tests/test_modeling.py exports the model.
 class FeedbackModelTest(ModelTesterMixin, unittest.TestCase):
     """Every head on the default configuration."""
 
     all_model_classes = (FeedbackModel, FeedbackForSequenceClassification, FeedbackForMaskedLM,
-                         FeedbackForTokenClassification)
+                         FeedbackForTokenClassification, FeedbackForPreTraining)
     config_overrides = {}
     # _init_weights covers every weight; transformers checks this only for models it added from 2023 on.
     test_can_init_all_missing_weights_before_2023 = True
@@ -191,7 +203,7 @@ class FeedbackModelTest(ModelTesterMixin, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        patches = [mock.patch.dict(names, {"feedback": name}) for names, name in _AS_IF_IN_TRANSFORMERS]
+        patches = [mock.patch.dict(names, ours) for names, ours in _AS_IF_IN_TRANSFORMERS]
         for patch in patches:
             patch.start()
             cls.addClassCleanup(patch.stop)
@@ -202,13 +214,19 @@ class FeedbackModelTest(ModelTesterMixin, unittest.TestCase):
         self.model_tester = FeedbackModelTester(self, **self.config_overrides)
         # BERT's tester uses hidden_size=37 here, which FeedbackConfig rejects (not divisible by the 8 heads).
         self.config_tester = ConfigTester(self, config_class=FeedbackConfig, hidden_size=48)
-        if (self._testMethodName.startswith("test_model_rope_scaling")
-                and self.config_overrides.get("position_embedding_type") != "rotary"):
-            self.skipTest("RoPE scaling acts on rotary positions only (FeedbackConfig refuses it for other position "
-                          "types); FeedbackRotaryPreNormSwigluClsTest runs these tests")
 
     def test_config(self):
         self.config_tester.run_common_tests()
+
+    def _prepare_for_class(self, inputs_dict, model_class, return_labels=False):
+        inputs = super()._prepare_for_class(inputs_dict, model_class, return_labels)
+        if return_labels and model_class is FeedbackForPreTraining:
+            # ELECTRA trains from a masked-LM batch (transformers' ELECTRA tester builds its head's labels too): the
+            # original ids at the masked positions (here every third), -100 elsewhere.
+            labels = torch.full_like(inputs["input_ids"], -100)
+            labels[:, ::3] = inputs["input_ids"][:, ::3]
+            inputs["labels"] = labels
+        return inputs
 
 
 class FeedbackRotaryPreNormSwigluClsTest(FeedbackModelTest):
@@ -224,6 +242,49 @@ class FeedbackSinusoidalTest(FeedbackModelTest):
 
     all_model_classes = (FeedbackModel,)
     config_overrides = {"position_embedding_type": "sinusoidal"}
+
+
+class FeedbackCausalLMTest(FeedbackModelTest):
+    """The decoder: causal attention with a KV cache, the LM head tied to the embeddings."""
+
+    all_model_classes = (FeedbackForCausalLM,)
+    config_overrides = {"is_decoder": True}
+    # transformers' generate() tests (tests/generation/test_utils.py) are not in its sdist, so no class here inherits
+    # GenerationTesterMixin, and transformers asks such testers to list no generative classes. Our generate() paths
+    # (greedy, sampling, beam search, repetition controls, dynamic and static caches, left padding) are compared
+    # with uncached forwards in tests/test_modeling.py and tests/test_seq2seq.py.
+    all_generative_model_classes = ()
+
+
+class FeedbackSeq2SeqModelTester(FeedbackModelTester):
+    """The encoder-decoder: a source and a target of 7 tokens each (as BART's tester), padded at random on both sides."""
+
+    def __init__(self, parent, decoder_seq_length=7, **kwargs):
+        super().__init__(parent, **kwargs)
+        self.decoder_seq_length = decoder_seq_length
+        self.encoder_seq_length = self.seq_length
+
+    def get_config(self):
+        return FeedbackSeq2SeqConfig(**self.config_kwargs, decoder_start_token_id=1)
+
+    def prepare_config_and_inputs_for_common(self):
+        config, inputs = super().prepare_config_and_inputs_for_common()
+        target = [self.batch_size, self.decoder_seq_length]
+        return config, {**inputs, "decoder_input_ids": ids_tensor(target, self.vocab_size),
+                        "decoder_attention_mask": random_attention_mask(target)}
+
+
+class FeedbackSeq2SeqTest(FeedbackModelTest):
+    """The encoder-decoder and its bare model, as transformers tests BART."""
+
+    all_model_classes = (FeedbackSeq2SeqModel, FeedbackForConditionalGeneration)
+    all_generative_model_classes = ()  # as for the causal LM above
+    is_encoder_decoder = True
+
+    def setUp(self):
+        super().setUp()
+        self.model_tester = FeedbackSeq2SeqModelTester(self)
+        self.config_tester = ConfigTester(self, config_class=FeedbackSeq2SeqConfig, hidden_size=48)
 
 
 def test_without_pypi_the_fetch_fails_saying_why(tmp_path, monkeypatch):

@@ -172,10 +172,13 @@ def test_resizing_the_vocabulary_keeps_each_kept_tokens_characters(tiny_config):
         (dict(eos_token_id=-1), "eos_token_id"),
         (dict(hidden_size=36, num_attention_heads=12, position_embedding_type="rotary"), "rotary"),
         (dict(problem_type="ranking"), "problem_type"),
-        (dict(rope_parameters={"rope_type": "llama3", "factor": 8.0}), r"rope_type is one of \['default', 'linear'"),
-        (dict(rope_parameters={"rope_type": "linear", "factor": 2.0}), "scales rotary positions only"),
+        (dict(rope_parameters={"rope_type": "llama3", "factor": 8.0}, position_embedding_type="rotary"),
+         r"rope_type is one of \['default', 'linear'"),
+        (dict(rope_parameters={"rope_type": "linear", "factor": 2.0}), "need position_embedding_type='rotary'"),
+        (dict(rope_theta=500.0, position_embedding_type="sinusoidal"), "need position_embedding_type='rotary'"),
         (dict(rope_parameters={"rope_type": "linear"}, position_embedding_type="rotary"), "factor"),
-        (dict(rope_parameters={"rope_type": "default", "rope_theta": 0.5}), "rope_theta"),
+        (dict(rope_parameters={"rope_type": "default", "rope_theta": 0.5}, position_embedding_type="rotary"),
+         "rope_theta"),
         (dict(ngram_vocab_size=-1), "ngram_vocab_size"),
         (dict(generator_size=0), "generator_size"),
         (dict(generator_size=1.5), "generator_size"),
@@ -332,6 +335,34 @@ def test_config_saved_with_a_top_level_rope_theta_loads_into_rope_parameters(tin
                                            for c in (loaded, config, tiny_config(**rotary)))
     torch.testing.assert_close(loaded_out, config_out)
     assert not torch.allclose(loaded_out, default_out, atol=1e-3)  # the default theta, 10000, differs: theta is read
+
+
+@pytest.mark.parametrize("kind", ["absolute", "sinusoidal"])
+def test_only_rotary_configs_carry_rope_parameters(kind, tiny_config, batch, tmp_path):
+    # transformers takes a config with rope_parameters for a RoPE model (its common RoPE-scaling tests then build
+    # scaled variants of it): learned and sinusoidal positions carry none, and drop the default a folder saved
+    # before this rule holds.
+    config = tiny_config(position_embedding_type=kind)
+    assert not hasattr(config, "rope_parameters") and "rope" not in config.to_json_string()
+    saved = {**config.to_dict(), "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert not hasattr(loaded, "rope_parameters")
+    torch.testing.assert_close(build(FeedbackModel, loaded)(*batch).last_hidden_state,
+                               build(FeedbackModel, config)(*batch).last_hidden_state)
+    # Switching to rotary positions brings the default parameters; switching back drops them again.
+    config.position_embedding_type = "rotary"
+    assert config.rope_parameters == {"rope_type": "default", "rope_theta": 10000.0}
+    config.rope_parameters = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    with pytest.raises(ValueError, match="set position_embedding_type='rotary' first"):
+        config.position_embedding_type = kind  # a scaling that would be dropped silently
+    assert config.position_embedding_type == "rotary" and config.rope_parameters["factor"] == 2.0
+    config.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
+    config.position_embedding_type = kind
+    assert not hasattr(config, "rope_parameters")
+    with pytest.raises(ValueError, match="set position_embedding_type='rotary' first"):
+        config.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
+    assert not hasattr(config, "rope_parameters")
 
 
 @pytest.mark.parametrize("kind", ["rotary", "sinusoidal"])
@@ -706,10 +737,11 @@ def test_replaced_token_detection_loss_is_generator_mlm_plus_weighted_discrimina
     torch.testing.assert_close(out.generator_loss, F.cross_entropy(model.generator_lm_head(hidden[masked]),
                                                                    labels[masked]))
     # The discriminator saw the corrupted text: the masked positions filled with Gumbel-max samples of the generator
-    # (drawn again here from the same random state).
-    torch.manual_seed(3)
+    # (drawn again here: an evaluating model draws them from seed 0).
+    assert not model.training
     generator_logits = model.generator_lm_head(hidden[masked])
-    noise = -torch.log(-torch.log(torch.rand_like(generator_logits).clamp(1e-9, 1 - 1e-9)))
+    uniform = torch.rand(generator_logits.shape, generator=torch.Generator().manual_seed(0))
+    noise = -torch.log(-torch.log(uniform.clamp(1e-9, 1 - 1e-9)))
     corrupted = input_ids.masked_scatter(masked, (generator_logits + noise).argmax(-1))
     assert torch.equal(out.replaced, corrupted != torch.where(masked, labels, input_ids))
     torch.testing.assert_close(out.logits, model(corrupted, attention_mask).logits)
@@ -733,6 +765,20 @@ def test_generator_learns_from_its_own_loss_only(tiny_config, batch):
     want, = torch.autograd.grad(model.config.discriminator_loss_weight * out.discriminator_loss,
                                 [model.feedback.embeddings.word_embeddings.weight])
     torch.testing.assert_close(encoder_grad, want)
+
+
+def test_electra_evaluates_reproducibly_and_trains_on_fresh_samples(tiny_config, batch):
+    # Evaluation draws the generator's samples from a fixed seed (a checkpoint's evaluation loss does not move from
+    # one evaluation to the next); training draws new ones at every step. Without dropout, the discriminator's
+    # logits differ only where the samples (its input) do.
+    model = build(FeedbackForPreTraining, tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    input_ids, attention_mask, labels = _masked_lm_batch(batch)
+    with torch.no_grad():
+        first, second = (model.eval()(input_ids, attention_mask, labels=labels) for _ in range(2))
+        trained = [model.train()(input_ids, attention_mask, labels=labels).logits for _ in range(2)]
+    torch.testing.assert_close(first.loss, second.loss, rtol=0, atol=0)
+    torch.testing.assert_close(first.logits, second.logits, rtol=0, atol=0)
+    assert not torch.allclose(trained[0], trained[1])
 
 
 def test_pretraining_checkpoint_fine_tunes_from_its_encoder(tiny_config, tmp_path):
