@@ -127,9 +127,9 @@ def _throughput_cells(size, config, batches, precisions, sizes, device):
 # The default job: a step's wall time against its compute time
 # ----------------------------------------------------------------------------------------------------------------
 def _default_job(sizes, device, precisions, quick):
-    """recipes/finetune.py's default job built as it builds it (ClassifierModelArguments' defaults, its tokenizer
+    """recipes/finetune.py's default job built as it builds it (NewModelArguments' defaults, its tokenizer
     kind and size, load_model's new model), timed per precision on batches of its own size."""
-    model_args = finetune.ClassifierModelArguments(**(QUICK_JOB_ARGUMENTS if quick else {}))
+    model_args = finetune.NewModelArguments(**(QUICK_JOB_ARGUMENTS if quick else {}))
     max_seq_length = finetune.DataArguments().max_seq_length
     raw = load_sentiment_reviews()
     texts = all_texts(raw["train"])[:QUICK_JOB_TEXTS if quick else None]

@@ -74,6 +74,28 @@ class FineTuningModelArguments(ModelArguments):
                 "otherwise and with --use_lora."})
 
 
+EMBEDDING_INITS = ("cooccurrence", "random")
+
+
+@dataclass
+class NewModelArguments(FineTuningModelArguments):
+    """Model arguments of the recipes whose new model starts its token embeddings from the training texts
+    (finetune.py, token_classification.py; see `start_token_embeddings`)."""
+
+    embedding_init: str | None = field(default=None, metadata={
+        "help": "How a new model's token embeddings start: 'cooccurrence' (the default; how tokens co-occur in the "
+                "training texts, factorised: PPMI-SVD, seconds) or 'random' (BERT's normal(0, 0.02)). A checkpoint "
+                "(--model_name_or_path) brings its own."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.embedding_init is not None:
+            check_choice(self, "embedding_init", EMBEDDING_INITS)
+            if self.model_name_or_path is not None:
+                raise RecipeError(f"--embedding_init {self.embedding_init} sets how a new model's embeddings start; "
+                                  f"--model_name_or_path {self.model_name_or_path} brings its own")
+
+
 class RecipeError(BadInput):
     """Bad input found by a recipe's own checks, before any work started."""
 
@@ -718,6 +740,21 @@ def init_embeddings_from_cooccurrence(model, tokenizer, texts, window: int = 5) 
         scale = embeddings.norm(dim=1).mean()
         embeddings[chosen] = (vectors[chosen] / norms[chosen, None] * scale).to(embeddings.dtype)
     return int(chosen.sum())
+
+
+def start_token_embeddings(model_args, model, tokenizer, texts, training_args):
+    """A new model's token embeddings start from their co-occurrences in `texts` (`init_embeddings_from_cooccurrence`)
+    unless --embedding_init random; a checkpoint's stay, and a resumed run loads the checkpoint's weights over them
+    anyway, so it skips the work. Says what it did."""
+    if (model_args.model_name_or_path is not None or model_args.embedding_init == "random"
+            or training_args.resume_from_checkpoint is not None):
+        return
+    start = time.perf_counter()
+    rows = init_embeddings_from_cooccurrence(model, tokenizer, texts)
+    if training_args.process_index == 0:
+        print(f"token embeddings: {rows} of {model.config.vocab_size} start from their co-occurrences in the "
+              f"{len(texts)} training texts ({time.perf_counter() - start:.1f} s; --embedding_init random "
+              "for random ones)", flush=True)
 
 
 def trim_checkpoint_vocabulary(model_args, model, tokenizer, texts, training_args, lora=False):

@@ -12,7 +12,6 @@ The run: parse -> data -> tokenizer -> model (+ LoRA) -> Trainer -> train -> eva
 """
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from hf_feedback.metrics import PROBLEM_TYPES, build_compute_metrics
 from hf_feedback.model_card import write_model_card
 from hf_feedback.plots import plot_confusion_matrix, plot_regression, plot_training_curves
 from hf_feedback.recipe_utils import (
-    FineTuningModelArguments,
+    NewModelArguments,
     RecipeError,
     bad_input_exits,
     begin_run,
@@ -51,7 +50,6 @@ from hf_feedback.recipe_utils import (
     check_text_classifier,
     check_vocabulary,
     claim_run,
-    init_embeddings_from_cooccurrence,
     load_or_train_tokenizer,
     new_model,
     parse_args,
@@ -60,6 +58,7 @@ from hf_feedback.recipe_utils import (
     release_output_dir,
     sample_splits,
     settle_evaluation,
+    start_token_embeddings,
     train_and_evaluate,
     training_collator,
     trim_checkpoint_vocabulary,
@@ -108,25 +107,6 @@ class DataArguments:
         if self.early_stopping_patience < 0:
             raise RecipeError(f"--early_stopping_patience must be 0 (off) or more, got {self.early_stopping_patience}")
         check_data_limits(self)
-
-
-EMBEDDING_INITS = ("cooccurrence", "random")
-
-
-@dataclass
-class ClassifierModelArguments(FineTuningModelArguments):
-    embedding_init: str | None = field(default=None, metadata={
-        "help": "How a new model's token embeddings start: 'cooccurrence' (the default; how tokens co-occur in the "
-                "training texts, factorised: PPMI-SVD, seconds) or 'random' (BERT's normal(0, 0.02)). A checkpoint "
-                "(--model_name_or_path) brings its own."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.embedding_init is not None:
-            check_choice(self, "embedding_init", EMBEDDING_INITS)
-            if self.model_name_or_path is not None:
-                raise RecipeError(f"--embedding_init {self.embedding_init} sets how a new model's embeddings start; "
-                                  f"--model_name_or_path {self.model_name_or_path} brings its own")
 
 
 @dataclass
@@ -231,7 +211,7 @@ def save_outputs(trainer, tokenizer, lora_args, output_dir, max_length):
 def main(argv=None):
     with bad_input_exits() as set_up:
         model_args, data_args, lora_args, training_args = parse_args(
-            (ClassifierModelArguments, DataArguments, LoraArguments, TrainingArguments), DEFAULTS, argv
+            (NewModelArguments, DataArguments, LoraArguments, TrainingArguments), DEFAULTS, argv
         )
         output_dir = Path(training_args.output_dir)
         claim_run(set_up, training_args, model_args.overwrite_output_dir)
@@ -291,15 +271,7 @@ def main(argv=None):
         model = load_model(model_args, tokenizer, label_names, data_args.max_seq_length, problem_type)
         model, tokenizer = trim_checkpoint_vocabulary(model_args, model, tokenizer, texts, training_args,
                                                       lora=lora_args.use_lora)
-        # (A resumed run loads the checkpoint's weights over whatever the model starts from.)
-        if (model_args.model_name_or_path is None and model_args.embedding_init != "random"
-                and training_args.resume_from_checkpoint is None):
-            start = time.perf_counter()
-            rows = init_embeddings_from_cooccurrence(model, tokenizer, texts)
-            if training_args.process_index == 0:
-                print(f"token embeddings: {rows} of {model.config.vocab_size} start from their co-occurrences in the "
-                      f"{len(texts)} training texts ({time.perf_counter() - start:.1f} s; --embedding_init random "
-                      "for random ones)", flush=True)
+        start_token_embeddings(model_args, model, tokenizer, texts, training_args)
         if lora_args.use_lora:
             targets = lora_args.lora_target_modules
             model = apply_lora(model, lora_args.lora_r, lora_args.lora_alpha, lora_args.lora_dropout,

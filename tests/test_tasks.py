@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer, pipeline
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer, pipeline
 
 from helpers import load_recipe, losses, tiny_xlmr_checkpoint, xlmr_tokenizer
 
@@ -380,9 +380,15 @@ def test_tags_from_conll_files_train_a_word_level_tagger_scored_by_accuracy(segm
         "--output_dir", str(output_dir), "--train_file", str(tmp_path / "train.conll"), "--test_file",
         str(tmp_path / "test.conll"), "--config_overrides", TINY_MODEL, "--tokenizer_vocab_size", "3000",
         "--max_steps", "40", "--learning_rate", "3e-3", "--disable_tqdm", "true"])
-    assert "no validation split" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "no validation split" in printed
     results = json.loads((output_dir / "test_results.json").read_text())
     assert results["test_accuracy"] > 0.3 and "test_f1" not in results, results  # POS tags mark no chunks
+    # A new tagger is built as finetune.py builds a new classifier: rotary positions, character embeddings (a
+    # piece '希望' adds the mean of '希' and '望'), token embeddings started from the sentences' co-occurrences.
+    config = AutoConfig.from_pretrained(output_dir)
+    assert config.position_embedding_type == "rotary" and config.norm_position == "pre" and config.char_vocab_size > 1
+    assert "start from their co-occurrences in the 800 training texts" in printed
     cli(["predict", str(output_dir), "迈向 充满 希望 的 新 世纪"])
     line = capsys.readouterr().out.strip()
     assert [pair.split("/")[0] for pair in line.split()] == ["迈向", "充满", "希望", "的", "新", "世纪"]
