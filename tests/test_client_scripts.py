@@ -104,15 +104,16 @@ def run_classification(folder, output_dir):
     data = Dataset.from_dict({"sentence": TEXTS, "label": LABELS}).map(preprocess, batched=True)
     trainer, losses = train(model, tokenizer, data, default_data_collator, output_dir, 20, 1e-2)
     predictions = trainer.predict(data.remove_columns("label")).predictions  # --do_predict
-    # The script's trainer.save_model(): the output folder opens as the input did, with its own code.
+    # The script's trainer.save_model() and model card: the output folder opens as the input did, with its own code.
     trainer.save_model()
+    trainer.create_model_card(finetuned_from=str(folder), tasks="text-classification")
     saved = AutoModelForSequenceClassification.from_pretrained(output_dir, trust_remote_code=True).eval()
     with torch.no_grad():
         reloaded = saved(**tokenizer(TEXTS, padding="max_length", max_length=max_seq_length, return_tensors="pt"))
     return {"module": type(model).__module__, "lengths": sorted(set(map(len, data["input_ids"]))), "losses": losses,
             "shape": predictions.shape, "predicted": predictions.argmax(-1).tolist(),
             "labels": [label_to_id[label] for label in LABELS], "id2label": saved.config.id2label,
-            "saved_files": sorted(path.name for path in Path(output_dir).glob("*.py")),
+            "saved_files": sorted(path.name for path in Path(output_dir).glob("*.*")),
             "saved_module": type(saved).__module__,
             "reloaded_difference": float(np.abs(reloaded.logits.numpy() - predictions).max())}
 
@@ -361,7 +362,7 @@ def test_run_classification_fine_tunes_a_classifier_folder_with_the_datas_labels
     assert np.mean(np.array(result["predicted"]) == np.array(result["labels"])) > 0.9
     assert result["id2label"] == {"0": "好评", "1": "差评"}  # the data's labels, sorted, over the folder's
     # The folder the script saves is ours again: the code travels, and it predicts what the trainer predicted.
-    assert result["saved_files"] == ["configuration_feedback.py", "modeling_feedback.py"]
+    assert {"configuration_feedback.py", "modeling_feedback.py", "README.md"} <= set(result["saved_files"])
     assert result["saved_module"].startswith("transformers_modules.") and result["reloaded_difference"] < 1e-5
 
 
