@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.commands.launch import launch_command_parser
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, Seq2SeqTrainingArguments, TrainingArguments
 
 from helpers import load_recipe
 
@@ -17,6 +17,34 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 # The documents whose commands a reader copies: every line of their ```bash blocks, and the README's inline commands.
 DOCUMENTS = [README, *sorted((ROOT / "docs").glob("*.md"))]
+# transformers' example scripts (examples/pytorch/ in a clone of transformers, not in this repository), as read at
+# transformers commit 049d2bf: the class of their training arguments, the extensions their data files may have, and
+# the fields of their own argument dataclasses (ModelArguments, DataTrainingArguments).
+_MODEL_ARGUMENTS = "model_name_or_path config_name tokenizer_name cache_dir model_revision token trust_remote_code"
+_LM_ARGUMENTS = f"""{_MODEL_ARGUMENTS} model_type config_overrides use_fast_tokenizer dtype dataset_name
+    dataset_config_name train_file validation_file overwrite_cache validation_split_percentage preprocessing_num_workers
+    max_train_samples max_eval_samples streaming"""
+EXAMPLE_SCRIPTS = {
+    "text-classification/run_classification.py": (TrainingArguments, ("csv", "json"), f"""{_MODEL_ARGUMENTS}
+        use_fast_tokenizer ignore_mismatched_sizes dataset_name dataset_config_name do_regression text_column_names
+        text_column_delimiter train_split_name validation_split_name test_split_name remove_splits remove_columns
+        label_column_name max_seq_length preprocessing_num_workers overwrite_cache pad_to_max_length
+        shuffle_train_dataset shuffle_seed max_train_samples max_eval_samples max_predict_samples metric_name train_file
+        validation_file test_file"""),
+    "language-modeling/run_mlm.py": (TrainingArguments, ("csv", "json", "txt"),
+                                     f"{_LM_ARGUMENTS} max_seq_length mlm_probability line_by_line pad_to_max_length"),
+    "language-modeling/run_clm.py": (TrainingArguments, ("csv", "json", "txt"),
+                                     f"{_LM_ARGUMENTS} block_size keep_linebreaks"),
+    "token-classification/run_ner.py": (TrainingArguments, ("csv", "json"), f"""{_MODEL_ARGUMENTS}
+        ignore_mismatched_sizes task_name dataset_name dataset_config_name train_file validation_file test_file
+        text_column_name label_column_name overwrite_cache preprocessing_num_workers max_seq_length pad_to_max_length
+        max_train_samples max_eval_samples max_predict_samples label_all_tokens return_entity_level_metrics"""),
+    "translation/run_translation.py": (Seq2SeqTrainingArguments, ("json", "jsonl"), f"""{_MODEL_ARGUMENTS}
+        use_fast_tokenizer source_lang target_lang dataset_name dataset_config_name train_file validation_file test_file
+        overwrite_cache preprocessing_num_workers max_source_length max_target_length val_max_target_length
+        pad_to_max_length max_train_samples max_eval_samples max_predict_samples num_beams ignore_pad_token_for_loss
+        source_prefix forced_bos_token"""),
+}
 
 
 def test_readme_example_builds_saves_reloads_and_classifies(tmp_path, monkeypatch, capsys):
@@ -95,6 +123,29 @@ def _script(monkeypatch, script, argv):
     _parse_only(monkeypatch, module.main, argv)
 
 
+def _example_script(script, argv):
+    """A command of one of transformers' example scripts: each flag is one of the script's own fields or one its
+    training arguments parse, each data file has an extension it accepts, and it passes what our folders need."""
+    training_arguments, extensions, fields = EXAMPLE_SCRIPTS[script.removeprefix("examples/pytorch/")]
+    fields = set(fields.split())
+    own, rest, current = {}, [], None  # the script's own flags and their values; the rest, for its training arguments
+    for arg in argv:
+        if arg.startswith("--"):
+            current = arg[2:] if arg[2:] in fields else None
+            if current:
+                own[current] = []
+        if current is None:
+            rest.append(arg)
+        elif arg != f"--{current}":
+            own[current].append(arg)
+    HfArgumentParser(training_arguments).parse_args_into_dataclasses(rest)  # refuses a flag neither knows
+    assert "trust_remote_code" in own, "our folders load only with --trust_remote_code"
+    for name in ("train_file", "validation_file", "test_file"):
+        assert all(path.rsplit(".", 1)[-1] in extensions for path in own.get(name, [])), (name, extensions)
+    if "max_source_length" in fields:  # run_translation.py: at most the positions, though its default is 1024
+        assert int(own.get("max_source_length", ["1024"])[0]) <= 512, "--max_source_length beyond our 512 positions"
+
+
 def _check(monkeypatch, words):
     program, *args = words
     if program == "python3" and args[:2] == ["-m", "venv"] or program == "." and args == [".venv/bin/activate"]:
@@ -115,6 +166,8 @@ def _check(monkeypatch, words):
         assert launch.config_file is None or (ROOT / launch.config_file).is_file(), launch.config_file
         return _script(monkeypatch, launch.training_script, launch.training_script_args)
     assert program == "python", f"not a command the README test knows: {words}"
+    if args[0].startswith("examples/pytorch/"):
+        return _example_script(args[0], args[1:])
     if args[0] != "-m":
         return _script(monkeypatch, args[0], args[1:])
     module, argv = args[1], args[2:]
