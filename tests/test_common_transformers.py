@@ -14,6 +14,7 @@ sinusoidal alone.
 Run alone: `python -m pytest -q tests/test_common_transformers.py`.
 """
 
+import fcntl
 import importlib
 import os
 import subprocess
@@ -52,10 +53,19 @@ _PACKAGE = "transformers_common_tests"
 
 
 def _fetch_test_files(cache=_CACHE):
-    """Extract tests/*.py of the transformers sdist into cache/_PACKAGE, downloading the sdist with pip once."""
+    """Extract tests/*.py of the transformers sdist into cache/_PACKAGE, downloading the sdist with pip once. Test
+    processes running side by side (pytest -n) take turns: the first fetches, the others find the files."""
     package = cache / _PACKAGE
     if (package / "test_modeling_common.py").exists():
         return
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "fetch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (package / "test_modeling_common.py").exists():
+            _download_and_extract(cache, package)
+
+
+def _download_and_extract(cache, package):
     sdist = cache / f"transformers-{_VERSION}.tar.gz"
     download = None if sdist.exists() else subprocess.run(
         [sys.executable, "-m", "pip", "download", f"transformers=={_VERSION}", "--no-binary", ":all:", "--no-deps",

@@ -127,6 +127,10 @@ CAUSAL_LOADER = WITHOUT_HF_FEEDBACK + textwrap.dedent(
                    "hidden": base(**inputs).last_hidden_state,
                    "greedy": model.generate(**inputs, max_new_tokens=6, do_sample=False),
                    "text": generator("今天天气", max_new_tokens=4, do_sample=False)[0]["generated_text"]}
+    from transformers import AutoTokenizer
+    for flag in (False, True, None):  # None: not at a terminal, nobody to ask whether to run the folder's code
+        loaded = AutoTokenizer.from_pretrained(folder, trust_remote_code=flag)
+        results[f"tokenizer {flag}"] = (type(loaded).__module__, type(loaded).__name__, loaded("今天天气很好")["input_ids"])
     torch.save(results, folder + "/../reopened.pt")
     """
 )
@@ -153,6 +157,13 @@ def test_a_saved_causal_lm_generates_without_hf_feedback(tiny_config, tmp_path):
         assert torch.equal(reopened["greedy"], model.generate(**inputs, max_new_tokens=6, do_sample=False))
     text = pipeline("text-generation", model=model, tokenizer=tokenizer)("今天天气", max_new_tokens=4, do_sample=False)
     assert reopened["text"] == text[0]["generated_text"] and reopened["text"].startswith("今天天气")
+    # The tokenizer beside the model is transformers' own class, no code of ours: trust_remote_code False, True or
+    # unset give the same one (at a terminal, unset, AutoTokenizer asks first: it reads config.json, whose auto_map
+    # names the model's code).
+    ids = tokenizer("今天天气很好")["input_ids"]
+    for flag in (False, True, None):
+        module, name, got = reopened[f"tokenizer {flag}"]
+        assert module.startswith("transformers.") and name == "TokenizersBackend" and got == ids, (flag, module, name)
 
 
 SEQ2SEQ_LOADER = WITHOUT_HF_FEEDBACK + textwrap.dedent(
