@@ -27,7 +27,17 @@ def _run_recipe(task, quick):
                            "--disable_tqdm", "true", *(QUICK_ARGS if quick else [])], output,
                           output.parent / f"{task}.log")
     results = json.loads((output / "all_results.json").read_text())
-    return {**record, **{k: v for k, v in results.items() if k.startswith(("test_", "eval_"))}}
+    config = json.loads((output / "config.json").read_text())
+    model = {key: config.get(key) for key in ("num_hidden_layers", "hidden_size", "position_embedding_type",
+                                              "norm_position", "char_vocab_size")}
+    return {**record, "model": model, **{k: v for k, v in results.items() if k.startswith(("test_", "eval_"))}}
+
+
+def _model_words(model):
+    """What the recipe's new model was, in words, from its saved configuration."""
+    return (f"a new {model['num_hidden_layers']}-layer model of width {model['hidden_size']}, "
+            f"{model['norm_position']}-norm, {model['position_embedding_type']} positions"
+            + (", character embeddings" if model["char_vocab_size"] else ""))
 
 
 def jieba_baseline(sentences):
@@ -94,10 +104,11 @@ def render(result):
     ]
     return [
         f"People's Daily, January 1998, test split ({result['test_sentences']:,} sentences, fixed by a hash of each "
-        "sentence). Each of our rows is one run of `recipes/token_classification.py` with its defaults (a new "
-        "6-layer model of width 256, one epoch, the best checkpoint by validation); wall time is the process's own "
-        "on this machine. Word F1 is seqeval's strict IOBES score over words; the character accuracy of "
-        "segmentation counts B/M/E/S tags.",
+        "sentence). Each of our rows is one run of `recipes/token_classification.py` with its defaults ("
+        f"{_model_words(runs['pos']['model'])}, token embeddings started from their co-occurrences in the training "
+        "sentences, one epoch, the best checkpoint by validation); wall time is the process's own on this machine. "
+        "Word F1 is seqeval's strict IOBES score over words; the character accuracy of segmentation counts B/M/E/S "
+        "tags.",
         "",
         *table(["task", "model", "word F1", "word precision / recall", "token accuracy", "wall (min)"], rows),
         "",
