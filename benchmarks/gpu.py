@@ -29,7 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from hf_feedback.collators import DataCollatorForPaddingFree
 from hf_feedback.data import all_texts, label_kind, load_sentiment_reviews
-from hf_feedback.recipe_utils import COMMON_DEFAULTS
+from hf_feedback.recipe_arguments import COMMON_DEFAULTS
 from hf_feedback.tokenization import train_tokenizer
 from recipes import finetune
 
@@ -40,7 +40,7 @@ from .common import count, percent, ratio, repetitions_note, summarize, synchron
 BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 QUICK_BASE = dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=4, intermediate_size=96)  # a second toy
 PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16}
-FP16_ON_CPU = ("fp16 mixed precision needs a GPU: the Trainer's --fp16 stops on a CPU (recipe_utils.check_precision), "
+FP16_ON_CPU = ("fp16 mixed precision needs a GPU: the Trainer's --fp16 stops on a CPU (recipe_arguments.check_precision), "
                "so there is no CPU fp16 job to measure")
 # Row -> its builder in workloads.MODELS. The packed row is a second copy of ours, so that each row's optimizer
 # steps weights no other row uses. Batches of 32 reviews as the recipe trains on: larger ones would flatter every

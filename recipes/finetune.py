@@ -34,38 +34,35 @@ from hf_feedback.data import (
     multi_hot,
     tokenize_dataset,
 )
-from hf_feedback.failures import load_pretrained
+from hf_feedback.failures import bad_input_exits, load_pretrained
 from hf_feedback.lora import apply_lora
 from hf_feedback.metrics import PROBLEM_TYPES, build_compute_metrics
 from hf_feedback.model_card import write_model_card
 from hf_feedback.plots import plot_confusion_matrix, plot_regression, plot_training_curves
-from hf_feedback.recipe_utils import (
+from hf_feedback.recipe_arguments import (
     NewModelArguments,
     RecipeError,
-    bad_input_exits,
-    begin_run,
     check_choice,
-    checkpoint_learning_rate,
     check_data_limits,
+    checkpoint_config_overrides,
+    checkpoint_learning_rate,
+    parse_args,
+    settle_evaluation,
+)
+from hf_feedback.recipe_utils import (
     check_text_classifier,
     check_vocabulary,
-    claim_run,
     load_or_train_tokenizer,
     new_model,
-    parse_args,
-    checkpoint_config_overrides,
-    print_saved,
-    release_output_dir,
     sample_splits,
-    settle_evaluation,
     start_token_embeddings,
     train_and_evaluate,
     training_collator,
     trim_checkpoint_vocabulary,
 )
+from hf_feedback.run_folder import begin_run, claim_run, print_saved, release_output_dir
 from hf_feedback.sentence_embeddings import write_sentence_transformers_files
 from hf_feedback.training import CLASS_WEIGHTINGS, FeedbackTrainer, WeightedCrossEntropy, class_weights
-
 
 
 @dataclass

@@ -20,27 +20,20 @@ from pathlib import Path
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
 
 from hf_feedback import FeedbackForConditionalGeneration, FeedbackSeq2SeqConfig
-from hf_feedback.failures import load_pretrained
+from hf_feedback.failures import bad_input_exits, load_pretrained
 from hf_feedback.model_card import BUNDLED_PEOPLES_DAILY, write_model_card
 from hf_feedback.plots import plot_training_curves
-from hf_feedback.recipe_utils import (
+from hf_feedback.recipe_arguments import (
     FineTuningModelArguments,
     RecipeError,
-    bad_input_exits,
-    begin_run,
     check_data_limits,
-    check_vocabulary,
-    claim_run,
-    load_or_train_tokenizer,
-    parse_args,
     checkpoint_config_overrides,
+    parse_args,
     parse_config_overrides,
-    print_saved,
-    release_output_dir,
-    sample_splits,
     settle_evaluation,
-    train_and_evaluate,
 )
+from hf_feedback.recipe_utils import check_vocabulary, load_or_train_tokenizer, sample_splits, train_and_evaluate
+from hf_feedback.run_folder import begin_run, claim_run, print_saved, release_output_dir
 from hf_feedback.seq2seq import (
     build_generation_metrics,
     decode_generated,

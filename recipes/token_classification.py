@@ -18,36 +18,39 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoConfig, AutoModelForTokenClassification, DataCollatorForTokenClassification, TrainingArguments
+from transformers import (
+    AutoConfig,
+    AutoModelForTokenClassification,
+    DataCollatorForTokenClassification,
+    TrainingArguments,
+)
 
 from hf_feedback import FeedbackForTokenClassification
-from hf_feedback.failures import load_pretrained
+from hf_feedback.failures import bad_input_exits, load_pretrained
 from hf_feedback.model_card import BUNDLED_PEOPLES_DAILY, write_model_card
 from hf_feedback.plots import plot_training_curves
-from hf_feedback.recipe_utils import (
+from hf_feedback.recipe_arguments import (
     NewModelArguments,
     RecipeError,
-    bad_input_exits,
-    begin_run,
     check_choice,
-    checkpoint_learning_rate,
     check_data_limits,
-    check_vocabulary,
-    claim_run,
-    flag_given,
-    load_or_train_tokenizer,
-    parse_args,
     checkpoint_config_overrides,
-    new_model,
-    print_saved,
-    release_output_dir,
-    sample_splits,
+    checkpoint_learning_rate,
+    flag_given,
+    parse_args,
     settle_evaluation,
+)
+from hf_feedback.recipe_utils import (
+    check_vocabulary,
+    load_or_train_tokenizer,
+    new_model,
+    sample_splits,
     start_token_embeddings,
     train_and_evaluate,
     training_collator,
     trim_checkpoint_vocabulary,
 )
+from hf_feedback.run_folder import begin_run, claim_run, print_saved, release_output_dir
 from hf_feedback.tagging import (
     TAG_TASKS,
     align_tags,

@@ -25,12 +25,9 @@ from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification
 from hf_feedback.__main__ import main as cli
 from hf_feedback.convert import convert
 from hf_feedback.data import load_sentiment_reviews
-from hf_feedback.recipe_utils import (
-    FineTuningModelArguments,
-    init_embeddings_from_cooccurrence,
-    new_model,
-    resolve_resume,
-)
+from hf_feedback.recipe_arguments import FineTuningModelArguments
+from hf_feedback.recipe_utils import init_embeddings_from_cooccurrence, new_model
+from hf_feedback.run_folder import resolve_resume
 from hf_feedback.seq2seq import CARD_DECODING, REPETITION_PENALTY
 from hf_feedback.tokenization import cooccurrence_vectors, token_characters, train_tokenizer
 

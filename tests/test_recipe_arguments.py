@@ -1,27 +1,23 @@
-"""The recipes' shared set-up checks in hf_feedback/recipe_utils.py."""
+"""The recipes' arguments and their checks before any work (hf_feedback/recipe_arguments.py)."""
 
-import json
 import os
-import re
 import subprocess
 import sys
 
 import psutil
-import pytest
 import torch
-from safetensors.torch import save_file
 from transformers import TrainingArguments
 
 from helpers import ROOT
 
-from hf_feedback import recipe_utils
-from hf_feedback.recipe_utils import RecipeError, check_cpu_threads, resolve_resume
+from hf_feedback import recipe_arguments
+from hf_feedback.recipe_arguments import check_cpu_threads
 
 CHECK_THREADS = """
 import sys
 import torch
 from transformers import TrainingArguments
-from hf_feedback.recipe_utils import RecipeError, check_cpu_threads, resolve_resume
+from hf_feedback.recipe_arguments import check_cpu_threads
 check_cpu_threads(TrainingArguments(output_dir=sys.argv[1], use_cpu=True, report_to="none"))
 print("threads", torch.get_num_threads())
 """
@@ -29,7 +25,7 @@ print("threads", torch.get_num_threads())
 
 def test_a_lone_cpu_process_on_fewer_threads_than_cores_is_warned(monkeypatch, caplog, tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    monkeypatch.setattr(recipe_utils.psutil, "cpu_count", lambda logical=True: 4)
+    monkeypatch.setattr(recipe_arguments.psutil, "cpu_count", lambda logical=True: 4)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     check_cpu_threads(args)
     assert [record.levelname for record in caplog.records] == ["WARNING"]
@@ -59,32 +55,10 @@ def test_accelerate_launch_needs_the_cpu_config_to_use_every_core(tmp_path):
     assert "leaves" not in runs[True].stderr
 
 
-def _checkpoint(folder, step):
-    """The files Trainer saves in checkpoint-N (real formats, small contents)."""
-    path = folder / f"checkpoint-{step}"
-    path.mkdir(parents=True)
-    (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-    save_file({"w": torch.ones(64, 64)}, path / "model.safetensors")
-    torch.save({"state": {0: {"exp_avg": torch.zeros(64, 64)}}}, path / "optimizer.pt")
-    torch.save({"last_epoch": step}, path / "scheduler.pt")
-    return path
-
-
-@pytest.mark.parametrize("damage", ["optimizer.pt", "model.safetensors", "trainer_state.json"])
-def test_a_checkpoint_cut_short_is_named_and_last_skips_it(tmp_path, caplog, damage):
-    older, newer = _checkpoint(tmp_path, 10), _checkpoint(tmp_path, 20)
-    path = newer / damage
-    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
-    with pytest.raises(RecipeError, match=rf"checkpoint-20 cannot be resumed from: damaged: {re.escape(damage)} \("):
-        resolve_resume(TrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint=str(newer)))
-    assert resolve_resume(TrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint="last")) == str(older)
-    assert f"skipping {newer} (damaged: {damage}" in caplog.text
-
-
 def test_a_checkpoint_fine_tunes_at_the_checkpoint_rate_unless_one_is_given(tmp_path, capsys):
     from types import SimpleNamespace
 
-    from hf_feedback.recipe_utils import CHECKPOINT_LEARNING_RATE, checkpoint_learning_rate, flag_given
+    from hf_feedback.recipe_arguments import CHECKPOINT_LEARNING_RATE, checkpoint_learning_rate, flag_given
 
     assert flag_given("learning_rate", ["--learning_rate", "1e-3"]) and flag_given("learning_rate", ["--learning_rate=2"])
     assert not flag_given("learning_rate", ["--learning_rate_scheduler", "x", "--lr", "1"])
