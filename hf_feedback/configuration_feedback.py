@@ -27,6 +27,89 @@ def _default_rope(key, value) -> bool:
         return value == DEFAULT_ROPE_THETA
     return value is None or value == {"rope_type": "default", "rope_theta": DEFAULT_ROPE_THETA}
 
+# ----------------------------------------------------------------------------------------------------------------
+# The rules a configuration follows: each field's, then those that tie fields together. A rule returns what the
+# value must be (the error message's end) when the value breaks it, else None.
+# ----------------------------------------------------------------------------------------------------------------
+def _integer(minimum):
+    """An integer >= `minimum` (a function of the config where another field decides it)."""
+    def check(value, config):
+        low = minimum(config) if callable(minimum) else minimum
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            return f"an integer >= {low}"
+    return check
+
+
+def _number(low, high=None, low_open=False):
+    """A number in [low, high] ((low, high] with `low_open`; no upper bound without `high`)."""
+    def check(value, config):
+        if (isinstance(value, bool) or not isinstance(value, Real) or value < low or (low_open and value == low)
+                or (high is not None and value > high)):
+            if high is None:
+                return f"a number {'>' if low_open else '>='} {low}"
+            return f"a number in {'(' if low_open else '['}{low}, {high}]"
+    return check
+
+
+def _optional(check):
+    return lambda value, config: None if value is None else check(value, config)
+
+
+def _flag(value, config):
+    if not isinstance(value, bool):
+        return "True or False"
+
+
+def _choice(allowed):
+    return lambda value, config: None if value in allowed else f"one of {list(allowed)}"
+
+
+def _token_id(value, config):
+    if value is not None and not 0 <= value < config.vocab_size:
+        return f"None or in [0, vocab_size={config.vocab_size})"
+
+
+def _ngram_sizes(value, config):
+    if (not isinstance(value, (list, tuple)) or not value or len(set(value)) != len(value)
+            or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in value)):
+        return "a non-empty list of distinct integers >= 2"
+
+
+_FIELD_RULES = {
+    **dict.fromkeys(("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings"), _integer(1)),
+    **dict.fromkeys(("type_vocab_size", "ngram_vocab_size", "char_vocab_size"), _integer(0)),
+    "chars_per_token": _integer(lambda config: 1 if config.char_vocab_size else 0),
+    "ngram_sizes": _ngram_sizes,
+    **dict.fromkeys(("is_decoder", "use_cache", "add_cross_attention", "check_input_values"), _flag),
+    **dict.fromkeys(("hidden_dropout_prob", "attention_probs_dropout_prob"), _number(0.0, 1.0)),
+    "classifier_dropout": _optional(_number(0.0, 1.0)),
+    "generator_size": _number(0, 1, low_open=True),
+    "discriminator_loss_weight": _number(0.0),
+    "initializer_range": _number(0.0),
+    "layer_norm_eps": _number(0, low_open=True),
+    "hidden_act": _choice(HIDDEN_ACTS),
+    "norm_position": _choice(NORM_POSITIONS),
+    "position_embedding_type": _choice(POSITION_EMBEDDING_TYPES),
+    "pooling": _choice(POOLINGS),
+    "problem_type": _choice(PROBLEM_TYPES),
+    **dict.fromkeys(("pad_token_id", "bos_token_id", "eos_token_id"), _token_id),
+}
+
+# (message, or a function of the config giving it; whether the config breaks the rule)
+_JOINT_RULES = [
+    ("FeedbackConfig.add_cross_attention needs is_decoder=True: only a decoder reads an encoder's output",
+     lambda c: c.add_cross_attention and not c.is_decoder),
+    (lambda c: f"FeedbackConfig.hidden_size ({c.hidden_size}) must be divisible by num_attention_heads "
+               f"({c.num_attention_heads})",
+     lambda c: c.hidden_size % c.num_attention_heads),
+    ("FeedbackConfig.position_embedding_type='rotary' needs an even head size (hidden_size / num_attention_heads)",
+     lambda c: c.position_embedding_type == "rotary" and (c.hidden_size // c.num_attention_heads) % 2),
+    ("FeedbackConfig.position_embedding_type='sinusoidal' needs an even hidden_size",
+     lambda c: c.position_embedding_type == "sinusoidal" and c.hidden_size % 2),
+]
+
+
 # Every Auto class a checkpoint can be opened with, whichever head saved it. transformers itself only records
 # the class that was saved, so a classifier folder could not be opened with AutoModel on a machine without
 # hf_feedback installed.
@@ -222,74 +305,15 @@ class FeedbackConfig(PretrainedConfig):
             raise
 
     def _validate(self):
-        def integer(name, minimum):
+        """Every field by its rule in _FIELD_RULES, then the rules that tie fields together (_JOINT_RULES)."""
+        for name, check in _FIELD_RULES.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"FeedbackConfig.{name} must be an integer >= {minimum}, got {value!r}")
-
-        def number(name, low, high=None):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, Real) or value < low or (high is not None and value > high):
-                allowed = f"in [{low}, {high}]" if high is not None else f">= {low}"
-                raise ValueError(f"FeedbackConfig.{name} must be a number {allowed}, got {value!r}")
-
-        def choice(name, allowed):
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"FeedbackConfig.{name} must be one of {list(allowed)}, got {value!r}")
-
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                     "max_position_embeddings"):
-            integer(name, 1)
-        integer("type_vocab_size", 0)
-        integer("ngram_vocab_size", 0)
-        integer("char_vocab_size", 0)
-        integer("chars_per_token", 1 if self.char_vocab_size else 0)
-        sizes = self.ngram_sizes
-        if (not isinstance(sizes, (list, tuple)) or not sizes or len(set(sizes)) != len(sizes)
-                or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in sizes)):
-            raise ValueError(f"FeedbackConfig.ngram_sizes must be a non-empty list of distinct integers >= 2, "
-                             f"got {sizes!r}")
-        for name in ("is_decoder", "use_cache", "add_cross_attention"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"FeedbackConfig.{name} must be True or False, got {getattr(self, name)!r}")
-        if self.add_cross_attention and not self.is_decoder:
-            raise ValueError("FeedbackConfig.add_cross_attention needs is_decoder=True: only a decoder reads an "
-                             "encoder's output")
-        if not isinstance(self.check_input_values, bool):
-            raise ValueError(f"FeedbackConfig.check_input_values must be True or False, got {self.check_input_values!r}")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            number(name, 0.0, 1.0)
-        number("generator_size", 0.0, 1.0)
-        if self.generator_size == 0:
-            raise ValueError("FeedbackConfig.generator_size must be a number in (0, 1], got 0")
-        number("discriminator_loss_weight", 0.0)
-        if self.classifier_dropout is not None:
-            number("classifier_dropout", 0.0, 1.0)
-        number("initializer_range", 0.0)
-        if not isinstance(self.layer_norm_eps, Real) or self.layer_norm_eps <= 0:
-            raise ValueError(f"FeedbackConfig.layer_norm_eps must be a number > 0, got {self.layer_norm_eps!r}")
-        choice("hidden_act", HIDDEN_ACTS)
-        choice("norm_position", NORM_POSITIONS)
-        choice("position_embedding_type", POSITION_EMBEDDING_TYPES)
-        choice("pooling", POOLINGS)
-        choice("problem_type", PROBLEM_TYPES)
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"FeedbackConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
-                f"({self.num_attention_heads})"
-            )
-        if self.position_embedding_type == "rotary" and (self.hidden_size // self.num_attention_heads) % 2:
-            raise ValueError("FeedbackConfig.position_embedding_type='rotary' needs an even head size "
-                             "(hidden_size / num_attention_heads)")
-        if self.position_embedding_type == "sinusoidal" and self.hidden_size % 2:
-            raise ValueError("FeedbackConfig.position_embedding_type='sinusoidal' needs an even hidden_size")
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-            value = getattr(self, name)
-            if value is not None and not 0 <= value < self.vocab_size:
-                raise ValueError(
-                    f"FeedbackConfig.{name} must be None or in [0, vocab_size={self.vocab_size}), got {value!r}"
-                )
+            problem = check(value, self)
+            if problem:
+                raise ValueError(f"FeedbackConfig.{name} must be {problem}, got {value!r}")
+        for message, broken in _JOINT_RULES:
+            if broken(self):
+                raise ValueError(message(self) if callable(message) else message)
 
     def _validate_rope(self):
         if self.position_embedding_type != "rotary":
