@@ -915,6 +915,37 @@ class FeedbackModel(FeedbackPreTrainedModel):
         if cache is not None:  # (use_cache means nothing to an encoder, as to BERT's: nothing is cached)
             raise ValueError("cache is for a decoder (FeedbackConfig(is_decoder=True)); this model is an encoder")
         batch_size, seq_len = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+        unpadding, attention_mask, position_ids, cu_seq_lens = self._layout(
+            input_ids, inputs_embeds, attention_mask, position_ids, cu_seq_lens_q, cu_seq_lens_k, max_length_q,
+            max_length_k)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros((batch_size, seq_len), dtype=torch.long, device=position_ids.device)
+
+        hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, H)
+        rotary = self._rotary_angles(hidden_states, position_ids, cu_seq_lens, unpadding)
+        if unpadding is not None:
+            hidden_states = unpadding.from_output(hidden_states)  # (N, H), N = B * T when padding is kept
+        hidden_states, all_hidden_states, all_attentions, _ = self.encoder(
+            hidden_states, rotary, unpadding, output_attentions, output_hidden_states
+        )
+        tokens = hidden_states
+        if unpadding is not None:
+            hidden_states = unpadding.to_output(tokens)  # (B, T, H) with zeros at padding, or packed (1, N, H)
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states,
+            pooler_output=self._pool(tokens, hidden_states, unpadding, attention_mask),
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _layout(self, input_ids, inputs_embeds, attention_mask, position_ids, cu_seq_lens_q, cu_seq_lens_k,
+                max_length_q, max_length_k):
+        """Where the batch's real tokens are and how attention will find them: (unpadding plan or None, the attention
+        mask, position ids (B, T), the packed sequences' boundaries or None). Padded rows are unpadded where padding
+        exists; a packed row's sequences are found from its boundaries, or from where its positions restart."""
+        config = self.config
+        batch_size, seq_len = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         cu_seq_lens, max_length = self._packing(cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k,
                                                 attention_mask, batch_size)
         find_packing = (cu_seq_lens is None and attention_mask is None and batch_size == 1
@@ -955,41 +986,27 @@ class FeedbackModel(FeedbackPreTrainedModel):
         elif position_ids is None:
             position_ids = torch.arange(seq_len, device=device)
         position_ids = position_ids.expand(batch_size, seq_len)  # (1, T) or (T,), BERT's shapes, serve every row
-        if token_type_ids is None:
-            token_type_ids = torch.zeros((batch_size, seq_len), dtype=torch.long, device=device)
+        return unpadding, attention_mask, position_ids, cu_seq_lens
 
-        hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, H)
-        rotary = None
-        if config.position_embedding_type == "rotary":
-            # Attention runs on the padded (B, T) layout, or the (S, max_length) one a packed row stands for.
-            padded_positions = (position_ids if cu_seq_lens is None
-                                else unpadding.layout.pad(position_ids[0, :, None])[..., 0])  # (S, max_length)
-            cos, sin = self.rotary_emb(hidden_states, padded_positions)  # (B, T, hs) each
-            rotary = cos[:, None], sin[:, None]  # (B, 1, T, hs), broadcast over heads
-        if unpadding is not None:
-            hidden_states = unpadding.from_output(hidden_states)  # (N, H), N = B * T when padding is kept
+    def _rotary_angles(self, hidden_states, position_ids, cu_seq_lens, unpadding):
+        """cos and sin of rotary positions, (B, 1, T, head size) each, or None for other position types. Attention runs
+        on the padded (B, T) layout, or the (S, max_length) one a packed row stands for."""
+        if self.config.position_embedding_type != "rotary":
+            return None
+        padded_positions = (position_ids if cu_seq_lens is None
+                            else unpadding.layout.pad(position_ids[0, :, None])[..., 0])  # (S, max_length)
+        cos, sin = self.rotary_emb(hidden_states, padded_positions)  # (B, T, hs) each
+        return cos[:, None], sin[:, None]  # broadcast over heads
 
-        hidden_states, all_hidden_states, all_attentions, _ = self.encoder(
-            hidden_states, rotary, unpadding, output_attentions, output_hidden_states
-        )
-        tokens = hidden_states
-        if unpadding is not None:
-            hidden_states = unpadding.to_output(tokens)  # (B, T, H) with zeros at padding, or packed (1, N, H)
-
-        pooled = None
-        if self.pooler is not None and unpadding is not None and unpadding.packed:
-            pooled = self.pooler(unpadding.layout.pad(tokens), unpadding.mask[:, 0, 0])  # (S, H): each on its own
-        elif self.pooler is not None:
-            if attention_mask is None:
-                attention_mask = torch.ones((batch_size, seq_len), dtype=torch.bool, device=device)
-            pooled = self.pooler(hidden_states, attention_mask)
-        output = BaseModelOutputWithPooling(
-            last_hidden_state=hidden_states,
-            pooler_output=pooled,
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
-        )
-        return output if return_dict else output.to_tuple()
+    def _pool(self, tokens, hidden_states, unpadding, attention_mask):
+        """The pooler's sentence vectors: one per packed sequence, or per row of a padded batch; None without a pooler."""
+        if self.pooler is None:
+            return None
+        if unpadding is not None and unpadding.packed:
+            return self.pooler(unpadding.layout.pad(tokens), unpadding.mask[:, 0, 0])  # (S, H): each on its own
+        if attention_mask is None:
+            attention_mask = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
+        return self.pooler(hidden_states, attention_mask)
 
     def _decode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions,
                 output_hidden_states, return_dict, cache, use_cache, encoder_hidden_states, encoder_attention_mask):
