@@ -30,7 +30,8 @@ def _run_recipe(task, quick):
     config = json.loads((output / "config.json").read_text())
     model = {key: config.get(key) for key in ("num_hidden_layers", "hidden_size", "position_embedding_type",
                                               "norm_position", "char_vocab_size")}
-    return {**record, "model": model, **{k: v for k, v in results.items() if k.startswith(("test_", "eval_"))}}
+    return {**record, "model": model, "epochs": results["epoch"],
+            **{k: v for k, v in results.items() if k.startswith(("test_", "eval_"))}}
 
 
 def _model_words(model):
@@ -106,7 +107,8 @@ def render(result):
         f"People's Daily, January 1998, test split ({result['test_sentences']:,} sentences, fixed by a hash of each "
         "sentence). Each of our rows is one run of `recipes/token_classification.py` with its defaults ("
         f"{_model_words(runs['pos']['model'])}, token embeddings started from their co-occurrences in the training "
-        "sentences, one epoch, the best checkpoint by validation); wall time is the process's own on this machine. "
+        f"sentences, {runs['pos']['epochs']:g} epoch(s), the best checkpoint by validation); wall time is the process's "
+        "own on this machine. "
         "Word F1 is seqeval's strict IOBES score over words; the character accuracy of segmentation counts B/M/E/S "
         "tags.",
         "",

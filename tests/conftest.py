@@ -12,6 +12,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import hf_feedback  # noqa: E402  (registers the Auto classes)
 
+# Under pytest-xdist (`pytest -n N`) the workers share the cores: one torch thread each, rather than each worker
+# starting as many threads as the machine has cores and all of them waiting on each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 TINY = dict(
     vocab_size=99,
     hidden_size=32,

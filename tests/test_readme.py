@@ -172,7 +172,9 @@ def _check(monkeypatch, words):
         return _script(monkeypatch, args[0], args[1:])
     module, argv = args[1], args[2:]
     if module == "pytest":
-        assert all((ROOT / arg).exists() for arg in argv if not arg.startswith("-"))
+        paths = [arg for previous, arg in zip(["", *argv], argv)
+                 if not arg.startswith("-") and previous not in ("-n", "--numprocesses", "--dist")]
+        assert paths and all((ROOT / path).exists() for path in paths), argv
         return
     assert module.split(".")[0] == "hf_feedback", module
     imported = importlib.import_module(module)
