@@ -1,7 +1,9 @@
 """Configuration of the hf_feedback encoder.
 
 This file is copied next to every saved checkpoint (Hugging Face "remote code"), so it may only import from
-the standard library, torch/transformers and, relatively, its sibling files.
+the standard library, torch/transformers and, relatively, its sibling files. `FeedbackConfig` is a long class
+because its docstring is the reference of every field (transformers' convention); the rules the fields follow are
+tables beside it (`_FIELD_RULES`, `_JOINT_RULES`).
 """
 
 from numbers import Real

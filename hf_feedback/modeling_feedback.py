@@ -15,7 +15,9 @@ or padded inside a batch. Traced (torch.export, torch.compile), where shapes can
 padding is kept as masked tokens instead (`_Unpadding.keeping_padding`), with the same outputs.
 
 This file is copied next to every saved checkpoint ("remote code"), so it imports hf_feedback code only
-relatively (the configuration file).
+relatively (the configuration file). That is why it is one long file, and why two classes are long:
+`FeedbackPreTrainedModel` holds what every head shares (weight initialisation, input checks, character tables) and
+`FeedbackModel` the encoder's forward (one screen, its steps named below it) beside the decoder's (`_decode`).
 """
 
 import math
