@@ -28,7 +28,9 @@ HEADS = [  # head, configuration, the outputs compared
      ("last_hidden_state", "pooler_output")),
     (FeedbackForSequenceClassification, dict(position_embedding_type="rotary", norm_position="pre", num_labels=3),
      ("logits",)),
-    (FeedbackForTokenClassification, dict(position_embedding_type="sinusoidal", num_labels=5), ("logits",)),
+    # hashed n-gram embeddings: the tagger's default (recipes/token_classification.py)
+    (FeedbackForTokenClassification, dict(position_embedding_type="sinusoidal", num_labels=5, ngram_vocab_size=97),
+     ("logits",)),
     (FeedbackForMaskedLM, dict(position_embedding_type="rotary", norm_position="pre"), ("logits",)),
 ]
 
