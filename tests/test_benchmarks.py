@@ -198,8 +198,10 @@ def test_causal_lm_section_judges_the_recipe_defaults_against_the_bigram_and_kne
                 "bigram": {**scores(100.0), "weight": 0.9},
                 "samples": [{"how": "Greedy decoding", "prompt": "要", "text": "保险", "longest_run": runs}]}
 
-    default, other = list(causal_lm.VARIANTS)
-    report = "\n".join(causal_lm.render({"variants": {default: variant(40.0, 20 * 60, 4), other: variant(500.0, 60, 1)},
+    default, other, *_ = list(causal_lm.VARIANTS)
+    same_tokens = {**variant(45.0, 25 * 60, 1), "description": "with n-grams", "arguments": ["--config_overrides", "x=1"]}
+    report = "\n".join(causal_lm.render({"variants": {default: variant(40.0, 20 * 60, 4), other: {**variant(500.0, 60, 1), "vocabulary": 300},
+                                                       "same-tokens": same_tokens},
                                           "train_texts": 9, "validation_texts": 1, "characters": 1000}))
     targets = report.split("Targets:\n")[1].splitlines()
     assert targets == [
@@ -208,8 +210,13 @@ def test_causal_lm_section_judges_the_recipe_defaults_against_the_bigram_and_kne
         f"- **Met**: the recipe's defaults ({default}): perplexity 40.0 against the best Kneser-Ney n-gram's 42.0 "
         "(target: below it)",
         f"- **Missed**: the recipe's defaults ({default}): the card's continuations repeat one token at most 4 times "
-        "in a row (target ≤ 3)"]  # the other tokenization is a row, not a target
+        "in a row (target ≤ 3)",  # the other tokenization is a row, not a target; a variant of the same tokens
+        "- **Missed**: the variant `same-tokens` (not the default): perplexity 45.0 against the best Kneser-Ney "
+        "n-gram's 42.0 in 25.0 min"]
     assert "| ours, causal LM (`recipes/pretrain.py --objective clm`; 10 steps, 2.0 epochs) | 500.0 | 5.000 | 5.00 |" in report
+    # the same tokens' n-grams are not repeated under the variant
+    assert report.count("| interpolated modified Kneser-Ney 5-gram |") == 1 + 1
+    assert f"| **with n-grams: the tokens of `{default}`** |" in report
 
 
 def test_pair_tasks_label_each_pair_by_what_its_texts_share_and_tfidf_reads_both_texts(tmp_path):
