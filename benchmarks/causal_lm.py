@@ -230,7 +230,9 @@ def render(result):
         bigram = variant["bigram"]
         ratio = lambda scores: f"{scores['perplexity'] / bigram['perplexity']:.2f}"  # noqa: E731
         tokens = f"{variant['vocabulary']:,} tokens, {variant['tokens']:,} predicted"
-        same = tokenizations.setdefault((variant["vocabulary"], variant["tokens"], bigram["perplexity"]), name)
+        # A variant of an earlier one's tokens (its n-grams read the same to the shown digits) gets its model's row only.
+        key = (variant["tokens"], *(f"{variant[k]['perplexity']:.1f}" for k in ("bigram", *(f"kn{o}" for o in KN_ORDERS))))
+        same = tokenizations.setdefault(key, name)
         rows += [
             [f"**{variant['description']}: " + (tokens if same == name else f"the tokens of `{same}`") + "**",
              "", "", "", ""],

@@ -200,7 +200,7 @@ def test_causal_lm_section_judges_the_recipe_defaults_against_the_bigram_and_kne
 
     default, other, *_ = list(causal_lm.VARIANTS)
     same_tokens = {**variant(45.0, 25 * 60, 1), "description": "with n-grams", "arguments": ["--config_overrides", "x=1"]}
-    report = "\n".join(causal_lm.render({"variants": {default: variant(40.0, 20 * 60, 4), other: {**variant(500.0, 60, 1), "vocabulary": 300},
+    report = "\n".join(causal_lm.render({"variants": {default: variant(40.0, 20 * 60, 4), other: {**variant(500.0, 60, 1), "vocabulary": 300, "tokens": 700},
                                                        "same-tokens": same_tokens},
                                           "train_texts": 9, "validation_texts": 1, "characters": 1000}))
     targets = report.split("Targets:\n")[1].splitlines()
