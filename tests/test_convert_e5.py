@@ -22,8 +22,8 @@ from hf_feedback.convert_e5 import (
     installed_file,
 )
 from hf_feedback.convert_e5 import reference_engine as build_reference_engine
+from hf_feedback.corpora import load_sentiment_reviews
 from hf_feedback.failures import BadInput
-from hf_feedback.data import load_sentiment_reviews
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec(WEIGHTS_PACKAGE) is None or importlib.util.find_spec(TOKENIZER_PACKAGE) is None,

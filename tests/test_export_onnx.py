@@ -17,7 +17,7 @@ from hf_feedback import (
     FeedbackModel,
 )
 from hf_feedback.__main__ import main as cli
-from hf_feedback.data import load_sentiment_reviews
+from hf_feedback.corpora import load_sentiment_reviews
 from hf_feedback.export_onnx import INT8_FILE, ONNX_FILE, NotExportable, export_onnx, onnx_outputs
 from hf_feedback.quantization import int8_linear
 from hf_feedback.tokenization import train_tokenizer

@@ -25,7 +25,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from helpers import WITHOUT_HF_FEEDBACK, run_recipe
 
 from hf_feedback import FeedbackConfig, FeedbackForSequenceClassification
-from hf_feedback.data import SENTIMENT_LABELS, load_sentiment_reviews
+from hf_feedback.corpora import SENTIMENT_LABELS, load_sentiment_reviews
 from hf_feedback.hub import push_folder
 from hf_feedback.tokenization import train_tokenizer
 

@@ -8,7 +8,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from hf_feedback import FeedbackForSequenceClassification
-from hf_feedback.data import load_sentiment_reviews
+from hf_feedback.corpora import load_sentiment_reviews
 from hf_feedback.sentence_embeddings import FILES, write_sentence_transformers_files
 from hf_feedback.tokenization import train_tokenizer
 

@@ -7,7 +7,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 from helpers import xlmr_tokenizer
 
 from hf_feedback import FeedbackConfig, FeedbackForMaskedLM
-from hf_feedback.data import load_sentiment_reviews
+from hf_feedback.corpora import load_sentiment_reviews
 from hf_feedback.failures import BadInput
 from hf_feedback.tokenization import train_tokenizer
 from hf_feedback.trim_vocabulary import trim_vocabulary

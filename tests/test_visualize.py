@@ -6,7 +6,7 @@ import torch
 from matplotlib.image import imread
 
 from hf_feedback import FeedbackForSequenceClassification
-from hf_feedback.data import load_sentiment_reviews
+from hf_feedback.corpora import load_sentiment_reviews
 from hf_feedback.tokenization import train_tokenizer
 from hf_feedback.visualize import attention_figure, attention_heatmaps, attention_probabilities
 
