@@ -16,8 +16,8 @@ from transformers import (
 )
 
 from .collators import DataCollatorForPaddingFree
-from .configuration_feedback import FeedbackConfig, FeedbackSeq2SeqConfig
-from .modeling_feedback import (
+from .model.configuration_feedback import FeedbackConfig, FeedbackSeq2SeqConfig
+from .model.modeling_feedback import (
     FeedbackForCausalLM,
     FeedbackForConditionalGeneration,
     FeedbackForMaskedLM,

@@ -23,9 +23,9 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoTokenizer, BertConfig, RobertaConfig, XLMRobertaConfig
 
-from .configuration_feedback import FeedbackConfig
 from .failures import DEBUG_VARIABLE, BadInput, bad_input_exits, load_pretrained
-from .modeling_feedback import (
+from .model.configuration_feedback import FeedbackConfig
+from .model.modeling_feedback import (
     FeedbackForMaskedLM,
     FeedbackForSequenceClassification,
     FeedbackForTokenClassification,

@@ -34,9 +34,9 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import AutoTokenizer
 
-from .configuration_feedback import FeedbackConfig
 from .failures import DEBUG_VARIABLE, BadInput, bad_input_exits
-from .modeling_feedback import FeedbackModel
+from .model.configuration_feedback import FeedbackConfig
+from .model.modeling_feedback import FeedbackModel
 from .sentence_embeddings import write_sentence_transformers_files
 
 SOURCE_MODEL = "intfloat/multilingual-e5-small"

@@ -18,9 +18,9 @@ from pathlib import Path
 import transformers
 from transformers import AutoConfig, BertConfig
 
-from . import modeling_feedback
 from .convert import SHARED_CONFIG_FIELDS, check_folders, not_our_encoder, save_with_tokenizer, tensor_pairs
 from .failures import BadInput, load_pretrained
+from .model import modeling_feedback
 
 # Our saved architecture -> BERT's; a head not listed here has no BERT counterpart.
 HEADS = {

@@ -14,8 +14,8 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import logging
 
-from .configuration_feedback import FeedbackConfig
 from .failures import BadInput
+from .model.configuration_feedback import FeedbackConfig
 from .tokenization import TOKENIZER_KINDS
 
 logger = logging.get_logger(__name__)

@@ -11,8 +11,8 @@ import torch
 from transformers import AutoTokenizer
 
 from .collators import DataCollatorForPaddingFree
-from .configuration_feedback import FeedbackConfig
 from .failures import bad_input_exits
+from .model.configuration_feedback import FeedbackConfig
 from .recipe_arguments import RecipeError, parse_config_overrides
 from .run_folder import check_resume_fits
 from .tokenization import cooccurrence_vectors, token_characters, train_tokenizer

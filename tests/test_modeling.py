@@ -1,4 +1,4 @@
-"""hf_feedback/modeling_feedback.py and configuration_feedback.py: every switch and convention, checked with numbers."""
+"""hf_feedback/model/modeling_feedback.py and its configuration: every switch and convention, checked with numbers."""
 
 import copy
 import dataclasses
@@ -33,8 +33,8 @@ from hf_feedback import (
     FeedbackForTokenClassification,
     FeedbackModel,
 )
-from hf_feedback.configuration_feedback import HIDDEN_ACTS
-from hf_feedback.modeling_feedback import (
+from hf_feedback.model.configuration_feedback import HIDDEN_ACTS
+from hf_feedback.model.modeling_feedback import (
     ACTIVATIONS,
     FeedbackFeedForward,
     FeedbackLayer,

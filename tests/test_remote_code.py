@@ -188,7 +188,7 @@ def test_a_saved_encoder_decoder_generates_without_hf_feedback(tiny_config, tmp_
     # AutoModelForSeq2SeqLM and AutoModel (the bare encoder-decoder) from the folder's own code, as the model that
     # saved it. (transformers 5 removed the text2text-generation pipeline: generate() is the way.)
     from hf_feedback import FeedbackForConditionalGeneration, FeedbackSeq2SeqConfig
-    from hf_feedback.configuration_feedback import SEQ2SEQ_AUTO_MAP
+    from hf_feedback.model.configuration_feedback import SEQ2SEQ_AUTO_MAP
     from hf_feedback.corpora import load_sentiment_reviews
     from hf_feedback.tokenization import train_tokenizer
 
