@@ -197,7 +197,7 @@ def _score(output, record, splits):
 
 
 def run(quick):
-    from hf_feedback.corpora import load_peoples_daily
+    from hf_feedback.data.corpora import load_peoples_daily
     from hf_feedback.recipe_utils import sample
 
     corpus = sample(load_peoples_daily(), 400 if quick else None, SEED)  # as the recipe's --max_train_samples

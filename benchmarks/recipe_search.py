@@ -286,7 +286,7 @@ RECIPE_ARGS = ["--disable_tqdm", "true", "--overwrite_output_dir", "--save_total
 
 def tokenizer_folder(task, kind, vocab_size):
     """Train (once) and save the tokenizer a variant names, on the task's training texts."""
-    from hf_feedback.tokenization import train_tokenizer
+    from hf_feedback.data.tokenization import train_tokenizer
 
     from .tasks import task_texts
 

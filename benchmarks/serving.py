@@ -19,7 +19,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from hf_feedback.corpora import load_sentiment_reviews
+from hf_feedback.data.corpora import load_sentiment_reviews
 from hf_feedback.export_onnx import INT8_FILE, ONNX_FILE, TOLERANCE, export_onnx, onnx_outputs
 from hf_feedback.quantization import int8_linear
 

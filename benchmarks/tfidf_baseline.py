@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 
 from hf_feedback.metrics import METRIC_NAMES, load_classification_metrics
 from hf_feedback.recipe_utils import sample
-from hf_feedback.user_data import all_texts, load_text_classification_data
+from hf_feedback.data.user_data import all_texts, load_text_classification_data
 
 
 def main(argv=None):

@@ -15,7 +15,7 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
-from .collators import DataCollatorForPaddingFree
+from .data.collators import DataCollatorForPaddingFree
 from .model.configuration_feedback import FeedbackConfig, FeedbackSeq2SeqConfig
 from .model.modeling_feedback import (
     FeedbackForCausalLM,

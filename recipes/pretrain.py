@@ -32,7 +32,7 @@ import torch
 from transformers import AutoConfig, DataCollatorForLanguageModeling, TrainingArguments
 
 from hf_feedback import FeedbackForCausalLM, FeedbackForMaskedLM, FeedbackForPreTraining
-from hf_feedback.corpora import load_peoples_daily, load_sentiment_reviews
+from hf_feedback.data.corpora import load_peoples_daily, load_sentiment_reviews
 from hf_feedback.failures import bad_input_exits, load_pretrained
 from hf_feedback.model_card import BUNDLED_PEOPLES_DAILY, BUNDLED_REVIEWS, write_model_card
 from hf_feedback.plots import plot_training_curves
@@ -54,9 +54,9 @@ from hf_feedback.recipe_utils import (
 from hf_feedback.run_folder import begin_run, claim_run, release_output_dir
 from hf_feedback.sentence_embeddings import write_sentence_transformers_files
 from hf_feedback.seq2seq import REPETITION_PENALTY, continuations
-from hf_feedback.tokenization import tokenize_dataset
+from hf_feedback.data.tokenization import tokenize_dataset
 from hf_feedback.training import FeedbackTrainer
-from hf_feedback.user_data import load_text_corpus
+from hf_feedback.data.user_data import load_text_corpus
 
 
 @dataclass

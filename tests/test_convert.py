@@ -133,7 +133,7 @@ def test_command_line_refuses_to_overwrite_and_rejects_other_models(tmp_path, ti
 def test_minilm_vocabulary_misses_most_chinese_characters():
     """Why the MiniLM rows of the accuracy benchmark are weak (benchmarks/RESULTS.md §4): its English
     WordPiece vocabulary turns most characters of the bundled reviews into [UNK]."""
-    from hf_feedback.corpora import load_sentiment_reviews
+    from hf_feedback.data.corpora import load_sentiment_reviews
 
     tokenizer = AutoTokenizer.from_pretrained(MINILM)
     texts = list(load_sentiment_reviews()["test"]["text"])
@@ -202,7 +202,7 @@ def test_every_family_and_head_gives_the_source_outputs(model_type, head, tmp_pa
 def test_xlm_roberta_tokenizer_travels_with_the_model(tmp_path):
     """An XLM-R SentencePiece tokenizer (its pieces trained here on a few reviews) is saved beside the converted model and
     gives the same ids; the position table loses the padding_idx + 1 rows RoBERTa never reads (66 -> 64)."""
-    from hf_feedback.corpora import load_sentiment_reviews
+    from hf_feedback.data.corpora import load_sentiment_reviews
 
     texts = list(load_sentiment_reviews()["train"]["text"][:300])
     tokenizer = xlmr_tokenizer(texts, 3000)

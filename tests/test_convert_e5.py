@@ -22,7 +22,7 @@ from hf_feedback.convert_e5 import (
     installed_file,
 )
 from hf_feedback.convert_e5 import reference_engine as build_reference_engine
-from hf_feedback.corpora import load_sentiment_reviews
+from hf_feedback.data.corpora import load_sentiment_reviews
 from hf_feedback.failures import BadInput
 
 pytestmark = pytest.mark.skipif(

@@ -135,7 +135,7 @@ def test_a_folder_driven_as_run_translation_can_learn_its_first_target_token():
     from transformers import DataCollatorForSeq2Seq
 
     from hf_feedback.recipe_arguments import FineTuningModelArguments
-    from hf_feedback.tokenization import train_tokenizer
+    from hf_feedback.data.tokenization import train_tokenizer
 
     texts = ["a b c d", "h g f e", "c a b h"]
     tokenizer = train_tokenizer(texts, vocab_size=20, min_frequency=1)
@@ -155,7 +155,7 @@ def test_a_causal_lm_writes_one_candidate_character_per_pinyin_item(pinyin_task)
     spelled in training, of the model's log-probability + log P(item | character); beam search keeps in step too;
     an item never seen in training is written as itself."""
     from hf_feedback import FeedbackConfig, FeedbackForCausalLM
-    from hf_feedback.tokenization import train_tokenizer
+    from hf_feedback.data.tokenization import train_tokenizer
 
     train, test = pinyin_task["train"], pinyin_task["test"]
     tokenizer = train_tokenizer(character_corpus(train["target"]), vocab_size=6000, kind="wordpiece")

@@ -1,12 +1,12 @@
-"""Tests for hf_feedback/tokenization.py and its tokenize_dataset."""
+"""Tests for hf_feedback/data/tokenization.py and its tokenize_dataset."""
 
 import datasets
 import pytest
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from hf_feedback.corpora import load_sentiment_reviews
-from hf_feedback.tokenization import (
+from hf_feedback.data.corpora import load_sentiment_reviews
+from hf_feedback.data.tokenization import (
     SPECIAL_TOKENS,
     cooccurrence_vectors,
     default_tokenizer_corpus,

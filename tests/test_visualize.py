@@ -6,8 +6,8 @@ import torch
 from matplotlib.image import imread
 
 from hf_feedback import FeedbackForSequenceClassification
-from hf_feedback.corpora import load_sentiment_reviews
-from hf_feedback.tokenization import train_tokenizer
+from hf_feedback.data.corpora import load_sentiment_reviews
+from hf_feedback.data.tokenization import train_tokenizer
 from hf_feedback.visualize import attention_figure, attention_heatmaps, attention_probabilities
 
 TEXT = "质量很好，物流也快"

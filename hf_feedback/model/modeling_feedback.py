@@ -798,7 +798,8 @@ class FeedbackPreTrainedModel(PreTrainedModel):
     def set_token_characters(self, table: torch.Tensor):
         """Say which characters each token is written with: `table` (vocab_size, chars_per_token) holds character ids
         in [0, char_vocab_size), 0 past a token's last character. Fills the `token_characters` of every embedding
-        layer (an ELECTRA generator's too); `hf_feedback.tokenization.token_characters(tokenizer)` makes the table."""
+        layer (an ELECTRA generator's too); `hf_feedback.data.tokenization.token_characters(tokenizer)` makes the
+        table."""
         layers = self._character_layers()
         if not layers:
             raise ValueError("config.char_vocab_size is 0: this model has no character embeddings to index")
