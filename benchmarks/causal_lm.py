@@ -173,7 +173,7 @@ def _score(output, record, splits):
     """A variant's model and the n-grams of its tokens on the validation texts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hf_feedback.seq2seq import continuations
+    from hf_feedback.tasks.seq2seq import continuations
 
     tokenizer = AutoTokenizer.from_pretrained(output)
     model = AutoModelForCausalLM.from_pretrained(output, trust_remote_code=True)

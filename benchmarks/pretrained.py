@@ -177,7 +177,7 @@ def run_tagging(task, variant, seed):
 
 def tagging_floor():
     """Part of speech: each word's most frequent training tag (section 6's floor), on the whole test split."""
-    from hf_feedback.tagging import load_peoples_daily_tags
+    from hf_feedback.tasks.tagging import load_peoples_daily_tags
 
     from .tagging import most_frequent_tag_accuracy
 

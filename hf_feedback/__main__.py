@@ -104,7 +104,7 @@ def predict(folder, texts, batch_size=32, int8=False):
     # A tab splits a text into a sentence pair (a model fine-tuned with --text_pair_column), as in a TSV file.
     inputs = [dict(zip(("text", "text_pair"), text.split("\t", 1))) if "\t" in text else text for text in texts]
     if config.problem_type == "multi_label_classification":
-        from .metrics import MULTI_LABEL_THRESHOLD
+        from .tasks.metrics import MULTI_LABEL_THRESHOLD
 
         results = classify(inputs, batch_size=batch_size, truncation=True, max_length=max_length, top_k=None)
         for text, scores in zip(texts, results):  # every label's sigmoid, highest first
@@ -120,9 +120,9 @@ def predict(folder, texts, batch_size=32, int8=False):
 
 
 def write(model, tokenizer, texts, batch_size, max_new_tokens=64):
-    """Print `text<TAB>generated` for each text, greedily (`hf_feedback.seq2seq.generate_texts`): an
+    """Print `text<TAB>generated` for each text, greedily (`hf_feedback.tasks.seq2seq.generate_texts`): an
     encoder-decoder's output for it, or a causal language model's continuation of it."""
-    from .seq2seq import generate_texts
+    from .tasks.seq2seq import generate_texts
 
     for start in range(0, len(texts), batch_size):
         batch = texts[start:start + batch_size]
@@ -136,7 +136,7 @@ def tag(model, tokenizer, texts, batch_size, max_length):
     separated by spaces for a word segmentation model (B/M/E/S tags), else `token/tag` pairs (People's Daily's
     format). A text with spaces is read as words (what a word-level tagger such as part of speech needs), one
     without as characters."""
-    from .tagging import SEGMENTATION_TAGS, predict_tags, words_from_tags
+    from .tasks.tagging import SEGMENTATION_TAGS, predict_tags, words_from_tags
 
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     words = [text.split() if " " in text.strip() else [c for c in text if not c.isspace()] for text in texts]

@@ -26,7 +26,6 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import Trainer
 
-from .metrics import PROBLEM_TYPES
 from .model_card_procedure import (
     _LANGUAGE_MODELLING,
     _hardware,
@@ -35,6 +34,7 @@ from .model_card_procedure import (
     _procedure,
     _vocabulary,
 )
+from .tasks.metrics import PROBLEM_TYPES
 
 # The template is the project's own card, model_card.md at the top of the repository; the package holds a link to
 # it, which a wheel turns into a copy.
@@ -58,7 +58,7 @@ _HEADS = {
 _BARE_ENCODER = ("feature-extraction", "AutoModel")
 
 # Metrics shown per evaluated split, and those of them that go into the model-index: metric -> (name, args).
-# A text classifier reports its problem type's metrics (hf_feedback.metrics.PROBLEM_TYPES): those of classes, of
+# A text classifier reports its problem type's metrics (hf_feedback.tasks.metrics.PROBLEM_TYPES): those of classes, of
 # regression or of multiple labels, whichever the run's results hold.
 _CLASSIFICATION_METRICS = (*(name for problem in PROBLEM_TYPES.values() for name in problem.metrics), "loss")
 _INDEXED_METRICS = {

@@ -28,7 +28,7 @@ from transformers import (
 from hf_feedback import FeedbackForSequenceClassification
 from hf_feedback.failures import bad_input_exits, load_pretrained
 from hf_feedback.lora import apply_lora
-from hf_feedback.metrics import PROBLEM_TYPES, build_compute_metrics
+from hf_feedback.tasks.metrics import PROBLEM_TYPES, build_compute_metrics
 from hf_feedback.model_card import write_model_card
 from hf_feedback.plots import plot_confusion_matrix, plot_regression, plot_training_curves
 from hf_feedback.recipe_arguments import (

@@ -53,7 +53,7 @@ from hf_feedback.recipe_utils import (
 )
 from hf_feedback.run_folder import begin_run, claim_run, release_output_dir
 from hf_feedback.sentence_embeddings import write_sentence_transformers_files
-from hf_feedback.seq2seq import REPETITION_PENALTY, continuations
+from hf_feedback.tasks.seq2seq import REPETITION_PENALTY, continuations
 from hf_feedback.data.tokenization import tokenize_dataset
 from hf_feedback.training import FeedbackTrainer
 from hf_feedback.data.user_data import load_text_corpus

@@ -5,7 +5,7 @@
     accelerate launch recipes/token_classification.py --train_file ner.conll --validation_file dev.conll
     accelerate launch recipes/token_classification.py --model_name_or_path outputs/pretrain --learning_rate 5e-4
 
-The bundled corpus is People's Daily, January 1998 (hf_feedback.tagging): `--corpus cws` tags each character B, M,
+The bundled corpus is People's Daily, January 1998 (hf_feedback.tasks.tagging): `--corpus cws` tags each character B, M,
 E or S (word segmentation, scored as words), `--corpus pos` each word with its part of speech, `--corpus pinyin`
 each toneless pinyin syllable with the character it spells (the input-method task, one output per syllable). Your
 own data: CoNLL-style files (a token and its tag per line, a blank line between sentences) or json / jsonl /
@@ -51,7 +51,7 @@ from hf_feedback.recipe_utils import (
     trim_checkpoint_vocabulary,
 )
 from hf_feedback.run_folder import begin_run, claim_run, print_saved, release_output_dir
-from hf_feedback.tagging import (
+from hf_feedback.tasks.tagging import (
     TAG_TASKS,
     align_tags,
     build_tagging_metrics,

@@ -28,7 +28,7 @@ from hf_feedback.data.corpora import load_sentiment_reviews
 from hf_feedback.recipe_arguments import FineTuningModelArguments
 from hf_feedback.recipe_utils import init_embeddings_from_cooccurrence, new_model
 from hf_feedback.run_folder import resolve_resume
-from hf_feedback.seq2seq import CARD_DECODING, REPETITION_PENALTY
+from hf_feedback.tasks.seq2seq import CARD_DECODING, REPETITION_PENALTY
 from hf_feedback.data.tokenization import cooccurrence_vectors, token_characters, train_tokenizer
 
 TINY_MODEL = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"

@@ -1,4 +1,4 @@
-"""hf_feedback/seq2seq.py and recipes/seq2seq.py: the pinyin task, its baseline, the generation metrics, and tiny
+"""hf_feedback/tasks/seq2seq.py and recipes/seq2seq.py: the pinyin task, its baseline, the generation metrics, and tiny
 real runs of the encoder-decoder recipe."""
 
 import hashlib
@@ -13,8 +13,8 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 from helpers import load_recipe, losses
 
 from hf_feedback.__main__ import main as cli
-from hf_feedback.metrics import load_metric_module
-from hf_feedback.seq2seq import (
+from hf_feedback.tasks.metrics import load_metric_module
+from hf_feedback.tasks.seq2seq import (
     PinyinConstraint,
     character_corpus,
     decode_generated,

@@ -24,8 +24,8 @@ import numpy as np
 import datasets
 from transformers import LogitsProcessor
 
-from .data.corpora import _SPLITS, load_peoples_daily, split_of
-from .data.user_data import load_split_files
+from ..data.corpora import _SPLITS, load_peoples_daily, split_of
+from ..data.user_data import load_split_files
 
 
 def pinyin_of(text: str) -> list[str]:
