@@ -71,8 +71,8 @@ def _load_tokenizer(folder):
 
 def predict(folder, texts, batch_size=32, int8=False):
     """Print `label<TAB>score<TAB>text` for each text, with the classifier saved in `folder` (its Linear layers
-    quantised to int8 with `int8`: `hf_feedback.quantization.int8_linear`). A regression prints its number as the
-    score; a multi-label classifier every label whose probability passes MULTI_LABEL_THRESHOLD, with their
+    quantised to int8 with `int8`: `hf_feedback.integrations.quantization.int8_linear`). A regression prints its number
+    as the score; a multi-label classifier every label whose probability passes MULTI_LABEL_THRESHOLD, with their
     probabilities, comma-separated (both empty when none does)."""
     config = _load_config(folder)
     architectures = config.architectures or []
@@ -94,7 +94,7 @@ def predict(folder, texts, batch_size=32, int8=False):
     model = load_pretrained((AutoModelForTokenClassification if tagger else AutoModelForSequenceClassification)
                             .from_pretrained, folder).eval()
     if int8:
-        from .quantization import int8_linear
+        from .integrations.quantization import int8_linear
 
         model = int8_linear(model)
     max_length = min(tokenizer.model_max_length, getattr(config, "max_position_embeddings", tokenizer.model_max_length))
@@ -227,7 +227,7 @@ def main(argv=None):
         elif args.command == "attention":
             print(attention(args.folder, args.text, args.output, args.layers, args.max_tokens))
         elif args.format == "bert":
-            from .export_bert import export_bert  # the exporters load only when asked for
+            from .integrations.export_bert import export_bert  # the exporters load only when asked for
 
             if args.int8:
                 raise CommandError("--int8 applies to the ONNX export (a BERT folder is saved in float32)")
@@ -235,7 +235,7 @@ def main(argv=None):
             model = export_bert(args.folder, args.destination, overwrite=args.overwrite)
             print(f"Saved {type(model).__name__} ({model.num_parameters():,} parameters) to {args.destination}")
         else:
-            from .export_onnx import export_onnx
+            from .integrations.export_onnx import export_onnx
 
             set_up.will_create(args.destination)
             differences = export_onnx(args.folder, args.destination, overwrite=args.overwrite, int8=args.int8)

@@ -67,7 +67,7 @@ def check_masked_lm(config, folder, decoder=False):
         raise RecipeError(
             f"--model_name_or_path {folder} holds a {config.model_type!r} model ({', '.join(config.architectures or [])}"
             "); pretrain.py continues hf_feedback encoders (FeedbackForMaskedLM, or another hf_feedback head whose "
-            "encoder it reuses); convert a BERT first with `python -m hf_feedback.convert`")
+            "encoder it reuses); convert a BERT first with `python -m hf_feedback.integrations.convert`")
 
 
 def sample_splits(raw, data_args, seed):

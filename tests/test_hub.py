@@ -26,7 +26,7 @@ from helpers import WITHOUT_HF_FEEDBACK, run_recipe
 
 from hf_feedback import FeedbackConfig, FeedbackForSequenceClassification
 from hf_feedback.data.corpora import SENTIMENT_LABELS, load_sentiment_reviews
-from hf_feedback.hub import push_folder
+from hf_feedback.integrations.hub import push_folder
 from hf_feedback.data.tokenization import train_tokenizer
 
 TINY = ["--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",

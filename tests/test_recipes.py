@@ -23,7 +23,7 @@ from helpers import ROOT, load_recipe, losses, tiny_xlmr_checkpoint
 
 from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification
 from hf_feedback.__main__ import main as cli
-from hf_feedback.convert import convert
+from hf_feedback.integrations.convert import convert
 from hf_feedback.data.corpora import load_sentiment_reviews
 from hf_feedback.recipe_arguments import FineTuningModelArguments
 from hf_feedback.recipe_utils import init_embeddings_from_cooccurrence, new_model

@@ -35,7 +35,7 @@ SHARED_FILES = [
     "vocab.txt",
     "*_results.json",  # all/train/eval/test results: numbers only
     "*.png",  # the pictures the card shows
-    "modules.json",  # sentence-transformers' files (hf_feedback.sentence_embeddings)
+    "modules.json",  # sentence-transformers' files (hf_feedback.integrations.sentence_embeddings)
     "sentence_bert_config.json",
     POOLING_CONFIG,
 ]
