@@ -198,7 +198,7 @@ def _score(output, record, splits):
 
 def run(quick):
     from hf_feedback.data.corpora import load_peoples_daily
-    from hf_feedback.recipe_utils import sample
+    from hf_feedback.training.recipe_utils import sample
 
     corpus = sample(load_peoples_daily(), 400 if quick else None, SEED)  # as the recipe's --max_train_samples
     splits = corpus.train_test_split(test_size=VALIDATION_SHARE, seed=SEED)

@@ -123,7 +123,7 @@ def run(quick, previous=None):
     (a 45-minute run) but `previous` scored one on the same test sentences, its row is kept, with the date and commit
     it was measured at, and only what is missing runs."""
     from hf_feedback.tasks.metrics import load_metric_module
-    from hf_feedback.recipe_utils import sample
+    from hf_feedback.training.recipe_utils import sample
     from hf_feedback.tasks.seq2seq import load_pinyin_task, most_frequent_character_baseline, pinyin_candidates
 
     samples = QUICK_TEST if quick else EVAL_SAMPLES

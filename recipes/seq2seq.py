@@ -23,7 +23,14 @@ from hf_feedback import FeedbackForConditionalGeneration, FeedbackSeq2SeqConfig
 from hf_feedback.failures import bad_input_exits, load_pretrained
 from hf_feedback.model_card import BUNDLED_PEOPLES_DAILY, write_model_card
 from hf_feedback.plots import plot_training_curves
-from hf_feedback.recipe_arguments import (
+from hf_feedback.tasks.seq2seq import (
+    build_generation_metrics,
+    decode_generated,
+    load_pinyin_task,
+    load_seq2seq_files,
+    tokenize_pairs,
+)
+from hf_feedback.training.recipe_arguments import (
     FineTuningModelArguments,
     RecipeError,
     check_data_limits,
@@ -32,16 +39,14 @@ from hf_feedback.recipe_arguments import (
     parse_config_overrides,
     settle_evaluation,
 )
-from hf_feedback.recipe_utils import check_vocabulary, load_or_train_tokenizer, sample_splits, train_and_evaluate
-from hf_feedback.run_folder import begin_run, claim_run, print_saved, release_output_dir
-from hf_feedback.tasks.seq2seq import (
-    build_generation_metrics,
-    decode_generated,
-    load_pinyin_task,
-    load_seq2seq_files,
-    tokenize_pairs,
+from hf_feedback.training.recipe_utils import (
+    check_vocabulary,
+    load_or_train_tokenizer,
+    sample_splits,
+    train_and_evaluate,
 )
-from hf_feedback.training import FeedbackSeq2SeqTrainer
+from hf_feedback.training.run_folder import begin_run, claim_run, print_saved, release_output_dir
+from hf_feedback.training.trainer import FeedbackSeq2SeqTrainer
 
 
 @dataclass

@@ -29,7 +29,15 @@ from hf_feedback import FeedbackForTokenClassification
 from hf_feedback.failures import bad_input_exits, load_pretrained
 from hf_feedback.model_card import BUNDLED_PEOPLES_DAILY, write_model_card
 from hf_feedback.plots import plot_training_curves
-from hf_feedback.recipe_arguments import (
+from hf_feedback.tasks.tagging import (
+    TAG_TASKS,
+    align_tags,
+    build_tagging_metrics,
+    is_chunk_scheme,
+    load_peoples_daily_tags,
+    load_tagging_data,
+)
+from hf_feedback.training.recipe_arguments import (
     NewModelArguments,
     RecipeError,
     check_choice,
@@ -40,7 +48,7 @@ from hf_feedback.recipe_arguments import (
     parse_args,
     settle_evaluation,
 )
-from hf_feedback.recipe_utils import (
+from hf_feedback.training.recipe_utils import (
     check_vocabulary,
     load_or_train_tokenizer,
     new_model,
@@ -50,16 +58,8 @@ from hf_feedback.recipe_utils import (
     training_collator,
     trim_checkpoint_vocabulary,
 )
-from hf_feedback.run_folder import begin_run, claim_run, print_saved, release_output_dir
-from hf_feedback.tasks.tagging import (
-    TAG_TASKS,
-    align_tags,
-    build_tagging_metrics,
-    is_chunk_scheme,
-    load_peoples_daily_tags,
-    load_tagging_data,
-)
-from hf_feedback.training import FeedbackTrainer
+from hf_feedback.training.run_folder import begin_run, claim_run, print_saved, release_output_dir
+from hf_feedback.training.trainer import FeedbackTrainer
 
 
 @dataclass

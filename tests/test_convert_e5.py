@@ -14,6 +14,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from hf_feedback.data.corpora import load_sentiment_reviews
+from hf_feedback.failures import BadInput
 from hf_feedback.integrations.convert_e5 import (
     TOKENIZER_FILE,
     TOKENIZER_PACKAGE,
@@ -23,8 +25,6 @@ from hf_feedback.integrations.convert_e5 import (
     installed_file,
 )
 from hf_feedback.integrations.convert_e5 import reference_engine as build_reference_engine
-from hf_feedback.data.corpora import load_sentiment_reviews
-from hf_feedback.failures import BadInput
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec(WEIGHTS_PACKAGE) is None or importlib.util.find_spec(TOKENIZER_PACKAGE) is None,

@@ -18,9 +18,9 @@ from hf_feedback import (
 )
 from hf_feedback.__main__ import main as cli
 from hf_feedback.data.corpora import load_sentiment_reviews
+from hf_feedback.data.tokenization import train_tokenizer
 from hf_feedback.integrations.export_onnx import INT8_FILE, ONNX_FILE, NotExportable, export_onnx, onnx_outputs
 from hf_feedback.integrations.quantization import int8_linear
-from hf_feedback.data.tokenization import train_tokenizer
 
 TEXTS = ["质量很好，物流也快", "太差了，再也不买了，客服也不理人，退货还要自己出运费", "还行"]
 HEADS = [  # head, configuration, the outputs compared

@@ -17,8 +17,8 @@ from transformers import Trainer, TrainingArguments
 from helpers import run_recipe
 
 from hf_feedback import FeedbackForSequenceClassification
-from hf_feedback.lora import apply_lora
 from hf_feedback.model_card import TEMPLATE_PATH, write_model_card
+from hf_feedback.training.lora import apply_lora
 
 FINETUNE = ["--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",
             "--tokenizer_vocab_size", "2000", "--max_train_samples", "320", "--max_eval_samples", "48",

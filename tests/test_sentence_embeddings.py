@@ -9,8 +9,8 @@ from sentence_transformers import SentenceTransformer
 
 from hf_feedback import FeedbackForSequenceClassification
 from hf_feedback.data.corpora import load_sentiment_reviews
-from hf_feedback.integrations.sentence_embeddings import FILES, write_sentence_transformers_files
 from hf_feedback.data.tokenization import train_tokenizer
+from hf_feedback.integrations.sentence_embeddings import FILES, write_sentence_transformers_files
 
 TEXTS = ["质量很好，物流也快，下次还来买", "太差了", "一般般吧，价格还可以"]  # unequal lengths: padding in a batch
 

@@ -134,7 +134,7 @@ def test_a_folder_driven_as_run_translation_can_learn_its_first_target_token():
     # give the same logits (to 1e-6), and the first target token could never be learned.
     from transformers import DataCollatorForSeq2Seq
 
-    from hf_feedback.recipe_arguments import FineTuningModelArguments
+    from hf_feedback.training.recipe_arguments import FineTuningModelArguments
     from hf_feedback.data.tokenization import train_tokenizer
 
     texts = ["a b c d", "h g f e", "c a b h"]

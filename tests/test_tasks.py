@@ -14,6 +14,8 @@ from helpers import load_recipe, losses, tiny_xlmr_checkpoint, xlmr_tokenizer
 
 from hf_feedback.__main__ import main as cli
 from hf_feedback.data.corpora import load_sentiment_reviews
+from hf_feedback.data.tokenization import tokenize_dataset, train_tokenizer
+from hf_feedback.data.user_data import load_text_classification_data
 from hf_feedback.tasks.seq2seq import load_pinyin_task
 from hf_feedback.tasks.tagging import (
     _peoples_daily_sentences,
@@ -25,8 +27,6 @@ from hf_feedback.tasks.tagging import (
     segmentation_tags,
     words_from_tags,
 )
-from hf_feedback.data.tokenization import tokenize_dataset, train_tokenizer
-from hf_feedback.data.user_data import load_text_classification_data
 
 TINY_MODEL = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"
 finetune = load_recipe("finetune")

@@ -9,9 +9,9 @@ from helpers import xlmr_tokenizer
 
 from hf_feedback import FeedbackConfig, FeedbackForMaskedLM
 from hf_feedback.data.corpora import load_sentiment_reviews
-from hf_feedback.failures import BadInput
 from hf_feedback.data.tokenization import train_tokenizer
 from hf_feedback.data.trim_vocabulary import trim_vocabulary
+from hf_feedback.failures import BadInput
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import logging
 
-from .data.tokenization import TOKENIZER_KINDS
-from .failures import BadInput
-from .model.configuration_feedback import FeedbackConfig
+from ..data.tokenization import TOKENIZER_KINDS
+from ..failures import BadInput
+from ..model.configuration_feedback import FeedbackConfig
 
 logger = logging.get_logger(__name__)
 

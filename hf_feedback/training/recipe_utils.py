@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from .data.collators import DataCollatorForPaddingFree
-from .data.tokenization import cooccurrence_vectors, token_characters, train_tokenizer
-from .data.trim_vocabulary import is_unigram, pieces_to_keep, trim_vocabulary
-from .failures import bad_input_exits
-from .model.configuration_feedback import FeedbackConfig
+from ..data.collators import DataCollatorForPaddingFree
+from ..data.tokenization import cooccurrence_vectors, token_characters, train_tokenizer
+from ..data.trim_vocabulary import is_unigram, pieces_to_keep, trim_vocabulary
+from ..failures import bad_input_exits
+from ..model.configuration_feedback import FeedbackConfig
 from .recipe_arguments import RecipeError, parse_config_overrides
 from .run_folder import check_resume_fits
 

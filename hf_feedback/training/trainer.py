@@ -20,7 +20,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import SchedulerType, TrainOutput, get_last_checkpoint
 from transformers.utils import logging
 
-from .integrations.hub import push_folder
+from ..integrations.hub import push_folder
 
 
 logger = logging.get_logger(__name__)
