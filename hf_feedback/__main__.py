@@ -32,7 +32,7 @@ from transformers import (
     pipeline,
 )
 from .failures import DEBUG_VARIABLE, BadInput, bad_input_exits, load_pretrained
-from .visualize import attention_heatmaps
+from .reports.visualize import attention_heatmaps
 
 _AUTO_CLASSES = {  # saved head (class-name suffix) -> Auto class that reopens it
     "ForSequenceClassification": AutoModelForSequenceClassification,

@@ -30,8 +30,8 @@ from hf_feedback.data.tokenization import TRUNCATIONS, tokenize_dataset
 from hf_feedback.data.user_data import all_texts, label_kind, load_text_classification_data, multi_hot
 from hf_feedback.failures import bad_input_exits, load_pretrained
 from hf_feedback.integrations.sentence_embeddings import write_sentence_transformers_files
-from hf_feedback.model_card import write_model_card
-from hf_feedback.plots import plot_confusion_matrix, plot_regression, plot_training_curves
+from hf_feedback.reports.model_card import write_model_card
+from hf_feedback.reports.plots import plot_confusion_matrix, plot_regression, plot_training_curves
 from hf_feedback.tasks.metrics import PROBLEM_TYPES, build_compute_metrics
 from hf_feedback.training.lora import apply_lora
 from hf_feedback.training.recipe_arguments import (

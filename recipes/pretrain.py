@@ -37,8 +37,8 @@ from hf_feedback.data.tokenization import tokenize_dataset
 from hf_feedback.data.user_data import load_text_corpus
 from hf_feedback.failures import bad_input_exits, load_pretrained
 from hf_feedback.integrations.sentence_embeddings import write_sentence_transformers_files
-from hf_feedback.model_card import BUNDLED_PEOPLES_DAILY, BUNDLED_REVIEWS, write_model_card
-from hf_feedback.plots import plot_training_curves
+from hf_feedback.reports.model_card import BUNDLED_PEOPLES_DAILY, BUNDLED_REVIEWS, write_model_card
+from hf_feedback.reports.plots import plot_training_curves
 from hf_feedback.tasks.seq2seq import REPETITION_PENALTY, continuations
 from hf_feedback.training.recipe_arguments import (
     ModelArguments,

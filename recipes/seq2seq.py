@@ -21,8 +21,8 @@ from transformers import AutoConfig, AutoModelForSeq2SeqLM, DataCollatorForSeq2S
 
 from hf_feedback import FeedbackForConditionalGeneration, FeedbackSeq2SeqConfig
 from hf_feedback.failures import bad_input_exits, load_pretrained
-from hf_feedback.model_card import BUNDLED_PEOPLES_DAILY, write_model_card
-from hf_feedback.plots import plot_training_curves
+from hf_feedback.reports.model_card import BUNDLED_PEOPLES_DAILY, write_model_card
+from hf_feedback.reports.plots import plot_training_curves
 from hf_feedback.tasks.seq2seq import (
     build_generation_metrics,
     decode_generated,

@@ -27,8 +27,8 @@ from transformers import (
 
 from hf_feedback import FeedbackForTokenClassification
 from hf_feedback.failures import bad_input_exits, load_pretrained
-from hf_feedback.model_card import BUNDLED_PEOPLES_DAILY, write_model_card
-from hf_feedback.plots import plot_training_curves
+from hf_feedback.reports.model_card import BUNDLED_PEOPLES_DAILY, write_model_card
+from hf_feedback.reports.plots import plot_training_curves
 from hf_feedback.tasks.tagging import (
     TAG_TASKS,
     align_tags,

@@ -1,4 +1,4 @@
-"""hf_feedback.model_card: the card the recipes write carries the run's real numbers and valid Hub metadata.
+"""hf_feedback.reports.model_card: the card the recipes write carries the run's real numbers and valid Hub metadata.
 
 `ModelCard.validate()` needs the Hub (it posts the card to /api/validate-yaml), so the metadata is validated offline:
 parsed into `ModelCardData` (which builds `EvalResult`s from the model-index through `model_index_to_eval_results`,
@@ -17,7 +17,7 @@ from transformers import Trainer, TrainingArguments
 from helpers import run_recipe
 
 from hf_feedback import FeedbackForSequenceClassification
-from hf_feedback.model_card import TEMPLATE_PATH, write_model_card
+from hf_feedback.reports.model_card import TEMPLATE_PATH, write_model_card
 from hf_feedback.training.lora import apply_lora
 
 FINETUNE = ["--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",

@@ -26,6 +26,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import Trainer
 
+from ..tasks.metrics import PROBLEM_TYPES
 from .model_card_procedure import (
     _LANGUAGE_MODELLING,
     _hardware,
@@ -34,7 +35,6 @@ from .model_card_procedure import (
     _procedure,
     _vocabulary,
 )
-from .tasks.metrics import PROBLEM_TYPES
 
 # The template is the project's own card, model_card.md at the top of the repository; the package holds a link to
 # it, which a wheel turns into a copy.
@@ -83,7 +83,7 @@ _TASK_TITLES = {"text-classification": "Text classification", "fill-mask": "Mask
                 "token-classification": "Token classification", "text-generation": "Causal language modelling",
                 "text2text-generation": "Sequence to sequence"}
 _SPLIT_PREFIXES = (("validation", "eval"), ("test", "test"))
-# Pictures written by hf_feedback.plots that the card shows when the run made them.
+# Pictures written by hf_feedback.reports.plots that the card shows when the run made them.
 _PICTURES = (("Training and validation loss", "loss.png"), ("Learning rate", "learning_rate.png"),
              ("Validation metrics during training", "eval_metrics.png"),
              ("Test confusion matrix", "confusion_matrix.png"), ("Test predictions against the truth", "predictions.png"))
