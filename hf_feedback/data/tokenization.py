@@ -1,5 +1,5 @@
 """Train a BERT-style WordPiece tokenizer from scratch and wrap it as a Hugging Face tokenizer, and tokenize datasets
-with it (`tokenize_dataset`, moved here from data.py when that file was split)."""
+with it (`tokenize_dataset`, moved here from hf_feedback/data.py when that file was split)."""
 
 import json
 from collections.abc import Iterable, Iterator

@@ -2,8 +2,9 @@
 normalised to the columns the recipes expect: `text` for masked-LM pretraining, and `text` (+ `text_pair`) + `label`
 (a `ClassLabel`, float32 numbers for regression, lists of classes for multi-label) for sequence classification.
 
-Moved here from data.py with the helpers of normalised datasets (`all_texts`, `label_kind`, `multi_hot`) when it
-passed 500 lines: the bundled corpora are in corpora.py, `tokenize_dataset` in tokenization.py.
+Moved here from hf_feedback/data.py (before data/ was a folder) with the helpers of normalised datasets
+(`all_texts`, `label_kind`, `multi_hot`) when it passed 500 lines: the bundled corpora are in corpora.py,
+`tokenize_dataset` in tokenization.py.
 """
 
 import codecs
