@@ -95,7 +95,8 @@ def test_finetune_card_has_the_runs_numbers_and_hub_metadata(finetuned):
     assert "| learning-rate schedule | linear, peak 0.003, warmup 10% of the steps |" in text
     assert "| optimizer steps | 4 (" in text and "| batch size | 16 (16 per device × 1 process" in text
     assert re.search(r"Hardware: 1 process on CPU \(.+, \d+ cores\); training took \d+\.\d s\.", text), text
-    assert 'pipeline("text-classification", model="finetune0", trust_remote_code=True)' in text
+    # The folder's own name (tmp_path_factory numbers it after other test files' "finetune" folders in this worker).
+    assert f'pipeline("text-classification", model="{finetuned.name}", trust_remote_code=True)' in text
     for picture in ("loss.png", "learning_rate.png", "eval_metrics.png", "confusion_matrix.png"):
         assert f"]({picture})" in text and (finetuned / picture).is_file()
     assert "{{" not in text and "{%" not in text
