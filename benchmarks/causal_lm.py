@@ -187,7 +187,7 @@ def _score(output, record, splits):
     """A variant's model and the n-grams of its tokens on the validation texts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hf_feedback.seq2seq import continuations
+    from hf_feedback.tasks.seq2seq import continuations
 
     tokenizer = AutoTokenizer.from_pretrained(output)
     model = AutoModelForCausalLM.from_pretrained(output, trust_remote_code=True)
@@ -211,8 +211,8 @@ def _score(output, record, splits):
 
 
 def run(quick):
-    from hf_feedback.data import load_peoples_daily
-    from hf_feedback.recipe_utils import sample
+    from hf_feedback.data.corpora import load_peoples_daily
+    from hf_feedback.training.recipe_utils import sample
 
     corpus = sample(load_peoples_daily(), 400 if quick else None, SEED)  # as the recipe's --max_train_samples
     splits = corpus.train_test_split(test_size=VALIDATION_SHARE, seed=SEED)

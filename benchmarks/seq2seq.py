@@ -5,13 +5,13 @@ layers of width 256 in each half; one epoch of the training split, batch 32, lea
 WordPiece tokenizer trained on the pinyin and the characters), its validation and test splits cut to EVAL_SAMPLES
 sentences each (the recipe's --max_eval_samples, a seeded sample) to keep the CPU run's generation short. Beside it,
 the floor: each syllable written as the character it most often stood for in the training split
-(hf_feedback.seq2seq.most_frequent_character_baseline), and the same task read as tagging: one run of
+(hf_feedback.tasks.seq2seq.most_frequent_character_baseline), and the same task read as tagging: one run of
 `recipes/token_classification.py --corpus pinyin` with its defaults (a new 6-layer encoder of width 256, one epoch),
 which writes one character per syllable and so never falls out of step; and a causal language model of the training
 sentences (`recipes/pretrain.py --objective clm` with its defaults, one token per character) writing each sentence
-under hf_feedback.seq2seq.PinyinConstraint (one character per item, each one the item spelled in training), greedy and
-with a beam search, beside a classic input method that does the same with a Kneser-Ney character 3-gram. All are
-scored on the same test sentences against the original sentences, by the same `generation` metric module.
+under hf_feedback.tasks.seq2seq.PinyinConstraint (one character per item, each one the item spelled in training),
+greedy and with a beam search, beside a classic input method that does the same with a Kneser-Ney character 3-gram.
+All are scored on the same test sentences against the original sentences, by the same `generation` metric module.
 """
 
 from .common import RUNS, recorded_run, table, verdict
@@ -47,9 +47,9 @@ def _run_tagger(quick, samples):
 
 
 def _write_lm_corpus(quick, train_targets):
-    """The task's training sentences, one token per character (hf_feedback.seq2seq.character_corpus), as the file
+    """The task's training sentences, one token per character (hf_feedback.tasks.seq2seq.character_corpus), as the file
     the language model trains on: it never sees a test sentence."""
-    from hf_feedback.seq2seq import character_corpus
+    from hf_feedback.tasks.seq2seq import character_corpus
 
     corpus = RUNS / ("quick" if quick else "") / "pinyin_lm_corpus.txt"
     corpus.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +72,7 @@ def lm_predictions(folder, sources, candidates, num_beams):
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hf_feedback.seq2seq import write_from_pinyin
+    from hf_feedback.tasks.seq2seq import write_from_pinyin
 
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -87,7 +87,7 @@ def kneser_ney_input_method(train, sources, candidates, order=3, beam=BEAM):
     as PinyinConstraint scores the LM (log P(character | the order - 1 before) + log P(item | character))."""
     import math
 
-    from hf_feedback.seq2seq import pinyin_emissions
+    from hf_feedback.tasks.seq2seq import pinyin_emissions
 
     from .causal_lm import KneserNey
 
@@ -110,7 +110,7 @@ def tagger_predictions(folder, sources):
     """The characters the syllable tagger saved in `folder` writes for each source (pinyin items joined by spaces)."""
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    from hf_feedback.tagging import predict_tags
+    from hf_feedback.tasks.tagging import predict_tags
 
     model = AutoModelForTokenClassification.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -122,9 +122,9 @@ def run(quick, previous=None):
     """`previous`: this section's last entry in results.json. Where this machine holds no run of the encoder-decoder
     (a 45-minute run) but `previous` scored one on the same test sentences, its row is kept, with the date and commit
     it was measured at, and only what is missing runs."""
-    from hf_feedback.metrics import load_metric_module
-    from hf_feedback.recipe_utils import sample
-    from hf_feedback.seq2seq import load_pinyin_task, most_frequent_character_baseline, pinyin_candidates
+    from hf_feedback.tasks.metrics import load_metric_module
+    from hf_feedback.training.recipe_utils import sample
+    from hf_feedback.tasks.seq2seq import load_pinyin_task, most_frequent_character_baseline, pinyin_candidates
 
     samples = QUICK_TEST if quick else EVAL_SAMPLES
     keep = (not quick and previous is not None and previous["result"]["test_pairs"] == samples

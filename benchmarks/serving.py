@@ -19,9 +19,9 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from hf_feedback.data import load_sentiment_reviews
-from hf_feedback.export_onnx import INT8_FILE, ONNX_FILE, TOLERANCE, export_onnx, onnx_outputs
-from hf_feedback.quantization import int8_linear
+from hf_feedback.data.corpora import load_sentiment_reviews
+from hf_feedback.integrations.export_onnx import INT8_FILE, ONNX_FILE, TOLERANCE, export_onnx, onnx_outputs
+from hf_feedback.integrations.quantization import int8_linear
 
 from . import recipe_search, workloads
 from .common import ROOT, RUNS, summarize, table, time_interleaved

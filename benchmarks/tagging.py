@@ -53,8 +53,8 @@ def jieba_baseline(sentences):
     (characters, B/M/E/S tags) pair: the metric module our segmentation runs are scored with."""
     import jieba
 
-    from hf_feedback.metrics import load_metric_module
-    from hf_feedback.tagging import chunk_tags, segmentation_tags
+    from hf_feedback.tasks.metrics import load_metric_module
+    from hf_feedback.tasks.tagging import chunk_tags, segmentation_tags
 
     jieba.setLogLevel(60)  # its dictionary-loading chatter
     references, predictions = [], []
@@ -84,7 +84,7 @@ def most_frequent_tag_accuracy(train, test):
 
 
 def run(quick):
-    from hf_feedback.tagging import load_peoples_daily_tags
+    from hf_feedback.tasks.tagging import load_peoples_daily_tags
 
     runs = {task: _run_recipe(task, quick) for task in TASKS}
     test = load_peoples_daily_tags("cws")["test"]

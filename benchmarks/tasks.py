@@ -26,7 +26,8 @@ import random
 
 import datasets
 
-from hf_feedback.data import all_texts, load_sentiment_reviews, load_text_classification_data
+from hf_feedback.data.corpora import load_sentiment_reviews
+from hf_feedback.data.user_data import all_texts, load_text_classification_data
 
 from .common import RUNS
 

@@ -17,9 +17,9 @@ import scipy.sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from hf_feedback.data import all_texts, load_text_classification_data
-from hf_feedback.metrics import METRIC_NAMES, load_classification_metrics
-from hf_feedback.recipe_utils import sample
+from hf_feedback.data.user_data import all_texts, load_text_classification_data
+from hf_feedback.tasks.metrics import METRIC_NAMES, load_classification_metrics
+from hf_feedback.training.recipe_utils import sample
 
 
 def main(argv=None):

@@ -22,9 +22,9 @@ from transformers import (
 )
 
 from hf_feedback import FeedbackConfig, FeedbackForSequenceClassification
-from hf_feedback.convert import SHARED_CONFIG_FIELDS
-from hf_feedback.data import load_sentiment_reviews, tokenize_dataset
-from hf_feedback.tokenization import SPECIAL_TOKENS, train_tokenizer
+from hf_feedback.data.corpora import load_sentiment_reviews
+from hf_feedback.data.tokenization import SPECIAL_TOKENS, tokenize_dataset, train_tokenizer
+from hf_feedback.integrations.convert import SHARED_CONFIG_FIELDS
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 Importing the package registers the model with transformers' Auto classes, so that
 `AutoModel.from_pretrained(folder)` (and the other Auto classes) open hf_feedback checkpoints.
+
+Its folders, each importing only failures.py and the ones before it: model/ (the model family), data/, integrations/
+(importers, exporters, the Hub), tasks/, training/, reports/ (model card, plots); __main__.py is the command line.
 """
 
 from transformers import (
@@ -15,9 +18,9 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
-from .collators import DataCollatorForPaddingFree
-from .configuration_feedback import FeedbackConfig, FeedbackSeq2SeqConfig
-from .modeling_feedback import (
+from .data.collators import DataCollatorForPaddingFree
+from .model.configuration_feedback import FeedbackConfig, FeedbackSeq2SeqConfig
+from .model.modeling_feedback import (
     FeedbackForCausalLM,
     FeedbackForConditionalGeneration,
     FeedbackForMaskedLM,

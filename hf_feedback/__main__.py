@@ -32,7 +32,7 @@ from transformers import (
     pipeline,
 )
 from .failures import DEBUG_VARIABLE, BadInput, bad_input_exits, load_pretrained
-from .visualize import attention_heatmaps
+from .reports.visualize import attention_heatmaps
 
 _AUTO_CLASSES = {  # saved head (class-name suffix) -> Auto class that reopens it
     "ForSequenceClassification": AutoModelForSequenceClassification,
@@ -71,8 +71,8 @@ def _load_tokenizer(folder):
 
 def predict(folder, texts, batch_size=32, int8=False):
     """Print `label<TAB>score<TAB>text` for each text, with the classifier saved in `folder` (its Linear layers
-    quantised to int8 with `int8`: `hf_feedback.quantization.int8_linear`). A regression prints its number as the
-    score; a multi-label classifier every label whose probability passes MULTI_LABEL_THRESHOLD, with their
+    quantised to int8 with `int8`: `hf_feedback.integrations.quantization.int8_linear`). A regression prints its number
+    as the score; a multi-label classifier every label whose probability passes MULTI_LABEL_THRESHOLD, with their
     probabilities, comma-separated (both empty when none does)."""
     config = _load_config(folder)
     architectures = config.architectures or []
@@ -94,7 +94,7 @@ def predict(folder, texts, batch_size=32, int8=False):
     model = load_pretrained((AutoModelForTokenClassification if tagger else AutoModelForSequenceClassification)
                             .from_pretrained, folder).eval()
     if int8:
-        from .quantization import int8_linear
+        from .integrations.quantization import int8_linear
 
         model = int8_linear(model)
     max_length = min(tokenizer.model_max_length, getattr(config, "max_position_embeddings", tokenizer.model_max_length))
@@ -104,7 +104,7 @@ def predict(folder, texts, batch_size=32, int8=False):
     # A tab splits a text into a sentence pair (a model fine-tuned with --text_pair_column), as in a TSV file.
     inputs = [dict(zip(("text", "text_pair"), text.split("\t", 1))) if "\t" in text else text for text in texts]
     if config.problem_type == "multi_label_classification":
-        from .metrics import MULTI_LABEL_THRESHOLD
+        from .tasks.metrics import MULTI_LABEL_THRESHOLD
 
         results = classify(inputs, batch_size=batch_size, truncation=True, max_length=max_length, top_k=None)
         for text, scores in zip(texts, results):  # every label's sigmoid, highest first
@@ -120,9 +120,9 @@ def predict(folder, texts, batch_size=32, int8=False):
 
 
 def write(model, tokenizer, texts, batch_size, max_new_tokens=64):
-    """Print `text<TAB>generated` for each text, greedily (`hf_feedback.seq2seq.generate_texts`): an
+    """Print `text<TAB>generated` for each text, greedily (`hf_feedback.tasks.seq2seq.generate_texts`): an
     encoder-decoder's output for it, or a causal language model's continuation of it."""
-    from .seq2seq import generate_texts
+    from .tasks.seq2seq import generate_texts
 
     for start in range(0, len(texts), batch_size):
         batch = texts[start:start + batch_size]
@@ -136,7 +136,7 @@ def tag(model, tokenizer, texts, batch_size, max_length):
     separated by spaces for a word segmentation model (B/M/E/S tags), else `token/tag` pairs (People's Daily's
     format). A text with spaces is read as words (what a word-level tagger such as part of speech needs), one
     without as characters."""
-    from .tagging import SEGMENTATION_TAGS, predict_tags, words_from_tags
+    from .tasks.tagging import SEGMENTATION_TAGS, predict_tags, words_from_tags
 
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     words = [text.split() if " " in text.strip() else [c for c in text if not c.isspace()] for text in texts]
@@ -169,7 +169,8 @@ def attention(folder, text, output, layers=None, max_tokens=48):
 
 def _stdin_texts():
     """One text per non-empty line of stdin, which must be UTF-8 (read as bytes, so the message can say so)."""
-    from .data import not_utf8  # here: hf_feedback.data imports `datasets`, which predict does not otherwise need
+    # Imported here: the module imports `datasets`, which predict does not otherwise need.
+    from .data.user_data import not_utf8
 
     data = sys.stdin.buffer.read()
     problem = not_utf8(data)
@@ -226,7 +227,7 @@ def main(argv=None):
         elif args.command == "attention":
             print(attention(args.folder, args.text, args.output, args.layers, args.max_tokens))
         elif args.format == "bert":
-            from .export_bert import export_bert  # the exporters load only when asked for
+            from .integrations.export_bert import export_bert  # the exporters load only when asked for
 
             if args.int8:
                 raise CommandError("--int8 applies to the ONNX export (a BERT folder is saved in float32)")
@@ -234,7 +235,7 @@ def main(argv=None):
             model = export_bert(args.folder, args.destination, overwrite=args.overwrite)
             print(f"Saved {type(model).__name__} ({model.num_parameters():,} parameters) to {args.destination}")
         else:
-            from .export_onnx import export_onnx
+            from .integrations.export_onnx import export_onnx
 
             set_up.will_create(args.destination)
             differences = export_onnx(args.folder, args.destination, overwrite=args.overwrite, int8=args.int8)

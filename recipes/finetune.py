@@ -26,20 +26,15 @@ from transformers import (
 )
 
 from hf_feedback import FeedbackForSequenceClassification
-from hf_feedback.data import (
-    TRUNCATIONS,
-    all_texts,
-    label_kind,
-    load_text_classification_data,
-    multi_hot,
-    tokenize_dataset,
-)
+from hf_feedback.data.tokenization import TRUNCATIONS, tokenize_dataset
+from hf_feedback.data.user_data import all_texts, label_kind, load_text_classification_data, multi_hot
 from hf_feedback.failures import bad_input_exits, load_pretrained
-from hf_feedback.lora import apply_lora
-from hf_feedback.metrics import PROBLEM_TYPES, build_compute_metrics
-from hf_feedback.model_card import write_model_card
-from hf_feedback.plots import plot_confusion_matrix, plot_regression, plot_training_curves
-from hf_feedback.recipe_arguments import (
+from hf_feedback.integrations.sentence_embeddings import write_sentence_transformers_files
+from hf_feedback.reports.model_card import write_model_card
+from hf_feedback.reports.plots import plot_confusion_matrix, plot_regression, plot_training_curves
+from hf_feedback.tasks.metrics import PROBLEM_TYPES, build_compute_metrics
+from hf_feedback.training.lora import apply_lora
+from hf_feedback.training.recipe_arguments import (
     NewModelArguments,
     RecipeError,
     check_choice,
@@ -49,7 +44,7 @@ from hf_feedback.recipe_arguments import (
     parse_args,
     settle_evaluation,
 )
-from hf_feedback.recipe_utils import (
+from hf_feedback.training.recipe_utils import (
     check_text_classifier,
     check_vocabulary,
     load_or_train_tokenizer,
@@ -60,9 +55,8 @@ from hf_feedback.recipe_utils import (
     training_collator,
     trim_checkpoint_vocabulary,
 )
-from hf_feedback.run_folder import begin_run, claim_run, print_saved, release_output_dir
-from hf_feedback.sentence_embeddings import write_sentence_transformers_files
-from hf_feedback.training import CLASS_WEIGHTINGS, FeedbackTrainer, WeightedCrossEntropy, class_weights
+from hf_feedback.training.run_folder import begin_run, claim_run, print_saved, release_output_dir
+from hf_feedback.training.trainer import CLASS_WEIGHTINGS, FeedbackTrainer, WeightedCrossEntropy, class_weights
 
 
 @dataclass

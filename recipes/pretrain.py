@@ -32,18 +32,22 @@ import torch
 from transformers import AutoConfig, DataCollatorForLanguageModeling, TrainingArguments
 
 from hf_feedback import FeedbackForCausalLM, FeedbackForMaskedLM, FeedbackForPreTraining
-from hf_feedback.data import load_peoples_daily, load_sentiment_reviews, load_text_corpus, tokenize_dataset
+from hf_feedback.data.corpora import load_peoples_daily, load_sentiment_reviews
+from hf_feedback.data.tokenization import tokenize_dataset
+from hf_feedback.data.user_data import load_text_corpus
 from hf_feedback.failures import bad_input_exits, load_pretrained
-from hf_feedback.model_card import BUNDLED_PEOPLES_DAILY, BUNDLED_REVIEWS, write_model_card
-from hf_feedback.plots import plot_training_curves
-from hf_feedback.recipe_arguments import (
+from hf_feedback.integrations.sentence_embeddings import write_sentence_transformers_files
+from hf_feedback.reports.model_card import BUNDLED_PEOPLES_DAILY, BUNDLED_REVIEWS, write_model_card
+from hf_feedback.reports.plots import plot_training_curves
+from hf_feedback.tasks.seq2seq import REPETITION_PENALTY, continuations
+from hf_feedback.training.recipe_arguments import (
     ModelArguments,
     RecipeError,
     check_choice,
     checkpoint_config_overrides,
     parse_args,
 )
-from hf_feedback.recipe_utils import (
+from hf_feedback.training.recipe_utils import (
     check_masked_lm,
     check_vocabulary,
     load_or_train_tokenizer,
@@ -51,10 +55,8 @@ from hf_feedback.recipe_utils import (
     sample,
     training_collator,
 )
-from hf_feedback.run_folder import begin_run, claim_run, release_output_dir
-from hf_feedback.sentence_embeddings import write_sentence_transformers_files
-from hf_feedback.seq2seq import REPETITION_PENALTY, continuations
-from hf_feedback.training import FeedbackTrainer
+from hf_feedback.training.run_folder import begin_run, claim_run, release_output_dir
+from hf_feedback.training.trainer import FeedbackTrainer
 
 
 @dataclass

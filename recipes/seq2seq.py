@@ -4,7 +4,7 @@
     accelerate launch recipes/seq2seq.py --train_file pairs.csv --validation_file dev.csv \
         --source_column question --target_column answer
 
-The bundled task (hf_feedback.seq2seq) is the input method's: People's Daily sentences written as toneless pinyin,
+The bundled task (hf_feedback.tasks.seq2seq) is the input method's: People's Daily sentences written as toneless pinyin,
 to be written back in characters, where each syllable stands for many characters and the context decides. Your own
 data: csv / json / jsonl / parquet files with a source and a target text column. The arguments follow finetune.py's:
 every `Seq2SeqTrainingArguments` flag works (`--generation_num_beams 4` for beam search). Evaluation during
@@ -21,9 +21,16 @@ from transformers import AutoConfig, AutoModelForSeq2SeqLM, DataCollatorForSeq2S
 
 from hf_feedback import FeedbackForConditionalGeneration, FeedbackSeq2SeqConfig
 from hf_feedback.failures import bad_input_exits, load_pretrained
-from hf_feedback.model_card import BUNDLED_PEOPLES_DAILY, write_model_card
-from hf_feedback.plots import plot_training_curves
-from hf_feedback.recipe_arguments import (
+from hf_feedback.reports.model_card import BUNDLED_PEOPLES_DAILY, write_model_card
+from hf_feedback.reports.plots import plot_training_curves
+from hf_feedback.tasks.seq2seq import (
+    build_generation_metrics,
+    decode_generated,
+    load_pinyin_task,
+    load_seq2seq_files,
+    tokenize_pairs,
+)
+from hf_feedback.training.recipe_arguments import (
     FineTuningModelArguments,
     RecipeError,
     check_data_limits,
@@ -32,16 +39,14 @@ from hf_feedback.recipe_arguments import (
     parse_config_overrides,
     settle_evaluation,
 )
-from hf_feedback.recipe_utils import check_vocabulary, load_or_train_tokenizer, sample_splits, train_and_evaluate
-from hf_feedback.run_folder import begin_run, claim_run, print_saved, release_output_dir
-from hf_feedback.seq2seq import (
-    build_generation_metrics,
-    decode_generated,
-    load_pinyin_task,
-    load_seq2seq_files,
-    tokenize_pairs,
+from hf_feedback.training.recipe_utils import (
+    check_vocabulary,
+    load_or_train_tokenizer,
+    sample_splits,
+    train_and_evaluate,
 )
-from hf_feedback.training import FeedbackSeq2SeqTrainer
+from hf_feedback.training.run_folder import begin_run, claim_run, print_saved, release_output_dir
+from hf_feedback.training.trainer import FeedbackSeq2SeqTrainer
 
 
 @dataclass

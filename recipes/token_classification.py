@@ -5,7 +5,7 @@
     accelerate launch recipes/token_classification.py --train_file ner.conll --validation_file dev.conll
     accelerate launch recipes/token_classification.py --model_name_or_path outputs/pretrain --learning_rate 5e-4
 
-The bundled corpus is People's Daily, January 1998 (hf_feedback.tagging): `--corpus cws` tags each character B, M,
+The bundled corpus is People's Daily, January 1998 (hf_feedback.tasks.tagging): `--corpus cws` tags each character B, M,
 E or S (word segmentation, scored as words), `--corpus pos` each word with its part of speech, `--corpus pinyin`
 each toneless pinyin syllable with the character it spells (the input-method task, one output per syllable). Your
 own data: CoNLL-style files (a token and its tag per line, a blank line between sentences) or json / jsonl /
@@ -27,9 +27,17 @@ from transformers import (
 
 from hf_feedback import FeedbackForTokenClassification
 from hf_feedback.failures import bad_input_exits, load_pretrained
-from hf_feedback.model_card import BUNDLED_PEOPLES_DAILY, write_model_card
-from hf_feedback.plots import plot_training_curves
-from hf_feedback.recipe_arguments import (
+from hf_feedback.reports.model_card import BUNDLED_PEOPLES_DAILY, write_model_card
+from hf_feedback.reports.plots import plot_training_curves
+from hf_feedback.tasks.tagging import (
+    TAG_TASKS,
+    align_tags,
+    build_tagging_metrics,
+    is_chunk_scheme,
+    load_peoples_daily_tags,
+    load_tagging_data,
+)
+from hf_feedback.training.recipe_arguments import (
     NewModelArguments,
     RecipeError,
     check_choice,
@@ -40,7 +48,7 @@ from hf_feedback.recipe_arguments import (
     parse_args,
     settle_evaluation,
 )
-from hf_feedback.recipe_utils import (
+from hf_feedback.training.recipe_utils import (
     check_vocabulary,
     load_or_train_tokenizer,
     new_model,
@@ -50,16 +58,8 @@ from hf_feedback.recipe_utils import (
     training_collator,
     trim_checkpoint_vocabulary,
 )
-from hf_feedback.run_folder import begin_run, claim_run, print_saved, release_output_dir
-from hf_feedback.tagging import (
-    TAG_TASKS,
-    align_tags,
-    build_tagging_metrics,
-    is_chunk_scheme,
-    load_peoples_daily_tags,
-    load_tagging_data,
-)
-from hf_feedback.training import FeedbackTrainer
+from hf_feedback.training.run_folder import begin_run, claim_run, print_saved, release_output_dir
+from hf_feedback.training.trainer import FeedbackTrainer
 
 
 @dataclass

@@ -61,7 +61,7 @@ def tiny_xlmr_checkpoint(folder, texts, upstream=None):
     from huggingface_hub import ModelCard, ModelCardData
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
-    from hf_feedback.convert import convert
+    from hf_feedback.integrations.convert import convert
 
     tokenizer = xlmr_tokenizer(texts, 3000)
     torch.manual_seed(0)

@@ -13,8 +13,8 @@ from helpers import ROOT
 
 from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification
 from hf_feedback.__main__ import main
-from hf_feedback.data import SENTIMENT_LABELS, load_sentiment_reviews
-from hf_feedback.tokenization import train_tokenizer
+from hf_feedback.data.corpora import SENTIMENT_LABELS, load_sentiment_reviews
+from hf_feedback.data.tokenization import train_tokenizer
 
 TEXTS = ["质量很好，物流也快", "太差了，再也不买了", "一般般"]
 

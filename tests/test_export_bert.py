@@ -1,5 +1,5 @@
-"""hf_feedback/export_bert.py: a model in BERT's special case exports to transformers' own BERT classes, which compute
-the same numbers; anything else is refused by name."""
+"""hf_feedback/integrations/export_bert.py: a model in BERT's special case exports to transformers' own BERT classes,
+which compute the same numbers; anything else is refused by name."""
 
 import json
 
@@ -14,8 +14,8 @@ from hf_feedback import (
     FeedbackModel,
 )
 from hf_feedback.__main__ import main as cli
-from hf_feedback.convert import convert
-from hf_feedback.export_bert import NotBert, export_bert
+from hf_feedback.integrations.convert import convert
+from hf_feedback.integrations.export_bert import NotBert, export_bert
 
 BERT_CASE = dict(norm_position="post", position_embedding_type="absolute", hidden_act="gelu", pooling="cls",
                  num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2})
@@ -56,7 +56,7 @@ def test_export_computes_the_same_numbers_in_bert_and_converts_back_exactly(tiny
     if ours_class is FeedbackForSequenceClassification:
         assert bert.config.id2label == {0: "a", 1: "b", 2: "c"}
 
-    # hf_feedback.convert is the inverse: the round trip gives back every tensor exactly.
+    # hf_feedback.integrations.convert is the inverse: the round trip gives back every tensor exactly.
     convert(tmp_path / "bert", tmp_path / "back")
     back = ours_class.from_pretrained(tmp_path / "back")
     for name, tensor in ours.state_dict().items():

@@ -1,6 +1,6 @@
-"""hf_feedback/export_onnx.py and hf_feedback/quantization.py: every head exports to ONNX with dynamic batch and
-length and ONNX Runtime computes torch's numbers on padded batches; int8 (ONNX and torch) stays close; bad input is
-one line and exit status 2."""
+"""hf_feedback/integrations/export_onnx.py and hf_feedback/integrations/quantization.py: every head exports to ONNX with
+dynamic batch and length and ONNX Runtime computes torch's numbers on padded batches; int8 (ONNX and torch) stays close;
+bad input is one line and exit status 2."""
 
 import json
 
@@ -17,10 +17,10 @@ from hf_feedback import (
     FeedbackModel,
 )
 from hf_feedback.__main__ import main as cli
-from hf_feedback.data import load_sentiment_reviews
-from hf_feedback.export_onnx import INT8_FILE, ONNX_FILE, NotExportable, export_onnx, onnx_outputs
-from hf_feedback.quantization import int8_linear
-from hf_feedback.tokenization import train_tokenizer
+from hf_feedback.data.corpora import load_sentiment_reviews
+from hf_feedback.data.tokenization import train_tokenizer
+from hf_feedback.integrations.export_onnx import INT8_FILE, ONNX_FILE, NotExportable, export_onnx, onnx_outputs
+from hf_feedback.integrations.quantization import int8_linear
 
 TEXTS = ["质量很好，物流也快", "太差了，再也不买了，客服也不理人，退货还要自己出运费", "还行"]
 HEADS = [  # head, configuration, the outputs compared

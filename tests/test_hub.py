@@ -25,9 +25,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from helpers import WITHOUT_HF_FEEDBACK, run_recipe
 
 from hf_feedback import FeedbackConfig, FeedbackForSequenceClassification
-from hf_feedback.data import SENTIMENT_LABELS, load_sentiment_reviews
-from hf_feedback.hub import push_folder
-from hf_feedback.tokenization import train_tokenizer
+from hf_feedback.data.corpora import SENTIMENT_LABELS, load_sentiment_reviews
+from hf_feedback.data.tokenization import train_tokenizer
+from hf_feedback.integrations.hub import push_folder
 
 TINY = ["--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",
         "--tokenizer_vocab_size", "2000", "--max_train_samples", "256", "--max_eval_samples", "32", "--max_steps", "4",

@@ -7,8 +7,8 @@ from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 from transformers import EvalPrediction
 
-from hf_feedback import metrics
-from hf_feedback.metrics import METRIC_NAMES, build_compute_metrics, load_classification_metrics
+from hf_feedback.tasks import metrics
+from hf_feedback.tasks.metrics import METRIC_NAMES, build_compute_metrics, load_classification_metrics
 
 
 # Three imbalanced classes. Per class (precision, recall, F1): 0 -> (3/4, 3/4, 3/4),
@@ -95,7 +95,7 @@ def test_an_undefined_score_is_reported_once_in_words(predictions, references, s
         results = compute_metrics(EvalPrediction(predictions=logits, label_ids=np.array(references)))
 
     assert [w for w in recwarn if issubclass(w.category, UndefinedMetricWarning)] == []
-    messages = [record.getMessage() for record in caplog.records if record.name == "hf_feedback.metrics"]
+    messages = [record.getMessage() for record in caplog.records if record.name == "hf_feedback.tasks.metrics"]
     assert len(messages) == 1 and said in messages[0]
     name, value = score
     assert results[name] == pytest.approx(value)

@@ -1,4 +1,4 @@
-"""hf_feedback.model_card: the card the recipes write carries the run's real numbers and valid Hub metadata.
+"""hf_feedback.reports.model_card: the card the recipes write carries the run's real numbers and valid Hub metadata.
 
 `ModelCard.validate()` needs the Hub (it posts the card to /api/validate-yaml), so the metadata is validated offline:
 parsed into `ModelCardData` (which builds `EvalResult`s from the model-index through `model_index_to_eval_results`,
@@ -17,8 +17,8 @@ from transformers import Trainer, TrainingArguments
 from helpers import run_recipe
 
 from hf_feedback import FeedbackForSequenceClassification
-from hf_feedback.lora import apply_lora
-from hf_feedback.model_card import TEMPLATE_PATH, write_model_card
+from hf_feedback.reports.model_card import TEMPLATE_PATH, write_model_card
+from hf_feedback.training.lora import apply_lora
 
 FINETUNE = ["--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",
             "--tokenizer_vocab_size", "2000", "--max_train_samples", "320", "--max_eval_samples", "48",
@@ -95,7 +95,8 @@ def test_finetune_card_has_the_runs_numbers_and_hub_metadata(finetuned):
     assert "| learning-rate schedule | linear, peak 0.003, warmup 10% of the steps |" in text
     assert "| optimizer steps | 4 (" in text and "| batch size | 16 (16 per device × 1 process" in text
     assert re.search(r"Hardware: 1 process on CPU \(.+, \d+ cores\); training took \d+\.\d s\.", text), text
-    assert 'pipeline("text-classification", model="finetune0", trust_remote_code=True)' in text
+    # The folder's own name (tmp_path_factory numbers it after other test files' "finetune" folders in this worker).
+    assert f'pipeline("text-classification", model="{finetuned.name}", trust_remote_code=True)' in text
     for picture in ("loss.png", "learning_rate.png", "eval_metrics.png", "confusion_matrix.png"):
         assert f"]({picture})" in text and (finetuned / picture).is_file()
     assert "{{" not in text and "{%" not in text

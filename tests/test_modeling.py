@@ -1,4 +1,4 @@
-"""hf_feedback/modeling_feedback.py and configuration_feedback.py: every switch and convention, checked with numbers."""
+"""hf_feedback/model/modeling_feedback.py and its configuration: every switch and convention, checked with numbers."""
 
 import copy
 import dataclasses
@@ -33,8 +33,8 @@ from hf_feedback import (
     FeedbackForTokenClassification,
     FeedbackModel,
 )
-from hf_feedback.configuration_feedback import HIDDEN_ACTS
-from hf_feedback.modeling_feedback import (
+from hf_feedback.model.configuration_feedback import HIDDEN_ACTS
+from hf_feedback.model.modeling_feedback import (
     ACTIVATIONS,
     FeedbackFeedForward,
     FeedbackLayer,
@@ -1223,8 +1223,9 @@ def test_greedy_generation_with_the_cache_equals_generation_without_it(kind, tin
 
 @pytest.mark.parametrize("family", ["causal", "seq2seq"])
 def test_a_decoder_with_ngram_embeddings_generates_what_one_forward_reads(family, tiny_config):
-    # A new token's n-grams end in the tokens before it, which a cache of keys and values does not keep: such a
-    # decoder generates without a cache (by default), and refuses one it is handed rather than read them as padding.
+    # A new token's n-grams end in the tokens before it, which a cache of keys and values does not keep: the causal
+    # LM's generate() hands them over (ngram_context_ids) and keeps its cache; the encoder-decoder generates without
+    # one. A cache without the tokens is refused rather than read as padding.
     if family == "causal":
         model, inputs = causal_lm(tiny_config, ngram_vocab_size=37), {"input_ids": torch.tensor([[2, 15, 27, 33]])}
         start = 4
@@ -1232,6 +1233,7 @@ def test_a_decoder_with_ngram_embeddings_generates_what_one_forward_reads(family
         input_ids, attention_mask = _padded_sources()
         model, inputs, start = seq2seq(tiny_config, ngram_vocab_size=37), dict(
             input_ids=input_ids, attention_mask=attention_mask), 1
+    assert model.generation_config.use_cache is (family == "causal")
     generated = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert torch.equal(generated, model.generate(**inputs, max_new_tokens=8, do_sample=False, use_cache=False))
     with torch.no_grad():  # each new token is the argmax of one forward over all before it
@@ -1244,6 +1246,29 @@ def test_a_decoder_with_ngram_embeddings_generates_what_one_forward_reads(family
                      use_cache=True)
         model(**({"input_ids": generated[:, start:start + 1]} if family == "causal" else dict(
             **inputs, decoder_input_ids=generated[:, 2:3])), cache=step.cache, use_cache=True)
+
+
+def test_a_causal_lm_with_ngram_embeddings_steps_with_its_cache_as_one_forward_reads(tiny_config):
+    # Left-padded rows, stepped one token at a time with the cache and the tokens before each step: the logits of
+    # every step equal one forward over the whole rows; sampling and beam search with the cache equal them without.
+    model = causal_lm(tiny_config, ngram_vocab_size=37, ngram_sizes=[2, 3, 4])
+    rows = torch.tensor([[0, 0, 2, 15, 27, 33, 8, 9, 10, 11], [2, 40, 41, 42, 43, 44, 45, 46, 47, 48]])
+    mask = (rows != 0).long()
+    with torch.no_grad():
+        whole = model(rows, attention_mask=mask).logits
+        step = model(rows[:, :4], attention_mask=mask[:, :4], use_cache=True)
+        stepped = [step.logits]
+        for t in range(4, rows.shape[1]):
+            step = model(rows[:, t:t + 1], attention_mask=mask[:, :t + 1], cache=step.cache, use_cache=True,
+                         ngram_context_ids=rows[:, :t])
+            stepped.append(step.logits)
+    torch.testing.assert_close(torch.cat(stepped, dim=1)[mask.bool()], whole[mask.bool()], atol=1e-5, rtol=1e-5)
+    prompt = dict(input_ids=rows[:, :6], attention_mask=mask[:, :6], max_new_tokens=7)
+    for how in (dict(do_sample=False, num_beams=3), dict(do_sample=True, top_k=5)):
+        torch.manual_seed(0)
+        cached = model.generate(**prompt, **how)
+        torch.manual_seed(0)
+        assert torch.equal(cached, model.generate(**prompt, **how, use_cache=False)), how
 
 
 @pytest.mark.parametrize("family", ["causal", "seq2seq"])

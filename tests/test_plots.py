@@ -3,7 +3,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from hf_feedback.plots import _confusion_matrix_figure, confusion_matrix, plot_confusion_matrix, plot_training_curves
+from hf_feedback.reports.plots import (
+    _confusion_matrix_figure,
+    confusion_matrix,
+    plot_confusion_matrix,
+    plot_training_curves,
+)
 
 
 def _log_history(with_eval=True):

@@ -1,4 +1,4 @@
-"""The recipes' arguments and their checks before any work (hf_feedback/recipe_arguments.py)."""
+"""The recipes' arguments and their checks before any work (hf_feedback/training/recipe_arguments.py)."""
 
 import os
 import subprocess
@@ -10,14 +10,14 @@ from transformers import TrainingArguments
 
 from helpers import ROOT
 
-from hf_feedback import recipe_arguments
-from hf_feedback.recipe_arguments import check_cpu_threads
+from hf_feedback.training import recipe_arguments
+from hf_feedback.training.recipe_arguments import check_cpu_threads
 
 CHECK_THREADS = """
 import sys
 import torch
 from transformers import TrainingArguments
-from hf_feedback.recipe_arguments import check_cpu_threads
+from hf_feedback.training.recipe_arguments import check_cpu_threads
 check_cpu_threads(TrainingArguments(output_dir=sys.argv[1], use_cpu=True, report_to="none"))
 print("threads", torch.get_num_threads())
 """
@@ -58,7 +58,7 @@ def test_accelerate_launch_needs_the_cpu_config_to_use_every_core(tmp_path):
 def test_a_checkpoint_fine_tunes_at_the_checkpoint_rate_unless_one_is_given(tmp_path, capsys):
     from types import SimpleNamespace
 
-    from hf_feedback.recipe_arguments import CHECKPOINT_LEARNING_RATE, checkpoint_learning_rate, flag_given
+    from hf_feedback.training.recipe_arguments import CHECKPOINT_LEARNING_RATE, checkpoint_learning_rate, flag_given
 
     assert flag_given("learning_rate", ["--learning_rate", "1e-3"]) and flag_given("learning_rate", ["--learning_rate=2"])
     assert not flag_given("learning_rate", ["--learning_rate_scheduler", "x", "--lr", "1"])

@@ -23,13 +23,13 @@ from helpers import ROOT, load_recipe, losses, tiny_xlmr_checkpoint
 
 from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification
 from hf_feedback.__main__ import main as cli
-from hf_feedback.convert import convert
-from hf_feedback.data import load_sentiment_reviews
-from hf_feedback.recipe_arguments import FineTuningModelArguments
-from hf_feedback.recipe_utils import init_embeddings_from_cooccurrence, new_model
-from hf_feedback.run_folder import resolve_resume
-from hf_feedback.seq2seq import CARD_DECODING, REPETITION_PENALTY
-from hf_feedback.tokenization import cooccurrence_vectors, token_characters, train_tokenizer
+from hf_feedback.data.corpora import load_sentiment_reviews
+from hf_feedback.data.tokenization import cooccurrence_vectors, token_characters, train_tokenizer
+from hf_feedback.integrations.convert import convert
+from hf_feedback.tasks.seq2seq import CARD_DECODING, REPETITION_PENALTY
+from hf_feedback.training.recipe_arguments import FineTuningModelArguments
+from hf_feedback.training.recipe_utils import init_embeddings_from_cooccurrence, new_model
+from hf_feedback.training.run_folder import resolve_resume
 
 TINY_MODEL = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"
 # 960 reviews, 60 steps of 32: enough for the loss to fall well below log(2) on a tiny model.

@@ -141,8 +141,8 @@ def test_a_saved_causal_lm_generates_without_hf_feedback(tiny_config, tmp_path):
     # code: the same logits, the same greedy tokens and the same text as the model that saved it.
     from transformers import pipeline
 
-    from hf_feedback.data import load_sentiment_reviews
-    from hf_feedback.tokenization import train_tokenizer
+    from hf_feedback.data.corpora import load_sentiment_reviews
+    from hf_feedback.data.tokenization import train_tokenizer
 
     tokenizer = train_tokenizer(load_sentiment_reviews()["train"]["text"][:300], vocab_size=600, kind="wordpiece")
     torch.manual_seed(0)
@@ -188,9 +188,9 @@ def test_a_saved_encoder_decoder_generates_without_hf_feedback(tiny_config, tmp_
     # AutoModelForSeq2SeqLM and AutoModel (the bare encoder-decoder) from the folder's own code, as the model that
     # saved it. (transformers 5 removed the text2text-generation pipeline: generate() is the way.)
     from hf_feedback import FeedbackForConditionalGeneration, FeedbackSeq2SeqConfig
-    from hf_feedback.configuration_feedback import SEQ2SEQ_AUTO_MAP
-    from hf_feedback.data import load_sentiment_reviews
-    from hf_feedback.tokenization import train_tokenizer
+    from hf_feedback.model.configuration_feedback import SEQ2SEQ_AUTO_MAP
+    from hf_feedback.data.corpora import load_sentiment_reviews
+    from hf_feedback.data.tokenization import train_tokenizer
 
     tokenizer = train_tokenizer(load_sentiment_reviews()["train"]["text"][:300], vocab_size=600, kind="wordpiece")
     fields = {k: v for k, v in tiny_config().to_diff_dict().items()

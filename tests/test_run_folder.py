@@ -1,5 +1,5 @@
-"""A run's folder (hf_feedback/run_folder.py): resumed only from a complete checkpoint. The lock, overwriting and
-resuming whole runs are driven through the recipes in tests/test_recipes.py."""
+"""A run's folder (hf_feedback/training/run_folder.py): resumed only from a complete checkpoint. The lock, overwriting
+and resuming whole runs are driven through the recipes in tests/test_recipes.py."""
 
 import json
 import re
@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import TrainingArguments
 
-from hf_feedback.recipe_arguments import RecipeError
-from hf_feedback.run_folder import resolve_resume
+from hf_feedback.training.recipe_arguments import RecipeError
+from hf_feedback.training.run_folder import resolve_resume
 
 
 def _checkpoint(folder, step):

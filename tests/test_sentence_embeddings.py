@@ -1,5 +1,5 @@
-"""hf_feedback/sentence_embeddings.py: a saved folder loads in sentence-transformers, whose embeddings are the
-model's own pooling of its last hidden states."""
+"""hf_feedback/integrations/sentence_embeddings.py: a saved folder loads in sentence-transformers, whose embeddings are
+the model's own pooling of its last hidden states."""
 
 import json
 
@@ -8,9 +8,9 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from hf_feedback import FeedbackForSequenceClassification
-from hf_feedback.data import load_sentiment_reviews
-from hf_feedback.sentence_embeddings import FILES, write_sentence_transformers_files
-from hf_feedback.tokenization import train_tokenizer
+from hf_feedback.data.corpora import load_sentiment_reviews
+from hf_feedback.data.tokenization import train_tokenizer
+from hf_feedback.integrations.sentence_embeddings import FILES, write_sentence_transformers_files
 
 TEXTS = ["质量很好，物流也快，下次还来买", "太差了", "一般般吧，价格还可以"]  # unequal lengths: padding in a batch
 

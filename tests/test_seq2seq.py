@@ -1,4 +1,4 @@
-"""hf_feedback/seq2seq.py and recipes/seq2seq.py: the pinyin task, its baseline, the generation metrics, and tiny
+"""hf_feedback/tasks/seq2seq.py and recipes/seq2seq.py: the pinyin task, its baseline, the generation metrics, and tiny
 real runs of the encoder-decoder recipe."""
 
 import hashlib
@@ -13,8 +13,8 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 from helpers import load_recipe, losses
 
 from hf_feedback.__main__ import main as cli
-from hf_feedback.metrics import load_metric_module
-from hf_feedback.seq2seq import (
+from hf_feedback.tasks.metrics import load_metric_module
+from hf_feedback.tasks.seq2seq import (
     PinyinConstraint,
     character_corpus,
     decode_generated,
@@ -134,8 +134,8 @@ def test_a_folder_driven_as_run_translation_can_learn_its_first_target_token():
     # give the same logits (to 1e-6), and the first target token could never be learned.
     from transformers import DataCollatorForSeq2Seq
 
-    from hf_feedback.recipe_arguments import FineTuningModelArguments
-    from hf_feedback.tokenization import train_tokenizer
+    from hf_feedback.training.recipe_arguments import FineTuningModelArguments
+    from hf_feedback.data.tokenization import train_tokenizer
 
     texts = ["a b c d", "h g f e", "c a b h"]
     tokenizer = train_tokenizer(texts, vocab_size=20, min_frequency=1)
@@ -155,7 +155,7 @@ def test_a_causal_lm_writes_one_candidate_character_per_pinyin_item(pinyin_task)
     spelled in training, of the model's log-probability + log P(item | character); beam search keeps in step too;
     an item never seen in training is written as itself."""
     from hf_feedback import FeedbackConfig, FeedbackForCausalLM
-    from hf_feedback.tokenization import train_tokenizer
+    from hf_feedback.data.tokenization import train_tokenizer
 
     train, test = pinyin_task["train"], pinyin_task["test"]
     tokenizer = train_tokenizer(character_corpus(train["target"]), vocab_size=6000, kind="wordpiece")

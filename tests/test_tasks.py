@@ -13,9 +13,11 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoMod
 from helpers import load_recipe, losses, tiny_xlmr_checkpoint, xlmr_tokenizer
 
 from hf_feedback.__main__ import main as cli
-from hf_feedback.data import load_sentiment_reviews, load_text_classification_data, tokenize_dataset
-from hf_feedback.seq2seq import load_pinyin_task
-from hf_feedback.tagging import (
+from hf_feedback.data.corpora import load_sentiment_reviews
+from hf_feedback.data.tokenization import tokenize_dataset, train_tokenizer
+from hf_feedback.data.user_data import load_text_classification_data
+from hf_feedback.tasks.seq2seq import load_pinyin_task
+from hf_feedback.tasks.tagging import (
     _peoples_daily_sentences,
     _pinyin_tags,
     align_tags,
@@ -25,7 +27,6 @@ from hf_feedback.tagging import (
     segmentation_tags,
     words_from_tags,
 )
-from hf_feedback.tokenization import train_tokenizer
 
 TINY_MODEL = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"
 finetune = load_recipe("finetune")
@@ -462,7 +463,7 @@ def test_tags_sit_on_each_words_first_content_piece_without_bare_word_markers():
 def test_a_multilingual_checkpoint_tags_characters_as_it_was_trained_to(tmp_path, capsys):
     """token_classification.py from an XLM-R checkpoint: its vocabulary trimmed, one piece per character in training,
     and `predict` encodes a sentence the same way (no bare word markers), so its words spell the sentence."""
-    from hf_feedback.tagging import encode_words
+    from hf_feedback.tasks.tagging import encode_words
 
     sentences = _peoples_daily_sentences()
     texts = ["".join(word for word, _ in next(sentences)) for _ in range(400)]

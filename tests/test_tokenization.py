@@ -1,16 +1,17 @@
-"""Tests for hf_feedback/tokenization.py and tokenize_dataset from hf_feedback/data.py."""
+"""Tests for hf_feedback/data/tokenization.py and its tokenize_dataset."""
 
 import datasets
 import pytest
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from hf_feedback.data import load_sentiment_reviews, tokenize_dataset
-from hf_feedback.tokenization import (
+from hf_feedback.data.corpora import load_sentiment_reviews
+from hf_feedback.data.tokenization import (
     SPECIAL_TOKENS,
     cooccurrence_vectors,
     default_tokenizer_corpus,
     token_characters,
+    tokenize_dataset,
     train_tokenizer,
 )
 

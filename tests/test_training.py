@@ -8,7 +8,7 @@ from accelerate.utils import DistributedType
 from transformers import TrainingArguments
 
 from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification, FeedbackForTokenClassification
-from hf_feedback.training import (
+from hf_feedback.training.trainer import (
     FeedbackTrainer,
     WeightedCrossEntropy,
     class_weights,

@@ -1,4 +1,5 @@
-"""hf_feedback/trim_vocabulary.py: a trimmed vocabulary gives the same tokens and outputs on the corpus it keeps."""
+"""hf_feedback/data/trim_vocabulary.py: a trimmed vocabulary gives the same tokens and outputs on the corpus it
+keeps."""
 
 import pytest
 import torch
@@ -7,10 +8,10 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 from helpers import xlmr_tokenizer
 
 from hf_feedback import FeedbackConfig, FeedbackForMaskedLM
-from hf_feedback.data import load_sentiment_reviews
+from hf_feedback.data.corpora import load_sentiment_reviews
+from hf_feedback.data.tokenization import train_tokenizer
+from hf_feedback.data.trim_vocabulary import trim_vocabulary
 from hf_feedback.failures import BadInput
-from hf_feedback.tokenization import train_tokenizer
-from hf_feedback.trim_vocabulary import trim_vocabulary
 
 
 @pytest.fixture(scope="module")

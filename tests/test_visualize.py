@@ -1,4 +1,4 @@
-"""hf_feedback.visualize: the attention heat maps draw exactly the probabilities of the eager attention path."""
+"""hf_feedback.reports.visualize: the attention heat maps draw exactly the probabilities of the eager attention path."""
 
 import numpy as np
 import pytest
@@ -6,9 +6,9 @@ import torch
 from matplotlib.image import imread
 
 from hf_feedback import FeedbackForSequenceClassification
-from hf_feedback.data import load_sentiment_reviews
-from hf_feedback.tokenization import train_tokenizer
-from hf_feedback.visualize import attention_figure, attention_heatmaps, attention_probabilities
+from hf_feedback.data.corpora import load_sentiment_reviews
+from hf_feedback.data.tokenization import train_tokenizer
+from hf_feedback.reports.visualize import attention_figure, attention_heatmaps, attention_probabilities
 
 TEXT = "质量很好，物流也快"
 

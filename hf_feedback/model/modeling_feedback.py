@@ -325,21 +325,25 @@ _HASH_BASE = 1_000_003
 _HASH_SIZE_OFFSET = 40_503  # times n, added to an n-gram's code: sizes hash apart
 
 
-def hashed_ngram_ids(input_ids, position_ids, sizes, num_buckets, pad_token_id):
+def hashed_ngram_ids(input_ids, position_ids, sizes, num_buckets, pad_token_id, context_ids=None):
     """Bucket ids (B, T, len(sizes)) of the n-grams of token ids that end at each position, one per n in `sizes`.
 
     The n-gram ending at a token is the token and the n - 1 before it *in its own sequence*: `position_ids` says
     how many precede it (a token at position p has p), and places before a sequence's start count as
-    `pad_token_id`. So a text gets the same ids alone, right- or left-padded, or packed after another. The hash is a
-    polynomial of the ids modulo the prime 2**31 - 1, offset by n, then reduced to `num_buckets`: different n-grams
-    share a bucket only by collision, as in fastText's hashing trick.
+    `pad_token_id`. So a text gets the same ids alone, right- or left-padded, or packed after another. A decoder
+    stepping with a cache passes `context_ids` (B, C): the tokens just before `input_ids`, which the cache does not
+    keep. The hash is a polynomial of the ids modulo the prime 2**31 - 1, offset by n, then reduced to
+    `num_buckets`: different n-grams share a bucket only by collision, as in fastText's hashing trick.
     """
     ids = input_ids.long()  # (B, T)
-    length = ids.shape[1]
+    length, longest = ids.shape[1], max(sizes) - 1
+    before = ids[:, :0] if context_ids is None else context_ids.long()[:, -longest:]  # (B, C <= longest)
+    start = before.shape[1] + longest  # where `ids` begin in `full`
+    full = F.pad(torch.cat([before, ids], dim=1), (longest, 0), value=pad_token_id)  # (B, longest + C + T)
     code, order, out = ids, 1, []
     for n in sorted(sizes):
         for back in range(order, n):
-            earlier = F.pad(ids, (back, 0), value=pad_token_id)[:, :length]  # (B, T): the token `back` places before
+            earlier = full[:, start - back:start - back + length]  # (B, T): the token `back` places before
             earlier = torch.where(position_ids >= back, earlier, pad_token_id)
             code = (code * _HASH_BASE + earlier + 1) % _HASH_PRIME
         order = n
@@ -379,14 +383,14 @@ class FeedbackEmbeddings(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids, token_type_ids, position_ids, inputs_embeds=None):
+    def forward(self, input_ids, token_type_ids, position_ids, inputs_embeds=None, ngram_context_ids=None):
         embeddings = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
         if self.ngram_embeddings is not None:
             if input_ids is None:
                 raise ValueError("This model embeds hashed n-grams of token ids (config.ngram_vocab_size > 0): pass "
                                  "input_ids, not inputs_embeds")
             ngrams = hashed_ngram_ids(input_ids, position_ids, self.config.ngram_sizes, self.config.ngram_vocab_size,
-                                      self.config.pad_token_id or 0)  # (B, T, len(ngram_sizes))
+                                      self.config.pad_token_id or 0, ngram_context_ids)  # (B, T, len(ngram_sizes))
             embeddings = embeddings + self.ngram_embeddings(ngrams).sum(dim=-2)
         if self.char_embeddings is not None:
             if input_ids is None:
@@ -707,12 +711,14 @@ class FeedbackPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True  # any function registered with transformers' AttentionInterface
     _no_split_modules = ["FeedbackLayer"]
+    _passes_ngram_context = False  # whether generate() hands a cached decoder the tokens its n-grams need
 
     def post_init(self):
         super().post_init()
-        if self.can_generate() and self.config.ngram_vocab_size > 0:
+        if self.can_generate() and self.config.ngram_vocab_size > 0 and not self._passes_ngram_context:
             # A new token's n-grams end in the tokens before it, which a cache of keys and values does not keep:
-            # such a decoder generates without one (`_decode` refuses a filled cache).
+            # a decoder whose generate() does not hand them over (`ngram_context_ids`) generates without one
+            # (`_decode` refuses a filled cache without them).
             self.generation_config.use_cache = False
 
     @staticmethod
@@ -798,7 +804,8 @@ class FeedbackPreTrainedModel(PreTrainedModel):
     def set_token_characters(self, table: torch.Tensor):
         """Say which characters each token is written with: `table` (vocab_size, chars_per_token) holds character ids
         in [0, char_vocab_size), 0 past a token's last character. Fills the `token_characters` of every embedding
-        layer (an ELECTRA generator's too); `hf_feedback.tokenization.token_characters(tokenizer)` makes the table."""
+        layer (an ELECTRA generator's too); `hf_feedback.data.tokenization.token_characters(tokenizer)` makes the
+        table."""
         layers = self._character_layers()
         if not layers:
             raise ValueError("config.char_vocab_size is 0: this model has no character embeddings to index")
@@ -882,6 +889,7 @@ class FeedbackModel(FeedbackPreTrainedModel):
         use_cache=None,
         encoder_hidden_states=None,
         encoder_attention_mask=None,
+        ngram_context_ids=None,
     ):
         r"""
         Padded batches take `attention_mask` (B, T). A padding-free batch is one row (1, N) of several sequences end
@@ -897,7 +905,9 @@ class FeedbackModel(FeedbackPreTrainedModel):
         transformers `Cache` of earlier steps' keys and values, extended in place; `use_cache` makes one) and an
         `attention_mask` (B, K) over the cached and new tokens. The decoder of an encoder-decoder
         (`config.add_cross_attention`) also reads `encoder_hidden_states` (B, S, H), masked by `encoder_attention_mask`
-        (B, S).
+        (B, S). A decoder with n-gram embeddings (`config.ngram_vocab_size`) stepping with a filled cache takes
+        `ngram_context_ids` (B, C): the tokens just before `input_ids` (the last `max(ngram_sizes) - 1` suffice), as
+        [`FeedbackForCausalLM`]'s generate() passes them.
         """
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
@@ -910,7 +920,7 @@ class FeedbackModel(FeedbackPreTrainedModel):
                 raise ValueError("A decoder (config.is_decoder) takes padded batches, not packed rows")
             return self._decode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                 output_attentions, output_hidden_states, return_dict, cache, use_cache,
-                                encoder_hidden_states, encoder_attention_mask)
+                                encoder_hidden_states, encoder_attention_mask, ngram_context_ids)
         if encoder_hidden_states is not None:
             raise ValueError("encoder_hidden_states are for a decoder with cross-attention "
                              "(FeedbackConfig(is_decoder=True, add_cross_attention=True))")
@@ -1011,7 +1021,8 @@ class FeedbackModel(FeedbackPreTrainedModel):
         return self.pooler(hidden_states, attention_mask)
 
     def _decode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions,
-                output_hidden_states, return_dict, cache, use_cache, encoder_hidden_states, encoder_attention_mask):
+                output_hidden_states, return_dict, cache, use_cache, encoder_hidden_states, encoder_attention_mask,
+                ngram_context_ids=None):
         """The decoder's forward: T new tokens per row, attending causally to the K = past + T cached and new ones."""
         config = self.config
         if config._attn_implementation in _TOKEN_ROW_ATTENTION:
@@ -1031,10 +1042,11 @@ class FeedbackModel(FeedbackPreTrainedModel):
             cache = (EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
                      if config.add_cross_attention else DynamicCache(config=config))
         past = cache.get_seq_length() if cache is not None else 0
-        if past and self.embeddings.ngram_embeddings is not None:
+        if past and self.embeddings.ngram_embeddings is not None and ngram_context_ids is None:
             raise ValueError("This decoder embeds the n-grams ending at each token (config.ngram_vocab_size > 0), "
-                             "which need the tokens before it, and a cache keeps only their keys and values: decode "
-                             "without a cache (use_cache=False; generate() does so by default)")
+                             "which need the tokens before it, and a cache keeps only their keys and values: pass "
+                             "them as ngram_context_ids (FeedbackForCausalLM.generate() does), or decode without a "
+                             "cache (use_cache=False)")
         key_length = past + seq_len
         if attention_mask is not None and attention_mask.shape != (batch_size, key_length):
             raise ValueError(f"A decoder's attention_mask covers the {past} cached and {seq_len} new tokens: shape "
@@ -1066,7 +1078,8 @@ class FeedbackModel(FeedbackPreTrainedModel):
             mask = (mask | (keys == query_at)).view(-1, 1, seq_len, mask_length)  # a token always sees itself
             # (so a padded query has a key: no row of -inf, no NaN; its output is never read)
 
-        hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, H)
+        hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds,
+                                        ngram_context_ids if past else None)  # (B, T, H)
         rotary = None
         if config.position_embedding_type == "rotary":
             cos, sin = self.rotary_emb(hidden_states, position_ids)  # (B, T, hs) each
@@ -1402,6 +1415,18 @@ class FeedbackForCausalLM(_FeedbackWithLMHead, GenerationMixin):
                              "(an encoder's tokens see the whole text, so it cannot learn to predict the next one)")
         super().__init__(config)
 
+    _passes_ngram_context = True
+
+    def prepare_inputs_for_generation(self, input_ids, *args, **kwargs):
+        """generate()'s inputs for one step, and, for n-gram embeddings, the tokens before the step's new ones: the
+        cache keeps only keys and values, and a new token's bigram and trigram end in the tokens before it."""
+        inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+        new = inputs.get("input_ids")
+        if self.config.ngram_vocab_size > 0 and new is not None:
+            before = input_ids.shape[1] - new.shape[1]
+            inputs["ngram_context_ids"] = input_ids[:, max(0, before - max(self.config.ngram_sizes) + 1):before]
+        return inputs
+
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -1417,6 +1442,7 @@ class FeedbackForCausalLM(_FeedbackWithLMHead, GenerationMixin):
         output_hidden_states=None,
         return_dict=None,
         logits_to_keep=0,
+        ngram_context_ids=None,
         **loss_kwargs,
     ):
         r"""
@@ -1424,7 +1450,8 @@ class FeedbackForCausalLM(_FeedbackWithLMHead, GenerationMixin):
             is ignored. `shift_labels` (B, T) in `loss_kwargs`: targets already aligned with the positions (what
             sequence- and context-parallel training hands over, shifted before the sequence was cut); the loss then
             reads them instead of shifting `labels`. logits_to_keep: compute logits for the last this many
-            positions only (0: all), as `generate()` asks for 1.
+            positions only (0: all), as `generate()` asks for 1. ngram_context_ids (B, C): with n-gram embeddings
+            and a filled cache, the tokens just before `input_ids` (generate() passes them; see `FeedbackModel`).
         """
         packing = _packing_arguments(self, loss_kwargs, loss_arguments=("num_items_in_batch", "shift_labels"))
         return_dict = self.config.return_dict if return_dict is None else return_dict
@@ -1432,7 +1459,7 @@ class FeedbackForCausalLM(_FeedbackWithLMHead, GenerationMixin):
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
             cache=cache, use_cache=False if labels is not None else use_cache,  # training keeps no cache
-            **packing,
+            ngram_context_ids=ngram_context_ids, **packing,
         )
         hidden_states = outputs.last_hidden_state  # (B, T, H)
         if logits_to_keep:

@@ -1,4 +1,4 @@
-"""Export an hf_feedback checkpoint as a plain BERT one: the inverse of `hf_feedback.convert`.
+"""Export an hf_feedback checkpoint as a plain BERT one: the inverse of `hf_feedback.integrations.convert`.
 
     python -m hf_feedback export bert FOLDER OUT
 
@@ -6,11 +6,11 @@ A model that is BERT's special case of our encoder (post-norm, learned absolute 
 classifier or bare encoder that pools the first token) computes BERT's function, so its weights map one to one
 onto `transformers`' BertModel / BertFor* classes, read by every runtime that knows BERT and by `AutoModel` without
 `trust_remote_code`. The only reshaping is splitting our fused `qkv_proj` into BERT's query, key and value; the key
-map is hf_feedback.convert's, read backwards. A model without segments (type_vocab_size=0) gets BERT's one segment,
-embedded as zeros. Any other setting (a decoder, an untied masked-LM output projection, ...) changes the function, so
-the export refuses it and names the fields. The tokenizer is copied alongside (AutoTokenizer reads its tokenizer.json whatever its kind). One
-difference remains by design: BERT pools position 0 where our `cls` pooling takes the first real token, the same
-token on right-padded batches (the tokenizers' default) and not on left-padded ones.
+map is hf_feedback.integrations.convert's, read backwards. A model without segments (type_vocab_size=0) gets BERT's one
+segment, embedded as zeros. Any other setting (a decoder, an untied masked-LM output projection, ...) changes the
+function, so the export refuses it and names the fields. The tokenizer is copied alongside (AutoTokenizer reads its
+tokenizer.json whatever its kind). One difference remains by design: BERT pools position 0 where our `cls` pooling takes
+the first real token, the same token on right-padded batches (the tokenizers' default) and not on left-padded ones.
 """
 
 from pathlib import Path
@@ -18,9 +18,9 @@ from pathlib import Path
 import transformers
 from transformers import AutoConfig, BertConfig
 
-from . import modeling_feedback
+from ..failures import BadInput, load_pretrained
+from ..model import modeling_feedback
 from .convert import SHARED_CONFIG_FIELDS, check_folders, not_our_encoder, save_with_tokenizer, tensor_pairs
-from .failures import BadInput, load_pretrained
 
 # Our saved architecture -> BERT's; a head not listed here has no BERT counterpart.
 HEADS = {

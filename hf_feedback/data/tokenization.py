@@ -1,4 +1,5 @@
-"""Train a BERT-style WordPiece tokenizer from scratch and wrap it as a Hugging Face tokenizer."""
+"""Train a BERT-style WordPiece tokenizer from scratch and wrap it as a Hugging Face tokenizer, and tokenize datasets
+with it (`tokenize_dataset`, moved here from hf_feedback/data.py when that file was split)."""
 
 import json
 from collections.abc import Iterable, Iterator
@@ -11,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerFast
 from transformers.utils import logging
 
-from .data import load_peoples_daily, load_sentiment_reviews
+from .corpora import load_peoples_daily, load_sentiment_reviews
 
 
 logger = logging.get_logger(__name__)
@@ -256,3 +257,49 @@ def cooccurrence_vectors(
             vectors[:, :rank] = u * np.sqrt(s)
             vectors[np.diff(ppmi.indptr) == 0] = 0  # exactly zero, not the SVD's rounding, where nothing is known
     return torch.from_numpy(vectors), torch.from_numpy(counts)
+
+
+TRUNCATIONS = ("head", "head_tail")
+
+
+def tokenize_dataset(dataset, tokenizer, max_length: int, text_column: str = "text", truncation: str = "head"):
+    """Tokenize `text_column` of a `Dataset` or `DatasetDict`, cutting texts to `max_length` tokens. A `text_pair`
+    column beside it makes each row a pair, `[CLS] text [SEP] text_pair [SEP]` with token_type_ids 0 then 1, cut
+    longest first (the longer text loses a token until the pair fits, so both keep a share of the budget).
+
+    `truncation` says which tokens of a longer text are kept:
+    - `"head"`: the first `max_length` (BERT's usual cut).
+    - `"head_tail"`: the first quarter of `max_length` and the last three quarters, the cut Sun et al. (2019,
+      "How to Fine-Tune BERT for Text Classification?") found best for long reviews and news: a text's opening
+      and its conclusion carry most of its label. [CLS] and the final [SEP] are kept either way.
+
+    No padding: `DataCollatorWithPadding` / `DataCollatorForLanguageModeling` pad each batch
+    to its own longest row. The text column is removed; every other column (e.g. `label`)
+    is kept. Results are cached by `datasets`' fingerprinting when the data came from files.
+    """
+    if max_length < 1:
+        raise ValueError(f"max_length must be a positive integer, got {max_length}")
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {list(TRUNCATIONS)}, got {truncation!r}")
+    columns = next(iter(dataset.values())).column_names if isinstance(dataset, dict) else dataset.column_names
+    if "text_pair" in columns:
+        if truncation != "head":
+            raise ValueError(f"truncation={truncation!r} applies to single texts; pairs are cut longest first")
+        return dataset.map(
+            lambda batch: tokenizer(batch[text_column], batch["text_pair"], truncation="longest_first",
+                                    max_length=max_length),
+            batched=True, remove_columns=[text_column, "text_pair"], desc="Tokenizing pairs")
+
+    def tokenize(batch):
+        if truncation == "head":
+            return tokenizer(batch[text_column], truncation=True, max_length=max_length)
+        encoded = tokenizer(batch[text_column])
+        head = max_length // 4
+        for i, ids in enumerate(encoded["input_ids"]):
+            if len(ids) > max_length:
+                tail_start = len(ids) - (max_length - head)
+                for values in encoded.values():
+                    values[i] = values[i][:head] + values[i][tail_start:]
+        return encoded
+
+    return dataset.map(tokenize, batched=True, remove_columns=[text_column], desc="Tokenizing")

@@ -206,7 +206,7 @@ class FeedbackConfig(PretrainedConfig):
             what its characters learned everywhere else ('很干净' with '干净' and '很'). Row 0 is "no character".
             Which characters each token holds is the model's buffer `token_characters` (vocab_size x
             `chars_per_token` ids, saved with the weights), filled by `set_token_characters` from
-            `hf_feedback.tokenization.token_characters(tokenizer)`; 0 turns them off. The model then needs
+            `hf_feedback.data.tokenization.token_characters(tokenizer)`; 0 turns them off. The model then needs
             `input_ids` (not `inputs_embeds`).
         chars_per_token (`int`, defaults to 0): the width of `token_characters`, the longest token's character
             count; at least 1 when `char_vocab_size` > 0.

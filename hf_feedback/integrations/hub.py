@@ -23,7 +23,7 @@ from .sentence_embeddings import POOLING_CONFIG
 # Files a model repository gets (glob patterns); a pattern matches at its own depth only, so "*.png" takes the
 # top level's pictures and not a checkpoint's, and a pattern with a folder names a file below the top level.
 SHARED_FILES = [
-    "README.md",  # the model card (hf_feedback.model_card)
+    "README.md",  # the model card (hf_feedback.reports.model_card)
     "config.json",
     "model.safetensors",
     "model-*-of-*.safetensors",
@@ -35,7 +35,7 @@ SHARED_FILES = [
     "vocab.txt",
     "*_results.json",  # all/train/eval/test results: numbers only
     "*.png",  # the pictures the card shows
-    "modules.json",  # sentence-transformers' files (hf_feedback.sentence_embeddings)
+    "modules.json",  # sentence-transformers' files (hf_feedback.integrations.sentence_embeddings)
     "sentence_bert_config.json",
     POOLING_CONFIG,
 ]

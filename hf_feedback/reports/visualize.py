@@ -2,7 +2,7 @@
 
 The probabilities come from the eager attention path (the only one that materialises softmax(Q K^T / sqrt(hs)));
 the model is switched to it for the forward pass and back to its own implementation afterwards. Figures are
-`matplotlib.figure.Figure` objects saved straight to PNG, never pyplot figures, as in `hf_feedback.plots`.
+`matplotlib.figure.Figure` objects saved straight to PNG, never pyplot figures, as in `hf_feedback.reports.plots`.
 """
 
 import warnings

@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from .collators import DataCollatorForPaddingFree
-from .configuration_feedback import FeedbackConfig
-from .failures import bad_input_exits
+from ..data.collators import DataCollatorForPaddingFree
+from ..data.tokenization import cooccurrence_vectors, token_characters, train_tokenizer
+from ..data.trim_vocabulary import is_unigram, pieces_to_keep, trim_vocabulary
+from ..failures import bad_input_exits
+from ..model.configuration_feedback import FeedbackConfig
 from .recipe_arguments import RecipeError, parse_config_overrides
 from .run_folder import check_resume_fits
-from .tokenization import cooccurrence_vectors, token_characters, train_tokenizer
-from .trim_vocabulary import is_unigram, pieces_to_keep, trim_vocabulary
 
 
 def training_collator(padded, model, labels, padding_free):
@@ -67,7 +67,7 @@ def check_masked_lm(config, folder, decoder=False):
         raise RecipeError(
             f"--model_name_or_path {folder} holds a {config.model_type!r} model ({', '.join(config.architectures or [])}"
             "); pretrain.py continues hf_feedback encoders (FeedbackForMaskedLM, or another hf_feedback head whose "
-            "encoder it reuses); convert a BERT first with `python -m hf_feedback.convert`")
+            "encoder it reuses); convert a BERT first with `python -m hf_feedback.integrations.convert`")
 
 
 def sample_splits(raw, data_args, seed):

@@ -1,7 +1,7 @@
 """Sequence-classification metrics for `Trainer(compute_metrics=...)`, computed by `evaluate` without the Hub.
 
 `evaluate.load("accuracy")` fetches the metric script from the Hugging Face Hub. hf_feedback ships its metric
-modules, `hf_feedback/metric_modules/<name>/<name>.py` (scikit-learn and SciPy do the arithmetic), and loads them
+modules, `hf_feedback/tasks/metric_modules/<name>/<name>.py` (scikit-learn and SciPy do the arithmetic), and loads them
 by absolute path, which `evaluate` resolves locally and never sends to the Hub, so metrics work offline
 (`HF_HUB_OFFLINE=1`).
 
@@ -51,7 +51,7 @@ def load_metric_module(name: str) -> evaluate.EvaluationModule:
     if not (folder / f"{name}.py").is_file():
         raise FileNotFoundError(
             f"The {name} metric module is missing at {folder / f'{name}.py'}; reinstall hf_feedback with its "
-            f"package data (hf_feedback/metric_modules/{name}/{name}.py)."
+            f"package data (hf_feedback/tasks/metric_modules/{name}/{name}.py)."
         )
     # The folder, not the script: evaluate names the module after the folder.
     return evaluate.load(str(folder), keep_in_memory=True)

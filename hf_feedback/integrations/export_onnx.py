@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from . import modeling_feedback
+from ..failures import BadInput, load_pretrained
+from ..model import modeling_feedback
 from .convert import check_folders, not_our_encoder
-from .failures import BadInput, load_pretrained
 
 # Saved head -> names of the outputs it exports.
 OUTPUTS = {

@@ -20,7 +20,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import SchedulerType, TrainOutput, get_last_checkpoint
 from transformers.utils import logging
 
-from .hub import push_folder
+from ..integrations.hub import push_folder
 
 
 logger = logging.get_logger(__name__)
@@ -220,10 +220,10 @@ class FeedbackTrainer(Trainer):
         return self.lr_scheduler
 
     def push_to_hub(self, commit_message="End of training", blocking=True, token=None, revision=None, private=None):
-        """`Trainer.push_to_hub` through `hf_feedback.hub.push_folder`: uploads only output_dir's shareable files
-        (never training_args.bin, trainer_state.json or checkpoints) and keeps the model card written by
-        `hf_feedback.model_card.write_model_card` instead of Trainer's draft. Returns the commit (a `Future` when
-        `blocking=False`), or None on processes other than the main one."""
+        """`Trainer.push_to_hub` through `hf_feedback.integrations.hub.push_folder`: uploads only output_dir's shareable
+        files (never training_args.bin, trainer_state.json or checkpoints) and keeps the model card written by
+        `hf_feedback.reports.model_card.write_model_card` instead of Trainer's draft. Returns the commit (a `Future`
+        when `blocking=False`), or None on processes other than the main one."""
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
         token = token if token is not None else self.args.hub_token
         if self.hub_model_id is None:

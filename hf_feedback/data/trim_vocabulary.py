@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from .failures import BadInput
+from ..failures import BadInput
 
 # Tensors indexed by the vocabulary (first dimension), below any head prefix.
 VOCABULARY_TENSORS = ("embeddings.word_embeddings.weight", "lm_head.decoder.weight", "lm_head.decoder.bias",

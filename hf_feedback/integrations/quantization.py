@@ -4,14 +4,14 @@ Every `nn.Linear` (attention projections, feed-forward layers, pooler, heads) ke
 its input on the fly, per batch; embeddings and LayerNorms stay in float32. On x86 CPUs the int8 matrix products run
 on fbgemm/oneDNN kernels. What it costs in accuracy and buys in speed on the review test split is measured in
 benchmarks/RESULTS.md (section 5). The ONNX export's `--int8` does the same to the ONNX graph with ONNX Runtime's
-quantiser (hf_feedback.export_onnx).
+quantiser (hf_feedback.integrations.export_onnx).
 """
 
 import warnings
 
 import torch
 
-from .failures import BadInput
+from ..failures import BadInput
 
 
 def int8_linear(model: torch.nn.Module) -> torch.nn.Module:

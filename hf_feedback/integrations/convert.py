@@ -1,6 +1,6 @@
 """Import a pretrained encoder (BERT, RoBERTa or XLM-RoBERTa, bare or with a head) as an hf_feedback checkpoint.
 
-    python -m hf_feedback.convert SRC DST
+    python -m hf_feedback.integrations.convert SRC DST
 
 The three are the post-norm, learned-position, GELU special case of our encoder, so their weights map one to one
 onto ours. One table per source family says what differs: the prefix of the encoder inside a head checkpoint, the
@@ -23,9 +23,9 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoTokenizer, BertConfig, RobertaConfig, XLMRobertaConfig
 
-from .configuration_feedback import FeedbackConfig
-from .failures import DEBUG_VARIABLE, BadInput, bad_input_exits, load_pretrained
-from .modeling_feedback import (
+from ..failures import DEBUG_VARIABLE, BadInput, bad_input_exits, load_pretrained
+from ..model.configuration_feedback import FeedbackConfig
+from ..model.modeling_feedback import (
     FeedbackForMaskedLM,
     FeedbackForSequenceClassification,
     FeedbackForTokenClassification,
@@ -262,7 +262,8 @@ def save_with_tokenizer(model, source, destination):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m hf_feedback.convert", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m hf_feedback.integrations.convert",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="folder of a BERT, RoBERTa or XLM-RoBERTa checkpoint (config.json + weights)")
     parser.add_argument("destination", help="folder to write the hf_feedback checkpoint to")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty destination")
