@@ -6,8 +6,10 @@
 The graph comes from `torch.onnx.export` (the torch.export-based exporter): the saved head (bare encoder, sequence
 or token classifier, masked LM) with the inputs its tokenizer gives (`input_ids`, `attention_mask`, and
 `token_type_ids` where the tokenizer returns them), batch and sequence length dynamic, outputs named as the head's
-(`logits`; `last_hidden_state` and `pooler_output` for the bare encoder). Traced, the model keeps padding as tokens
-(masked in attention) instead of unpadding, whose shapes depend on the mask's values; its outputs stay the same.
+(`logits`; `last_hidden_state` and `pooler_output` for the bare encoder). The graph unpads as the eager model does:
+it finds the real tokens from the attention mask (NonZero), runs every per-token operation on them only and pads
+them back for attention (one (B, T) block, an additive mask), so a served batch costs its real tokens, not its
+padded length (benchmarks/RESULTS.md §5 measures it).
 `config.json` and the tokenizer are written beside the graph, so the folder is self-describing (the layout
 optimum's ONNX Runtime classes read). Before returning, the export runs ONNX Runtime on a padded batch and checks its
 outputs against torch's (`TOLERANCE`); int8 is checked only for running, as quantisation changes the numbers (its

@@ -11,8 +11,9 @@ Padding is removed once after the embeddings: every per-token operation (project
 runs on the N real tokens only, and attention, which needs a padded layout, runs in a few length buckets, each
 padded only to its own longest sequence and masked. This is the unpadding idea of MosaicBERT / ModernBERT; on
 batches of real text it skips a large share of the work, and it is why a sequence gives the same outputs alone
-or padded inside a batch. Traced (torch.export, torch.compile), where shapes cannot depend on the mask's values, the
-padding is kept as masked tokens instead (`_Unpadding.keeping_padding`), with the same outputs.
+or padded inside a batch. Compiled (torch.compile), where shapes should not depend on the mask's values, the padding is
+kept as masked tokens instead (`_Unpadding.keeping_padding`), with the same outputs; exported to ONNX, the graph finds
+the real tokens itself and drops the padding as eager mode does (`_Unpadding.exporting`).
 
 This file is copied next to every saved checkpoint ("remote code"), so it imports hf_feedback code only
 relatively (the configuration file). That is why it is one long file, and why two classes are long:
@@ -73,7 +74,7 @@ class _Movable:
 class _Layout(_Movable):
     """Where the real tokens of a padded (B, T) batch sit, to move tensors between (B, T, ...) and (N, ...)."""
 
-    indices: torch.Tensor  # (N,) positions of real tokens in the flattened (B * T) batch
+    indices: torch.Tensor | None  # (N,) positions of real tokens in the flattened (B * T) batch; None: all, in order
     sequences: torch.Tensor  # (N,) the same positions as (sequence, position) pairs
     positions: torch.Tensor
     batch_size: int
@@ -102,6 +103,8 @@ class _Layout(_Movable):
         # (N, ...) -> (B, T, ...), zeros at padding
         if self.real is not None:  # padding kept as tokens: zero it (where, not a product: it may hold NaN)
             x = torch.where(self.real.view(-1, *[1] * (x.dim() - 1)), x, 0)
+        if self.indices is None:  # every position is a row already
+            return x.view(self.batch_size, self.seq_len, *x.shape[1:])
         out = x.new_zeros((self.batch_size * self.seq_len, *x.shape[1:]))
         out.index_copy_(0, self.indices, x)
         return out.view(self.batch_size, self.seq_len, *x.shape[1:])
@@ -111,7 +114,8 @@ class _Layout(_Movable):
 class _Bucket(_Movable):
     """Sequences of similar length that attend together, padded only to their own longest (Tb <= T)."""
 
-    tokens: torch.Tensor  # (Nb,) their real tokens' rows in the unpadded (N, ...) batch, in `layout` order
+    tokens: torch.Tensor | None  # (Nb,) their real tokens' rows in the unpadded (N, ...) batch, in `layout` order;
+    # None: the one bucket of every token, in order
     sequences: torch.Tensor  # (Bb,) their rows in the batch
     layout: _Layout  # their (Bb, Tb) padded layout
     mask: torch.Tensor | None  # (Bb, 1, 1, Tb) which keys each query may attend to; None when nothing is padded
@@ -129,7 +133,8 @@ class _Unpadding(_Movable):
     layout: _Layout  # the whole (B, T) batch
     mask: torch.Tensor  # (B, 1, 1, T) the whole batch's key mask, for attention that returns its probabilities
     buckets: list[_Bucket]
-    restore: torch.Tensor  # (N,) puts the buckets' concatenated tokens back in the batch's token order
+    restore: torch.Tensor | None  # (N,) puts the buckets' concatenated tokens back in the batch's token order; None:
+    # one bucket, already in order
     packed: bool = False  # the input was one packed row (1, N): outputs keep that shape, sequences pool apart
     block_mask: BlockMask | None = None  # flex attention's, made by the first layer that needs it
     documents: torch.Tensor | None = None  # (N,) each token's sequence in a traced packed row (`from_positions`)
@@ -223,10 +228,30 @@ class _Unpadding(_Movable):
         # which the ONNX exporter cannot translate.
         sequences = torch.arange(batch_size, device=device)[:, None].expand(batch_size, seq_len).flatten()
         positions = torch.arange(seq_len, device=device).expand(batch_size, seq_len).flatten()
-        layout = _Layout(every, sequences, positions, batch_size, seq_len, real=attention_mask.flatten())
+        layout = _Layout(None, sequences, positions, batch_size, seq_len, real=attention_mask.flatten())
         mask = attention_mask[:, None, None, :]  # (B, 1, 1, T)
-        bucket = _Bucket(every, torch.arange(batch_size, device=device), layout, mask)
-        return cls(layout, mask, [bucket], every)
+        bucket = _Bucket(None, torch.arange(batch_size, device=device), layout, mask)
+        return cls(layout, mask, [bucket], None)
+
+    @classmethod
+    def exporting(cls, attention_mask, dtype):
+        """Exported to ONNX, where the graph may find N itself: the real tokens by `nonzero` on the mask inside the
+        graph, so that every per-token operation of the served model runs on them only, as in eager mode; attention
+        in one bucket of the whole (B, T) batch. (torch.compile keeps padding instead: a shape read from values
+        would recompile for every N.)"""
+        batch_size, seq_len = attention_mask.shape
+        device = attention_mask.device
+        indices = attention_mask.flatten().nonzero()[:, 0]  # (N,)
+        sequences = torch.arange(batch_size, device=device)[:, None].expand(batch_size, seq_len).flatten()[indices]
+        positions = torch.arange(seq_len, device=device).expand(batch_size, seq_len).flatten()[indices]
+        layout = _Layout(indices, sequences, positions, batch_size, seq_len)
+        mask = attention_mask[:, None, None, :]  # (B, 1, 1, T)
+        # Attention reads an additive mask: ONNX has no masked softmax, and a Boolean one is exported as a fill with
+        # -inf and a NaN check over every (B, nh, T, T) score; with the float minimum padded queries get finite
+        # (unused) rows instead.
+        additive = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
+        bucket = _Bucket(None, torch.arange(batch_size, device=device), layout, additive)
+        return cls(layout, mask, [bucket], None)
 
 
     @classmethod
@@ -432,11 +457,14 @@ class _MultiHeadAttention(nn.Module):
         self.dropout_prob = config.attention_probs_dropout_prob
 
     def _attention(self, q, k, v, attention_mask, output_attentions):
-        # q: (B, nh, T, hs); k, v: (B, nh, K, hs); attention_mask: (B, 1, 1 or T, K) bool, a BlockMask, or None
+        # q: (B, nh, T, hs); k, v: (B, nh, K, hs); attention_mask: (B, 1, 1 or T, K) bool (or additive float, when
+        # exported: `_Unpadding.exporting`), a BlockMask, or None
         dropout_p = self.dropout_prob if self.training else 0.0
         probs = None
         if output_attentions or self.config._attn_implementation == "eager":
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_size)  # (B, nh, T, K)
+            if attention_mask is not None and attention_mask.dtype != torch.bool:  # additive: 0 where a key is read
+                attention_mask = attention_mask == 0
             if attention_mask is not None:
                 scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
             probs = scores.softmax(dim=-1)
@@ -501,9 +529,11 @@ class FeedbackSelfAttention(_MultiHeadAttention):
         for bucket in unpadding.buckets:
             length = bucket.layout.seq_len
             bucket_rotary = None if rotary is None else tuple(r[bucket.sequences, :, :length] for r in rotary)
-            context, _ = self._attend(bucket.layout.pad(qkv[bucket.tokens]), bucket.mask, bucket_rotary, False)
+            tokens = qkv if bucket.tokens is None else qkv[bucket.tokens]
+            context, _ = self._attend(bucket.layout.pad(tokens), bucket.mask, bucket_rotary, False)
             contexts.append(bucket.layout.unpad(context))  # (Nb, nh, hs)
-        context = torch.cat(contexts)[unpadding.restore]  # (N, nh, hs), in the batch's token order
+        # (N, nh, hs), in the batch's token order
+        context = contexts[0] if unpadding.restore is None else torch.cat(contexts)[unpadding.restore]
         return self.out_proj(context.flatten(-2)), None  # (N, H)
 
     def _attend(self, qkv, attention_mask, rotary, output_attentions):
@@ -980,6 +1010,9 @@ class FeedbackModel(FeedbackPreTrainedModel):
             unpadding = _Unpadding.from_packed(cu_seq_lens, max_length, seq_len)
             if position_ids is None:
                 position_ids = unpadding.layout.positions[None]  # (1, N), restarting at each sequence
+        elif attention_mask is not None and torch.onnx.is_in_onnx_export():
+            attention_mask = attention_mask.bool()
+            unpadding = _Unpadding.exporting(attention_mask, self.dtype)
         elif attention_mask is not None and torch.compiler.is_compiling():
             attention_mask = attention_mask.bool()
             unpadding = _Unpadding.keeping_padding(attention_mask)
