@@ -218,12 +218,11 @@ class _Unpadding(_Movable):
 
     @classmethod
     def keeping_padding(cls, attention_mask):
-        # torch.export and torch.compile cannot follow shapes that depend on the mask's values (N, the buckets'
-        # lengths). Traced, the model keeps every position as a token instead: one bucket of the whole (B, T) batch,
-        # padded keys masked in attention and padding zeroed whenever a tensor is padded, so outputs stay the same.
+        # torch.compile would recompile for every new N or bucket length. Compiled, the model keeps every position as
+        # a token instead: one bucket of the whole (B, T) batch, padded keys masked in attention and padding zeroed
+        # whenever a tensor is padded, so outputs stay the same.
         batch_size, seq_len = attention_mask.shape
         device = attention_mask.device
-        every = torch.arange(batch_size * seq_len, device=device)  # (B * T,)
         # (sequence, position) of each flattened position, by broadcasting rather than // and % of a symbolic length,
         # which the ONNX exporter cannot translate.
         sequences = torch.arange(batch_size, device=device)[:, None].expand(batch_size, seq_len).flatten()
