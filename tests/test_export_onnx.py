@@ -21,6 +21,7 @@ from hf_feedback.data.corpora import load_sentiment_reviews
 from hf_feedback.data.tokenization import train_tokenizer
 from hf_feedback.integrations.export_onnx import INT8_FILE, ONNX_FILE, NotExportable, export_onnx, onnx_outputs
 from hf_feedback.integrations.quantization import int8_linear
+from hf_feedback.model import modeling_feedback
 
 TEXTS = ["质量很好，物流也快", "太差了，再也不买了，客服也不理人，退货还要自己出运费", "还行"]
 HEADS = [  # head, configuration, the outputs compared
@@ -61,8 +62,11 @@ def test_onnx_runtime_computes_torchs_outputs_for_every_head(tiny_config, tokeni
         "config.json", "configuration_feedback.py", ONNX_FILE, "tokenizer.json", "tokenizer_config.json"]
 
     # The graph finds the real tokens itself (NonZero on the mask) and runs its per-token layers on them only, as
-    # the eager model does: a served batch costs its real tokens, not its padded length.
-    assert "NonZero" in {node.op_type for node in onnx.load(str(tmp_path / "onnx" / ONNX_FILE)).graph.node}
+    # the eager model does, and each layer attends in the eager model's length buckets: a served batch costs its
+    # real tokens, not its padded length.
+    op_types = [node.op_type for node in onnx.load(str(tmp_path / "onnx" / ONNX_FILE)).graph.node]
+    assert "NonZero" in op_types
+    assert op_types.count("Softmax") == model.config.num_hidden_layers * modeling_feedback._ATTENTION_BUCKETS
     session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / ONNX_FILE), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
     assert all(i.shape == ["batch", "sequence"] for i in session.get_inputs())  # dynamic, by name

@@ -134,7 +134,7 @@ class _Unpadding(_Movable):
     mask: torch.Tensor  # (B, 1, 1, T) the whole batch's key mask, for attention that returns its probabilities
     buckets: list[_Bucket]
     restore: torch.Tensor | None  # (N,) puts the buckets' concatenated tokens back in the batch's token order; None:
-    # one bucket, already in order
+    # they are in order already
     packed: bool = False  # the input was one packed row (1, N): outputs keep that shape, sequences pool apart
     block_mask: BlockMask | None = None  # flex attention's, made by the first layer that needs it
     documents: torch.Tensor | None = None  # (N,) each token's sequence in a traced packed row (`from_positions`)
@@ -234,24 +234,47 @@ class _Unpadding(_Movable):
 
     @classmethod
     def exporting(cls, attention_mask, dtype):
-        """Exported to ONNX, where the graph may find N itself: the real tokens by `nonzero` on the mask inside the
-        graph, so that every per-token operation of the served model runs on them only, as in eager mode; attention
-        in one bucket of the whole (B, T) batch. (torch.compile keeps padding instead: a shape read from values
-        would recompile for every N.)"""
+        """Exported to ONNX, where the graph may read shapes from values: what `from_mask` plans on the host, planned
+        inside the graph. The real tokens come from `nonzero` on the mask, so every per-token operation of the served
+        model runs on them only; the sequences, sorted longest first, attend in `_ATTENTION_BUCKETS` buckets, each
+        padded only to its own longest. The tokens are ordered bucket by bucket, so the buckets' outputs joined are
+        already in the batch's order. (torch.compile keeps padding instead: it would recompile for every N.)"""
         batch_size, seq_len = attention_mask.shape
         device = attention_mask.device
-        indices = attention_mask.flatten().nonzero()[:, 0]  # (N,)
-        sequences = torch.arange(batch_size, device=device)[:, None].expand(batch_size, seq_len).flatten()[indices]
-        positions = torch.arange(seq_len, device=device).expand(batch_size, seq_len).flatten()[indices]
-        layout = _Layout(indices, sequences, positions, batch_size, seq_len)
+        extents = (attention_mask * torch.arange(1, seq_len + 1, device=device)).amax(1)  # (B,) 1 + last real position
+        order = extents.argsort(descending=True)  # (B,) longest first
+        # (sequence, position) of each flattened position, by broadcasting rather than // and % of a symbolic length,
+        # which the ONNX exporter cannot translate.
+        every = torch.arange(batch_size * seq_len, device=device).view(batch_size, seq_len)
+        real = attention_mask[order].flatten().nonzero()[:, 0]  # (N,) real positions of the sorted batch, row by row
+        rows = torch.arange(batch_size, device=device)[:, None].expand(batch_size, seq_len).flatten()[real]  # sorted row
+        positions = torch.arange(seq_len, device=device).expand(batch_size, seq_len).flatten()[real]
+        layout = _Layout(every[order].flatten()[real], order[rows], positions, batch_size, seq_len)
         mask = attention_mask[:, None, None, :]  # (B, 1, 1, T)
         # Attention reads an additive mask: ONNX has no masked softmax, and a Boolean one is exported as a fill with
         # -inf and a NaN check over every (B, nh, T, T) score; with the float minimum padded queries get finite
         # (unused) rows instead.
         additive = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
-        bucket = _Bucket(None, torch.arange(batch_size, device=device), layout, additive)
-        return cls(layout, mask, [bucket], None)
-
+        # Bucket of each sorted row, as tensor_split cuts B rows, computed on tensors: a bucket's size read from its
+        # rows (nonzero) rather than from B's arithmetic keeps the graph free of guards on B (say, a bucket of one).
+        num_rows = torch.ones_like(extents).sum()  # B, as a tensor
+        bucket_of = torch.arange(batch_size, device=device) * _ATTENTION_BUCKETS // num_rows  # (B,) sorted rows
+        sorted_extents, token_bucket, buckets = extents[order], bucket_of[rows], []
+        for i in range(_ATTENTION_BUCKETS):
+            sorted_rows = (bucket_of == i).nonzero()[:, 0]  # (Bb,) some buckets empty when B < buckets
+            first_row = (i * num_rows + _ATTENTION_BUCKETS - 1) // _ATTENTION_BUCKETS
+            extent = torch.cat([sorted_extents[sorted_rows], extents.new_zeros(1)]).amax(0).item()
+            torch._check(extent >= 0)
+            torch._check(extent <= seq_len)
+            # at least 2 positions (all the exported graph allows for), so that no shape is one that broadcasts
+            length = torch.sym_min(torch.sym_max(extent, 2), seq_len)
+            tokens = (token_bucket == i).nonzero()[:, 0]  # (Nb,) their rows in the (N, ...) batch
+            bucket_rows, bucket_positions = rows[tokens] - first_row, positions[tokens]
+            bucket_layout = _Layout(bucket_rows * length + bucket_positions, bucket_rows, bucket_positions,
+                                    sorted_rows.shape[0], length)
+            members = order[sorted_rows]
+            buckets.append(_Bucket(tokens, members, bucket_layout, additive[members][..., :length]))
+        return cls(layout, mask, buckets, None)
 
     @classmethod
     def from_positions(cls, position_ids):
@@ -462,7 +485,7 @@ class _MultiHeadAttention(nn.Module):
         probs = None
         if output_attentions or self.config._attn_implementation == "eager":
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_size)  # (B, nh, T, K)
-            if attention_mask is not None and attention_mask.dtype != torch.bool:  # additive: 0 where a key is read
+            if attention_mask is not None and attention_mask.is_floating_point():  # additive: 0 where a key is read
                 attention_mask = attention_mask == 0
             if attention_mask is not None:
                 scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
@@ -472,6 +495,11 @@ class _MultiHeadAttention(nn.Module):
                 # a key mask: padded queries attend nowhere, all-zero rows, as the returned map shows
                 probs = probs.masked_fill(~attention_mask.transpose(-1, -2), 0.0)
             context = F.dropout(probs, p=dropout_p, training=self.training) @ v  # (B, nh, T, hs)
+        elif isinstance(attention_mask, torch.Tensor) and attention_mask.is_floating_point():
+            # Exported (`_Unpadding.exporting`): torch's kernel itself, as transformers' sdpa wrapper tests the query
+            # length, which a bucket's graph only learns from the mask's values.
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout_p,
+                                                     scale=self.head_size ** -0.5)
         else:
             # (None: a block built outside a model, which sets the implementation, attends with sdpa)
             attention = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation or "sdpa"]
@@ -532,7 +560,8 @@ class FeedbackSelfAttention(_MultiHeadAttention):
             context, _ = self._attend(bucket.layout.pad(tokens), bucket.mask, bucket_rotary, False)
             contexts.append(bucket.layout.unpad(context))  # (Nb, nh, hs)
         # (N, nh, hs), in the batch's token order
-        context = contexts[0] if unpadding.restore is None else torch.cat(contexts)[unpadding.restore]
+        context = torch.cat(contexts)
+        context = context if unpadding.restore is None else context[unpadding.restore]
         return self.out_proj(context.flatten(-2)), None  # (N, H)
 
     def _attend(self, qkv, attention_mask, rotary, output_attentions):
