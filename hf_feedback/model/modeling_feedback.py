@@ -430,14 +430,24 @@ class FeedbackEmbeddings(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids, token_type_ids, position_ids, inputs_embeds=None, ngram_context_ids=None):
-        embeddings = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
+    def forward(self, input_ids, token_type_ids, position_ids, inputs_embeds=None, ngram_context_ids=None,
+                real_tokens=None):
+        # real_tokens: (B, T, ...) -> (N, ...), the padded batch's real tokens, to embed those only (the output is then
+        # (N, H)); None embeds every position, (B, T, H)
+        ngrams = None
         if self.ngram_embeddings is not None:
             if input_ids is None:
                 raise ValueError("This model embeds hashed n-grams of token ids (config.ngram_vocab_size > 0): pass "
                                  "input_ids, not inputs_embeds")
+            # read from the padded rows, where each token's predecessors are
             ngrams = hashed_ngram_ids(input_ids, position_ids, self.config.ngram_sizes, self.config.ngram_vocab_size,
                                       self.config.pad_token_id or 0, ngram_context_ids)  # (B, T, len(ngram_sizes))
+        if real_tokens is not None:
+            input_ids, token_type_ids, position_ids, inputs_embeds, ngrams = (
+                None if x is None else real_tokens(x)
+                for x in (input_ids, token_type_ids, position_ids, inputs_embeds, ngrams))
+        embeddings = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H) or (N, H)
+        if ngrams is not None:
             embeddings = embeddings + self.ngram_embeddings(ngrams).sum(dim=-2)
         if self.char_embeddings is not None:
             if input_ids is None:
@@ -991,10 +1001,13 @@ class FeedbackModel(FeedbackPreTrainedModel):
         if token_type_ids is None:
             token_type_ids = torch.zeros((batch_size, seq_len), dtype=torch.long, device=position_ids.device)
 
-        hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, H)
+        # (N, H) for a padded batch: its real tokens only (N = B * T when padding is kept); a packed row's (1, N, H)
+        real_tokens = unpadding.from_output if unpadding is not None and not unpadding.packed else None
+        hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds,
+                                        real_tokens=real_tokens)
         rotary = self._rotary_angles(hidden_states, position_ids, cu_seq_lens, unpadding)
-        if unpadding is not None:
-            hidden_states = unpadding.from_output(hidden_states)  # (N, H), N = B * T when padding is kept
+        if unpadding is not None and real_tokens is None:
+            hidden_states = unpadding.from_output(hidden_states)  # (N, H)
         hidden_states, all_hidden_states, all_attentions, _ = self.encoder(
             hidden_states, rotary, unpadding, output_attentions, output_hidden_states
         )
