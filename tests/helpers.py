@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# The recipes' tiny model (--config_overrides): one layer of 32, so that a test trains in seconds.
+TINY_MODEL = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"
 
 # The start of a script for a fresh interpreter in which `import hf_feedback` fails, as on a machine without it:
 # what it loads must come from a checkpoint's own code (trust_remote_code).
