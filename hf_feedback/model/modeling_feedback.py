@@ -7,8 +7,8 @@ embeddings -> self-attention -> feed-forward -> layer (residual + LayerNorm) -> 
 Shapes in comments: B batch, T padded sequence length, N real (non-padding) tokens in the batch, H hidden size,
 nh heads, hs head size (H / nh), I intermediate size, V vocabulary size.
 
-Padding is removed once after the embeddings: every per-token operation (projections, feed-forward, LayerNorm)
-runs on the N real tokens only, and attention, which needs a padded layout, runs in a few length buckets, each
+Padding is removed once, as the embeddings are looked up: every per-token operation (embeddings, projections,
+feed-forward, LayerNorm) runs on the N real tokens only, and attention, which needs a padded layout, runs in a few length buckets, each
 padded only to its own longest sequence and masked. This is the unpadding idea of MosaicBERT / ModernBERT; on
 batches of real text it skips a large share of the work, and it is why a sequence gives the same outputs alone
 or padded inside a batch. Compiled (torch.compile), where shapes should not depend on the mask's values, the padding is
@@ -108,6 +108,14 @@ class _Layout(_Movable):
         out = x.new_zeros((self.batch_size * self.seq_len, *x.shape[1:]))
         out.index_copy_(0, self.indices, x)
         return out.view(self.batch_size, self.seq_len, *x.shape[1:])
+
+
+def _flat_coordinates(batch_size, seq_len, device):
+    """(sequence, position) of each position of a flattened (B, T) batch, (B * T,) each, by broadcasting rather than
+    // and % of a symbolic length, which the ONNX exporter cannot translate."""
+    sequences = torch.arange(batch_size, device=device)[:, None].expand(batch_size, seq_len).flatten()
+    positions = torch.arange(seq_len, device=device).expand(batch_size, seq_len).flatten()
+    return sequences, positions
 
 
 @dataclass
@@ -223,10 +231,7 @@ class _Unpadding(_Movable):
         # whenever a tensor is padded, so outputs stay the same.
         batch_size, seq_len = attention_mask.shape
         device = attention_mask.device
-        # (sequence, position) of each flattened position, by broadcasting rather than // and % of a symbolic length,
-        # which the ONNX exporter cannot translate.
-        sequences = torch.arange(batch_size, device=device)[:, None].expand(batch_size, seq_len).flatten()
-        positions = torch.arange(seq_len, device=device).expand(batch_size, seq_len).flatten()
+        sequences, positions = _flat_coordinates(batch_size, seq_len, device)
         layout = _Layout(None, sequences, positions, batch_size, seq_len, real=attention_mask.flatten())
         mask = attention_mask[:, None, None, :]  # (B, 1, 1, T)
         bucket = _Bucket(None, torch.arange(batch_size, device=device), layout, mask)
@@ -243,13 +248,10 @@ class _Unpadding(_Movable):
         device = attention_mask.device
         extents = (attention_mask * torch.arange(1, seq_len + 1, device=device)).amax(1)  # (B,) 1 + last real position
         order = extents.argsort(descending=True)  # (B,) longest first
-        # (sequence, position) of each flattened position, by broadcasting rather than // and % of a symbolic length,
-        # which the ONNX exporter cannot translate.
-        every = torch.arange(batch_size * seq_len, device=device).view(batch_size, seq_len)
         real = attention_mask[order].flatten().nonzero()[:, 0]  # (N,) real positions of the sorted batch, row by row
-        rows = torch.arange(batch_size, device=device)[:, None].expand(batch_size, seq_len).flatten()[real]  # sorted row
-        positions = torch.arange(seq_len, device=device).expand(batch_size, seq_len).flatten()[real]
-        layout = _Layout(every[order].flatten()[real], order[rows], positions, batch_size, seq_len)
+        rows, positions = (coordinate[real] for coordinate in _flat_coordinates(batch_size, seq_len, device))
+        sequences = order[rows]  # rows of the sorted batch -> of the batch
+        layout = _Layout(sequences * seq_len + positions, sequences, positions, batch_size, seq_len)
         mask = attention_mask[:, None, None, :]  # (B, 1, 1, T)
         # Attention reads an additive mask: ONNX has no masked softmax, and a Boolean one is exported as a fill with
         # -inf and a NaN check over every (B, nh, T, T) score; with the float minimum padded queries get finite
@@ -432,8 +434,8 @@ class FeedbackEmbeddings(nn.Module):
 
     def forward(self, input_ids, token_type_ids, position_ids, inputs_embeds=None, ngram_context_ids=None,
                 real_tokens=None):
-        # real_tokens: (B, T, ...) -> (N, ...), the padded batch's real tokens, to embed those only (the output is then
-        # (N, H)); None embeds every position, (B, T, H)
+        # real_tokens: (B, T, ...) -> (N, ...), the batch's real tokens (of a padded batch or a packed row), to embed
+        # those only (the output is then (N, H)); None embeds every position, (B, T, H)
         ngrams = None
         if self.ngram_embeddings is not None:
             if input_ids is None:
@@ -1001,13 +1003,10 @@ class FeedbackModel(FeedbackPreTrainedModel):
         if token_type_ids is None:
             token_type_ids = torch.zeros((batch_size, seq_len), dtype=torch.long, device=position_ids.device)
 
-        # (N, H) for a padded batch: its real tokens only (N = B * T when padding is kept); a packed row's (1, N, H)
-        real_tokens = unpadding.from_output if unpadding is not None and not unpadding.packed else None
+        # (N, H): the real tokens only (N = B * T when padding is kept), or (B, T, H) when nothing is padded
         hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds,
-                                        real_tokens=real_tokens)
+                                        real_tokens=None if unpadding is None else unpadding.from_output)
         rotary = self._rotary_angles(hidden_states, position_ids, cu_seq_lens, unpadding)
-        if unpadding is not None and real_tokens is None:
-            hidden_states = unpadding.from_output(hidden_states)  # (N, H)
         hidden_states, all_hidden_states, all_attentions, _ = self.encoder(
             hidden_states, rotary, unpadding, output_attentions, output_hidden_states
         )
