@@ -200,14 +200,16 @@ def test_causal_lm_section_judges_the_recipe_defaults_against_the_bigram_and_kne
 
     default, other, *_ = list(causal_lm.VARIANTS)
     same_tokens = {**variant(45.0, 25 * 60, 1), "description": "with n-grams", "arguments": ["--config_overrides", "x=1"]}
-    report = "\n".join(causal_lm.render({"variants": {default: variant(40.0, 20 * 60, 4), other: {**variant(500.0, 60, 1), "vocabulary": 300, "tokens": 700},
+    report = "\n".join(causal_lm.render({"variants": {default: variant(45.0, 20 * 60, 4), other: {**variant(500.0, 60, 1), "vocabulary": 300, "tokens": 700},
                                                        "same-tokens": same_tokens},
                                           "train_texts": 9, "validation_texts": 1, "characters": 1000}))
     targets = report.split("Targets:\n")[1].splitlines()
     assert targets == [
-        f"- **Met**: the recipe's defaults ({default}): perplexity 40.0 = 0.40 x the bigram's (target ≤ 0.75) in 20.0 "
+        f"- **Met**: the recipe's defaults ({default}): perplexity 45.0 = 0.45 x the bigram's (target ≤ 0.75) in 20.0 "
         "min (target ≤ 30)",
-        f"- **Met**: the recipe's defaults ({default}): perplexity 40.0 against the best Kneser-Ney n-gram's 42.0 "
+        f"- **Met**: the recipe's defaults ({default}): perplexity 45.0 against the Kneser-Ney 3-gram's 48.0 "
+        "(target: below it)",
+        f"- **Missed**: the recipe's defaults ({default}): perplexity 45.0 against the Kneser-Ney 5-gram's 42.0 "
         "(target: below it)",
         f"- **Missed**: the recipe's defaults ({default}): the card's continuations repeat one token at most 4 times "
         "in a row (target ≤ 3)",  # the other tokenization is a row, not a target; a variant of the same tokens

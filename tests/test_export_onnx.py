@@ -31,8 +31,8 @@ HEADS = [  # head, configuration, the outputs compared
     (FeedbackForSequenceClassification, dict(position_embedding_type="rotary", norm_position="pre", num_labels=3,
                                              num_hidden_layers=1), ("logits",)),
     # hashed n-gram embeddings: the tagger's default (recipes/token_classification.py)
-    (FeedbackForTokenClassification, dict(position_embedding_type="sinusoidal", num_labels=5, ngram_vocab_size=97),
-     ("logits",)),
+    (FeedbackForTokenClassification, dict(position_embedding_type="sinusoidal", num_labels=5, ngram_vocab_size=97,
+                                          num_hidden_layers=1), ("logits",)),
     (FeedbackForMaskedLM, dict(position_embedding_type="rotary", norm_position="pre", num_hidden_layers=1),
      ("logits",)),
 ]

@@ -173,7 +173,7 @@ def _check(monkeypatch, words):
     module, argv = args[1], args[2:]
     if module == "pytest":
         paths = [arg for previous, arg in zip(["", *argv], argv)
-                 if not arg.startswith("-") and previous not in ("-n", "--numprocesses", "--dist")]
+                 if not arg.startswith("-") and previous not in ("-n", "--numprocesses", "--dist", "-m")]
         assert paths and all((ROOT / path).exists() for path in paths), argv
         return
     assert module.split(".")[0] == "hf_feedback", module

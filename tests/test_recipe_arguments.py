@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import psutil
+import pytest
 import torch
 from transformers import TrainingArguments
 
@@ -36,6 +37,7 @@ def test_a_lone_cpu_process_on_fewer_threads_than_cores_is_warned(monkeypatch, c
     assert caplog.records == []
 
 
+@pytest.mark.processes
 def test_accelerate_launch_needs_the_cpu_config_to_use_every_core(tmp_path):
     """The fact behind the warning and the README's main command: without a use_cpu config, accelerate starts the
     one process with OMP_NUM_THREADS=1; recipes/configs/cpu.yaml gives it every core."""

@@ -1,7 +1,7 @@
 """recipes/finetune.py across processes: an interrupted run resumes, a busy output folder is refused with its holder
 named, runs with a saved tokenizer repeat exactly across processes, and two CPU processes match one with the same
-global batch. Each starts real recipe processes (slow: kept in a file of their own, so that -n 2 runs it beside
-the rest)."""
+global batch. Each starts real recipe processes for tens of seconds: marked `processes`, which the README's test
+command leaves to CI's second command (`python -m pytest -q -m processes tests`, about two minutes)."""
 
 import json
 import os
@@ -17,6 +17,8 @@ import transformers
 from safetensors.torch import load_file
 
 from helpers import ROOT, TINY_MODEL, load_recipe, losses
+
+pytestmark = pytest.mark.processes
 
 from hf_feedback.data.corpora import load_sentiment_reviews
 from hf_feedback.data.tokenization import train_tokenizer

@@ -507,7 +507,14 @@ def test_pretraining_corpus_choices(capsys, tmp_path):
                               {**pretrain.DEFAULTS, **pretrain.OBJECTIVE_DEFAULTS["clm"]},
                               ["--objective", "clm", "--learning_rate", "1e-4"])
     assert (clm[0].tokenizer_kind, clm[1].max_seq_length, clm[2].learning_rate, clm[2].num_train_epochs) == (
-        "wordpiece", 512, 1e-4, 2)
+        "wordpiece", 512, 1e-4, 2.5)
+    # bf16 autocast where the hardware multiplies bf16 natively, float32 elsewhere; --bf16 false wins.
+    native = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else torch.cpu._is_avx512_bf16_supported() \
+        or torch.cpu._is_amx_tile_supported()
+    assert clm[2].bf16 is native
+    assert pretrain.parse_args((pretrain.ModelArguments, pretrain.DataArguments, pretrain.TrainingArguments),
+                               {**pretrain.DEFAULTS, **pretrain.OBJECTIVE_DEFAULTS["clm"]},
+                               ["--objective", "clm", "--bf16", "false"])[2].bf16 is False
     assert pretrain._objective(["--objective", "clm", "--x", "1"]) == "clm" and pretrain._objective([]) == "mlm"
 
 

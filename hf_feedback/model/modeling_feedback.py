@@ -16,9 +16,11 @@ kept as masked tokens instead (`_Unpadding.keeping_padding`), with the same outp
 the real tokens itself and drops the padding as eager mode does (`_Unpadding.exporting`).
 
 This file is copied next to every saved checkpoint ("remote code"), so it imports hf_feedback code only
-relatively (the configuration file). That is why it is one long file, and why two classes are long:
-`FeedbackPreTrainedModel` holds what every head shares (weight initialisation, input checks, character tables) and
-`FeedbackModel` the encoder's forward (one screen, its steps named below it) beside the decoder's (`_decode`).
+relatively (the configuration file). That is why it is one long file, and why three classes are long:
+`_Unpadding` holds the three layouts of a padded batch (unpadded eagerly, kept padded when compiled, unpadded inside
+an exported graph), `FeedbackPreTrainedModel` what every head shares (weight initialisation, input checks, character
+tables) and `FeedbackModel` the encoder's forward (one screen, its steps named below it) beside the decoder's
+(`_decode`).
 """
 
 import math

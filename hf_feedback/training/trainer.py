@@ -105,6 +105,24 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
+def _check_noam(noam_warmup_steps, args, lr_scheduler):
+    """Refuse a Noam schedule that other schedule settings would contradict (they would be ignored)."""
+    if noam_warmup_steps <= 0:
+        raise ValueError(f"noam_warmup_steps must be a positive integer or None, got {noam_warmup_steps}.")
+    ignored = {
+        "lr_scheduler_type": SchedulerType(args.lr_scheduler_type) != SchedulerType.LINEAR,
+        "lr_scheduler_kwargs": bool(args.lr_scheduler_kwargs),
+        "warmup_steps": args.warmup_steps != 0,
+        "optimizers (a scheduler)": lr_scheduler is not None,
+    }
+    if any(ignored.values()):
+        raise ValueError(
+            f"noam_warmup_steps={noam_warmup_steps} sets the learning-rate schedule, so "
+            f"{', '.join(name for name, is_set in ignored.items() if is_set)} would be ignored; "
+            "leave them at their defaults or drop noam_warmup_steps."
+        )
+
+
 class FeedbackTrainer(Trainer):
     """`transformers.Trainer` that can train with the Noam schedule; every Trainer argument still works.
 
@@ -127,20 +145,7 @@ class FeedbackTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
         if noam_warmup_steps is not None:
-            if noam_warmup_steps <= 0:
-                raise ValueError(f"noam_warmup_steps must be a positive integer or None, got {noam_warmup_steps}.")
-            ignored = {
-                "lr_scheduler_type": SchedulerType(self.args.lr_scheduler_type) != SchedulerType.LINEAR,
-                "lr_scheduler_kwargs": bool(self.args.lr_scheduler_kwargs),
-                "warmup_steps": self.args.warmup_steps != 0,
-                "optimizers (a scheduler)": self.lr_scheduler is not None,
-            }
-            if any(ignored.values()):
-                raise ValueError(
-                    f"noam_warmup_steps={noam_warmup_steps} sets the learning-rate schedule, so "
-                    f"{', '.join(name for name, is_set in ignored.items() if is_set)} would be ignored; "
-                    "leave them at their defaults or drop noam_warmup_steps."
-                )
+            _check_noam(noam_warmup_steps, self.args, self.lr_scheduler)
         self.noam_warmup_steps = noam_warmup_steps
         self.add_callback(RunLoss())
         self.add_callback(TimeEstimate())
