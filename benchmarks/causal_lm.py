@@ -21,14 +21,17 @@ QUICK_ARGS = ["--max_train_samples", "400", "--max_steps", "20", "--config_overr
               "--tokenizer_vocab_size", "2000"]
 LAMBDAS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # the bigram's weight, chosen on a slice of the training texts
 KN_ORDERS = (3, 5)
+BEFORE = ["--num_train_epochs", "2", "--bf16", "false", "--config_overrides", "attention_probs_dropout_prob=0.1"]
 # name: (what it is, arguments on top of the recipe's defaults); the first is what the defaults do.
 VARIANTS = {
     "characters": ("characters (the default: WordPiece, one token per Chinese character)",
                    ["--tokenizer_kind", "wordpiece"]),
+    # Run with the defaults before 2.5 epochs, bf16 and no attention dropout, which these arguments restore.
     "unigram-16k": ("a 16k unigram vocabulary (words and pieces learned from the corpus)",
-                    ["--tokenizer_kind", "unigram", "--tokenizer_vocab_size", "16000"]),
+                    ["--tokenizer_kind", "unigram", "--tokenizer_vocab_size", "16000", *BEFORE]),
     "characters-ngrams": ("characters, each token also embedding its bigram and trigram (hashed, 65,536 rows)",
-                          ["--tokenizer_kind", "wordpiece", "--config_overrides", "ngram_vocab_size=65536"]),
+                          ["--tokenizer_kind", "wordpiece", *BEFORE[:-1],
+                           f"{BEFORE[-1]},ngram_vocab_size=65536"]),
 }
 TARGET_RATIO, TARGET_MINUTES, MAX_RUN = 0.75, 30, 3  # perplexity against the bigram's; wall; one token repeated
 
@@ -261,8 +264,11 @@ def render(result):
                     f"the recipe's defaults ({name}): perplexity {ours:.1f} = {ratio(variant['ours'])} x the "
                     f"bigram's (target ≤ {TARGET_RATIO}) in {variant['wall_s'] / 60:.1f} min (target ≤ "
                     f"{TARGET_MINUTES})"),
-            verdict(ours < best_kn, f"the recipe's defaults ({name}): perplexity {ours:.1f} against the best "
-                                    f"Kneser-Ney n-gram's {best_kn:.1f} (target: below it)"),
+            # The issue's n-gram baseline is "Kneser-Ney 3-gram or better": the 3-gram is the target, the 5-gram the
+            # stronger floor, reported beside it.
+            *[verdict(ours < variant[f"kn{order}"]["perplexity"],
+                      f"the recipe's defaults ({name}): perplexity {ours:.1f} against the Kneser-Ney {order}-gram's "
+                      f"{variant[f'kn{order}']['perplexity']:.1f} (target: below it)") for order in KN_ORDERS],
         ]
         if variant["samples"]:
             runs = max(s["longest_run"] for s in variant["samples"])

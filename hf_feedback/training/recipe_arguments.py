@@ -192,6 +192,15 @@ def check_training_arguments(training_args: TrainingArguments):
         )
 
 
+def native_bf16() -> bool:
+    """Whether this machine multiplies bfloat16 matrices natively: a CUDA GPU that supports them or, without a GPU,
+    a CPU with AVX512-BF16 or AMX instructions (elsewhere torch emulates bf16 on the CPU, slower than float32)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return any(getattr(torch.cpu, probe, lambda: False)()
+               for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 def check_precision(training_args: TrainingArguments):
     """fp16 needs a CUDA (or other accelerator) device; say so instead of failing inside autocast."""
     if training_args.fp16 and training_args.device.type == "cpu":
