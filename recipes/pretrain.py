@@ -33,7 +33,7 @@ from transformers import AutoConfig, DataCollatorForLanguageModeling, TrainingAr
 
 from hf_feedback import FeedbackForCausalLM, FeedbackForMaskedLM, FeedbackForPreTraining
 from hf_feedback.data.corpora import load_peoples_daily, load_sentiment_reviews
-from hf_feedback.data.tokenization import tokenize_dataset
+from hf_feedback.data.tokenization import tokenize_corpus
 from hf_feedback.data.user_data import load_text_corpus
 from hf_feedback.failures import bad_input_exits, load_pretrained
 from hf_feedback.integrations.sentence_embeddings import write_sentence_transformers_files
@@ -73,7 +73,9 @@ class DataArguments:
         "help": "Add the texts (not labels) of the bundled reviews' train split to the corpus: in-domain text "
                 "for the default fine-tuning task. Validation and test reviews are never used."})
     validation_split_percentage: float = field(default=2.0, metadata={"help": "Held out to measure perplexity."})
-    max_seq_length: int = 128
+    max_seq_length: int = field(default=128, metadata={
+        "help": "Longer texts become consecutive windows of this many tokens, each trained as a text (nothing "
+                "dropped)."})
     max_train_samples: int | None = None
     mlm_probability: float = 0.15
     objective: str = field(default="mlm", metadata={
@@ -199,8 +201,14 @@ def main(argv=None):
                 model.generation_config.repetition_penalty = REPETITION_PENALTY
         with training_args.main_process_first(desc="tokenizing"):
             max_length = min(data_args.max_seq_length, model.config.max_position_embeddings)
-            tokenized = tokenize_dataset(datasets.DatasetDict(train=splits["train"], validation=splits["test"]),
-                                         tokenizer, max_length)
+            tokenized = tokenize_corpus(datasets.DatasetDict(train=splits["train"], validation=splits["test"]),
+                                        tokenizer, max_length)
+        longer = {name: len(tokenized[name]) - len(split) for name, split in (("train", splits["train"]),
+                                                                               ("validation", splits["test"]))}
+        if any(longer.values()) and training_args.process_index == 0:
+            print(f"texts longer than {max_length} tokens (--max_seq_length) are cut into consecutive windows of "
+                  f"it, nothing dropped: {longer['train']:,} more training and {longer['validation']:,} more "
+                  "validation rows", flush=True)
         # A causal LM's labels are its inputs (shifted inside the model), padding ignored.
         masking = DataCollatorForLanguageModeling(tokenizer, mlm=not causal, mlm_probability=data_args.mlm_probability)
         collator = training_collator(masking, model, None, model_args.padding_free)

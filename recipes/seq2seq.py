@@ -109,6 +109,13 @@ def load_model(model_args, tokenizer, max_length):
                           f"({', '.join(config.architectures or [config.model_type])}); seq2seq.py continues "
                           "FeedbackForConditionalGeneration (or another AutoModelForSeq2SeqLM) checkpoints")
     check_vocabulary(config, tokenizer)
+    # Learned positions end at max_position_embeddings (rotary and relative ones do not): a longer pair would fail
+    # in the middle of training.
+    if getattr(config, "position_embedding_type", "absolute") == "absolute" and max_length > getattr(
+            config, "max_position_embeddings", max_length):
+        raise RecipeError(f"--max_source_length / --max_target_length allow {max_length} tokens, more than the "
+                          f"{config.max_position_embeddings} learned positions of {model_args.model_name_or_path}; "
+                          f"give at most {config.max_position_embeddings}")
     overrides = checkpoint_config_overrides(model_args.config_overrides, config, model_args.model_name_or_path)
     return load_pretrained(AutoModelForSeq2SeqLM.from_pretrained, model_args.model_name_or_path, **overrides,
                            attn_implementation=model_args.attn_implementation,
@@ -155,6 +162,14 @@ def main(argv=None):
         with training_args.main_process_first(desc="tokenizing"):
             tokenized = {split: tokenize_pairs(data, tokenizer, data_args.max_source_length,
                                                data_args.max_target_length) for split, data in raw.items()}
+        cut = {split: sum(data["cut"]) for split, data in tokenized.items()}
+        tokenized = {split: data.remove_columns("cut") for split, data in tokenized.items()}
+        if any(cut.values()) and training_args.process_index == 0:
+            print(f"pairs longer than --max_source_length {data_args.max_source_length} or --max_target_length "
+                  f"{data_args.max_target_length} tokens are cut to them (a target cut away from its source teaches "
+                  f"a wrong pair; raise the limits to keep them whole): "
+                  + ", ".join(f"{count:,} of {len(tokenized[split]):,} {split}" for split, count in cut.items()),
+                  flush=True)
 
     trainer = FeedbackSeq2SeqTrainer(
         model=model,

@@ -4,9 +4,20 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 # The recipes' tiny model (--config_overrides): one layer of 32, so that a test trains in seconds.
 TINY_MODEL = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"
+
+# The recipes' tiny runs: 960 reviews, 60 steps of 32: enough for the loss to fall well below log(2) on a tiny model.
+FINETUNE = ["--max_train_samples", "960", "--max_eval_samples", "200", "--max_steps", "60",
+            "--learning_rate", "3e-3", "--logging_steps", "10", "--eval_steps", "30", "--save_steps", "30",
+            "--disable_tqdm", "true"]
+PRETRAIN = ["--max_train_samples", "2000", "--max_steps", "30", "--config_overrides",
+            "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64",
+            "--tokenizer_vocab_size", "2000", "--learning_rate", "2e-3", "--logging_steps", "5", "--eval_steps", "15",
+            "--save_steps", "15", "--disable_tqdm", "true"]
 
 # The start of a script for a fresh interpreter in which `import hf_feedback` fails, as on a machine without it:
 # what it loads must come from a checkpoint's own code (trust_remote_code).
@@ -76,3 +87,19 @@ def tiny_xlmr_checkpoint(folder, texts, upstream=None):
     if upstream:
         ModelCard(f"---\n{ModelCardData(base_model=upstream).to_yaml()}\n---\n").save(Path(folder) / "README.md")
     return tokenizer
+
+
+def expect_exit(capsys, args, *words, recipe=None):
+    """`recipe.main(args)` (finetune.py by default) exits with status 2 naming each of `words`, and leaves its
+    --output_dir as it found it; returns the message."""
+    recipe = recipe or load_recipe("finetune")
+    output_dir = Path(args[args.index("--output_dir") + 1])
+    existed = output_dir.exists()
+    with pytest.raises(SystemExit) as exit_info:
+        recipe.main(args)
+    assert exit_info.value.code == 2
+    assert output_dir.exists() == existed  # a failed set-up leaves no half-written output behind
+    message = capsys.readouterr().err
+    for word in words:
+        assert word in message, message
+    return message

@@ -1,5 +1,6 @@
 """A run's folder (hf_feedback/training/run_folder.py): resumed only from a complete checkpoint. The lock, overwriting
-and resuming whole runs are driven through the recipes in tests/test_recipes.py."""
+and resuming whole runs are driven through the recipes in tests/test_recipe_refusals.py and
+tests/test_recipe_processes.py."""
 
 import json
 import re

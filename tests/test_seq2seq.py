@@ -6,13 +6,16 @@ import json
 import math
 from collections import Counter
 
+import datasets
 import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from helpers import load_recipe, losses
 
+from hf_feedback import FeedbackForConditionalGeneration, FeedbackSeq2SeqConfig
 from hf_feedback.__main__ import main as cli
+from hf_feedback.data.tokenization import train_tokenizer
 from hf_feedback.tasks.metrics import load_metric_module
 from hf_feedback.tasks.seq2seq import (
     PinyinConstraint,
@@ -23,6 +26,7 @@ from hf_feedback.tasks.seq2seq import (
     most_frequent_character_baseline,
     pinyin_candidates,
     pinyin_of,
+    tokenize_pairs,
     write_from_pinyin,
 )
 
@@ -109,6 +113,16 @@ def test_the_recipe_learns_to_write_characters_and_its_folder_generates(pinyin_f
     assert lines[0].split("\t")[1] == decode_generated(alone.numpy(), tokenizer)[0]
 
 
+def test_pairs_cut_to_their_limits_keep_sep_and_are_flagged():
+    tokenizer = train_tokenizer(["ni hao shi jie", "你好世界"] * 5, vocab_size=100, kind="wordpiece")
+    pairs = datasets.Dataset.from_dict({"source": ["ni hao shi jie ni hao", "ni"], "target": ["你好世界你好", "你"]})
+    tokenized = tokenize_pairs(pairs, tokenizer, max_source_length=5, max_target_length=4)
+    assert tokenized["input_ids"] == [tokenizer(s, truncation=True, max_length=5)["input_ids"] for s in pairs["source"]]
+    assert tokenized["labels"] == [tokenizer("你好世", add_special_tokens=False)["input_ids"] + [tokenizer.sep_token_id],
+                                   tokenizer("你", add_special_tokens=False)["input_ids"] + [tokenizer.sep_token_id]]
+    assert tokenized["cut"] == [True, False] and all(len(mask) <= 5 for mask in tokenized["attention_mask"])
+
+
 def test_bad_seq2seq_input_fails_before_training(pinyin_files, tmp_path, capsys):
     def refused(args, *words):
         output_dir = tmp_path / str(len(list(tmp_path.iterdir())))
@@ -125,6 +139,16 @@ def test_bad_seq2seq_input_fails_before_training(pinyin_files, tmp_path, capsys)
     refused(["--validation_file", train], "--validation_file / --test_file come with --train_file")
     refused(["--train_file", train, "--source_column", "pinyin", "--target_column", "hanzi", "--max_target_length",
              "2"], "--max_target_length must be at least 4")
+    # A checkpoint with 64 learned positions cannot take the default 128 tokens a side.
+    checkpoint = tmp_path / "absolute"
+    tokenizer = train_tokenizer(["ni hao", "你好"], vocab_size=100, kind="wordpiece")
+    FeedbackForConditionalGeneration(FeedbackSeq2SeqConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, position_embedding_type="absolute", pad_token_id=tokenizer.pad_token_id,
+        decoder_start_token_id=tokenizer.sep_token_id)).save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    refused(["--train_file", train, "--source_column", "pinyin", "--target_column", "hanzi", "--model_name_or_path",
+             str(checkpoint)], "allow 128 tokens, more than the 64 learned positions of", "give at most 64")
 
 
 def test_a_folder_driven_as_run_translation_can_learn_its_first_target_token():

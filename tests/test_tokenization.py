@@ -11,6 +11,7 @@ from hf_feedback.data.tokenization import (
     cooccurrence_vectors,
     default_tokenizer_corpus,
     token_characters,
+    tokenize_corpus,
     tokenize_dataset,
     train_tokenizer,
 )
@@ -182,6 +183,22 @@ def test_a_unigram_vocabulary_too_small_for_the_characters_grows_to_keep_them_al
 
 
 # --- long texts ---
+
+
+def test_a_corpus_keeps_every_token_of_a_long_text_in_consecutive_windows(tokenizer, reviews):
+    texts = [text for text in reviews["validation"]["text"] if len(text) > 100][:5] + ["好"]
+    windows = tokenize_corpus(datasets.Dataset.from_dict({"text": texts, "source": list(range(len(texts)))}),
+                              tokenizer, max_length=16)
+    assert set(windows.column_names) == {"input_ids", "token_type_ids", "attention_mask", "source"}
+    assert all(len(ids) <= 16 and ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+               for ids in windows["input_ids"])
+    for i, text in enumerate(texts):  # each text's windows, in order, hold its tokens exactly once
+        inner = [token for ids, source in zip(windows["input_ids"], windows["source"]) if source == i
+                 for token in ids[1:-1]]
+        assert inner == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(windows) > len(texts) and windows["source"][-1] == len(texts) - 1
+    with pytest.raises(ValueError, match="room for a token"):
+        tokenize_corpus(windows, tokenizer, max_length=2)
 
 
 def test_head_tail_truncation_keeps_the_opening_and_the_ending(tokenizer, reviews):

@@ -303,3 +303,22 @@ def tokenize_dataset(dataset, tokenizer, max_length: int, text_column: str = "te
         return encoded
 
     return dataset.map(tokenize, batched=True, remove_columns=[text_column], desc="Tokenizing")
+
+
+def tokenize_corpus(dataset, tokenizer, max_length: int, text_column: str = "text"):
+    """Tokenize a pretraining corpus (a `Dataset` or `DatasetDict`) keeping every token: a text longer than
+    `max_length` tokens becomes consecutive windows of it, each framed as a text of its own ([CLS] ... [SEP]), as
+    run_clm.py's blocks keep a long document whole rather than its first block only. Other columns are repeated
+    for each window of their row."""
+    if max_length < 3:
+        raise ValueError(f"max_length must leave room for a token between [CLS] and [SEP], got {max_length}")
+
+    def tokenize(batch):
+        encoded = tokenizer(batch[text_column], truncation=True, max_length=max_length,
+                            return_overflowing_tokens=True)
+        rows = encoded.pop("overflow_to_sample_mapping")
+        return {**encoded, **{name: [values[row] for row in rows] for name, values in batch.items()
+                              if name != text_column}}
+
+    columns = next(iter(dataset.values())).column_names if isinstance(dataset, dict) else dataset.column_names
+    return dataset.map(tokenize, batched=True, remove_columns=columns, desc="Tokenizing")

@@ -79,13 +79,18 @@ def tokenize_pairs(dataset, tokenizer, max_source_length, max_target_length):
     """`input_ids` / `attention_mask` of each source ([CLS] source [SEP]) and `labels`, the target's tokens and [SEP]
     without [CLS]: the decoder starts from [SEP] (config.decoder_start_token_id, which no target begins with) and
     learns to say [SEP] at the end. Labels the tokenizer's template makes (`text_target`, [CLS] target [SEP]) train
-    as well, with one more token to learn."""
+    as well, with one more token to learn. A longer source or target is cut to its limit ([SEP] kept), and the
+    column `cut` says which pairs were."""
 
     def tokenize(batch):
-        encoded = tokenizer(batch["source"], truncation=True, max_length=max_source_length)
-        targets = tokenizer(batch["target"], add_special_tokens=False, truncation=True,
-                            max_length=max_target_length - 1)["input_ids"]
-        encoded["labels"] = [ids + [tokenizer.sep_token_id] for ids in targets]
+        encoded, whole = tokenizer(batch["source"]), tokenizer(batch["target"], add_special_tokens=False)["input_ids"]
+        encoded["cut"] = [len(source) > max_source_length or len(target) > max_target_length - 1
+                          for source, target in zip(encoded["input_ids"], whole)]
+        for name in ("input_ids", "token_type_ids", "attention_mask"):  # a source's first tokens and its [SEP]
+            if name in encoded:
+                encoded[name] = [row if len(row) <= max_source_length else row[:max_source_length - 1] + row[-1:]
+                                 for row in encoded[name]]
+        encoded["labels"] = [ids[:max_target_length - 1] + [tokenizer.sep_token_id] for ids in whole]
         return encoded
 
     return dataset.map(tokenize, batched=True, remove_columns=["source", "target"], desc="Tokenizing pairs")
