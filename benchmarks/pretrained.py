@@ -40,6 +40,7 @@ ROWS = [
     ("reviews", "layers2", "ours from scratch (finetune.py's defaults, the README's main job)"),
     ("reviews", "e5-full-1ep", "multilingual-e5-small + full fine-tuning, 1 epoch (lr 5e-5, a checkpoint's default)"),
     ("reviews", "e5-full-1ep-lr1e-4", "multilingual-e5-small + full fine-tuning, 1 epoch, lr 1e-4"),
+    ("reviews", "e5-full-1ep-lr1e-4-bf16", "multilingual-e5-small + full fine-tuning, 1 epoch, lr 1e-4, bf16 autocast"),
     ("reviews", "e5-lora-1ep", "multilingual-e5-small + LoRA, 1 epoch"),
     ("reviews-3k", "tfidf", "3,000 reviews: TF-IDF"),
     ("reviews-3k", "layers2", "3,000 reviews: ours from scratch"),
@@ -269,8 +270,9 @@ def _render_tagging(result):
 
 def _targets(result):
     lines = []
-    # The full fine-tuning row judged: the default's rate where it has runs, else the other rate's.
-    variant = next((v for v in ("e5-full-1ep", "e5-full-1ep-lr1e-4") if result["rows"].get(f"reviews/{v}")), None)
+    # The full fine-tuning row judged: the bf16 runs (three seeds) where they exist, else float32's at either rate.
+    variant = next((v for v in ("e5-full-1ep-lr1e-4-bf16", "e5-full-1ep", "e5-full-1ep-lr1e-4")
+                    if result["rows"].get(f"reviews/{v}")), None)
     full = result["rows"].get(f"reviews/{variant}", [])
     if full:
         accuracy, minutes = _accuracy(result, "reviews", variant), max(r["wall_s"] for r in full) / 60
