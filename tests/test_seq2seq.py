@@ -121,6 +121,15 @@ def test_pairs_cut_to_their_limits_keep_sep_and_are_flagged():
     assert tokenized["labels"] == [tokenizer("你好世", add_special_tokens=False)["input_ids"] + [tokenizer.sep_token_id],
                                    tokenizer("你", add_special_tokens=False)["input_ids"] + [tokenizer.sep_token_id]]
     assert tokenized["cut"] == [True, False] and all(len(mask) <= 5 for mask in tokenized["attention_mask"])
+    # A tokenizer without Rust encodings (a Python one) is asked for the whole rows instead: the same answer.
+    from transformers import BatchEncoding
+
+    from hf_feedback.tasks.seq2seq import _overflowed
+
+    sources = list(pairs["source"])
+    fast = tokenizer(sources, truncation=True, max_length=5)
+    assert _overflowed(tokenizer, sources, BatchEncoding(dict(fast))) == _overflowed(tokenizer, sources, fast) == [
+        True, False]
 
 
 def test_bad_seq2seq_input_fails_before_training(pinyin_files, tmp_path, capsys):

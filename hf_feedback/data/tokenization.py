@@ -262,6 +262,11 @@ def cooccurrence_vectors(
 TRUNCATIONS = ("head", "head_tail")
 
 
+def _column_names(dataset):
+    """The columns of a `Dataset`, or of a `DatasetDict`'s splits (the same in each)."""
+    return next(iter(dataset.values())).column_names if isinstance(dataset, dict) else dataset.column_names
+
+
 def tokenize_dataset(dataset, tokenizer, max_length: int, text_column: str = "text", truncation: str = "head"):
     """Tokenize `text_column` of a `Dataset` or `DatasetDict`, cutting texts to `max_length` tokens. A `text_pair`
     column beside it makes each row a pair, `[CLS] text [SEP] text_pair [SEP]` with token_type_ids 0 then 1, cut
@@ -281,7 +286,7 @@ def tokenize_dataset(dataset, tokenizer, max_length: int, text_column: str = "te
         raise ValueError(f"max_length must be a positive integer, got {max_length}")
     if truncation not in TRUNCATIONS:
         raise ValueError(f"truncation must be one of {list(TRUNCATIONS)}, got {truncation!r}")
-    columns = next(iter(dataset.values())).column_names if isinstance(dataset, dict) else dataset.column_names
+    columns = _column_names(dataset)
     if "text_pair" in columns:
         if truncation != "head":
             raise ValueError(f"truncation={truncation!r} applies to single texts; pairs are cut longest first")
@@ -320,5 +325,5 @@ def tokenize_corpus(dataset, tokenizer, max_length: int, text_column: str = "tex
         return {**encoded, **{name: [values[row] for row in rows] for name, values in batch.items()
                               if name != text_column}}
 
-    columns = next(iter(dataset.values())).column_names if isinstance(dataset, dict) else dataset.column_names
+    columns = _column_names(dataset)
     return dataset.map(tokenize, batched=True, remove_columns=columns, desc="Tokenizing")

@@ -75,6 +75,15 @@ def most_frequent_character_baseline(train, test) -> list[str]:
     return ["".join(best.get(item, item) for item in source.split(" ")) for source in test["source"]]
 
 
+def _overflowed(tokenizer, texts, encoded, **kwargs):
+    """Which rows of the truncating call `encoded` (of `texts`) lost tokens: a fast tokenizer's encodings say so; a
+    Python one is asked for the whole rows (`kwargs`: the call's other arguments)."""
+    if encoded.encodings is not None:
+        return [bool(encoding.overflowing) for encoding in encoded.encodings]
+    whole = tokenizer(texts, **kwargs)["input_ids"]
+    return [len(full) > len(kept) for full, kept in zip(whole, encoded["input_ids"])]
+
+
 def tokenize_pairs(dataset, tokenizer, max_source_length, max_target_length):
     """`input_ids` / `attention_mask` of each source ([CLS] source [SEP]) and `labels`, the target's tokens and [SEP]
     without [CLS]: the decoder starts from [SEP] (config.decoder_start_token_id, which no target begins with) and
@@ -83,14 +92,14 @@ def tokenize_pairs(dataset, tokenizer, max_source_length, max_target_length):
     column `cut` says which pairs were."""
 
     def tokenize(batch):
-        encoded, whole = tokenizer(batch["source"]), tokenizer(batch["target"], add_special_tokens=False)["input_ids"]
-        encoded["cut"] = [len(source) > max_source_length or len(target) > max_target_length - 1
-                          for source, target in zip(encoded["input_ids"], whole)]
-        for name in ("input_ids", "token_type_ids", "attention_mask"):  # a source's first tokens and its [SEP]
-            if name in encoded:
-                encoded[name] = [row if len(row) <= max_source_length else row[:max_source_length - 1] + row[-1:]
-                                 for row in encoded[name]]
-        encoded["labels"] = [ids[:max_target_length - 1] + [tokenizer.sep_token_id] for ids in whole]
+        encoded = tokenizer(batch["source"], truncation=True, max_length=max_source_length)
+        targets = tokenizer(batch["target"], add_special_tokens=False, truncation=True,
+                            max_length=max_target_length - 1)
+        cut = [source or target for source, target in zip(_overflowed(tokenizer, batch["source"], encoded),
+                                                          _overflowed(tokenizer, batch["target"], targets,
+                                                                      add_special_tokens=False))]
+        encoded["labels"] = [ids + [tokenizer.sep_token_id] for ids in targets["input_ids"]]
+        encoded["cut"] = cut
         return encoded
 
     return dataset.map(tokenize, batched=True, remove_columns=["source", "target"], desc="Tokenizing pairs")
