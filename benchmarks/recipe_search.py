@@ -40,6 +40,7 @@ ONE_EPOCH = ["--num_train_epochs", "1", "--early_stopping_patience", "0"]
 SCREEN = ["--max_steps", "200", "--eval_steps", "50", "--max_eval_samples", "600", "--save_strategy", "no"]
 WORDPIECE, UNIGRAM16K = ("wordpiece", 10000), ("unigram", 16000)
 CHECKPOINT = ("checkpoint", None)  # the tokenizer of the checkpoint a variant starts from
+AUTO = ("auto", None)  # finetune.py's own choice of start (--start auto): no tokenizer or checkpoint given
 VARIANTS = {
     # TF-IDF character 1-3-grams + logistic regression (benchmarks/tfidf_baseline.py): the bar to clear. Deterministic,
     # so one seed says all.
@@ -143,6 +144,9 @@ VARIANTS = {
                                 "e5"),
     "e5-full-2ep-lr1e-4-bf16": (CHECKPOINT, ["--learning_rate", "1e-4", "--num_train_epochs", "2", "--bf16", "true"],
                                 "e5"),
+    # The default command as a user runs it: finetune.py chooses its start (--start auto: multilingual-e5-small on
+    # small training sets, with its epochs and bf16 where native; a new model otherwise).
+    "auto": (AUTO, []),
     # e5's first layers only (--config_overrides num_hidden_layers=N on a checkpoint), as RBT3 keeps RoBERTa's first
     # three: each step costs about N/12 of the whole encoder's.
     **{f"e5-L{layers}-{epochs}ep{suffix}": (
@@ -383,6 +387,8 @@ def run(variant, task, seed):
             pretraining = {"pretrained": base[0], "pretrain_arguments": PRETRAINS[base[0]],
                            "pretrain_wall_s": record["wall_s"],
                            "pretrain_eval_loss": record.get("eval_loss", record.get("eval_mlm_loss"))}
+        elif kind == "auto":
+            start = []
         else:
             start = ["--tokenizer_name", str(tokenizer_folder(task, kind, vocab_size))]
         command = [sys.executable, "recipes/finetune.py", *task_arguments(task), *start, "--output_dir", str(output),

