@@ -10,7 +10,8 @@ from transformers import AutoConfig, AutoTokenizer, TrainingArguments
 from hf_feedback.data.corpora import load_sentiment_reviews
 from hf_feedback.failures import BadInput
 from hf_feedback.integrations import convert_e5
-from hf_feedback.training.default_start import AUTO_MAX_TOKENS, E5_EPOCHS, choose_start
+from hf_feedback.training import default_start
+from hf_feedback.training.default_start import AUTO_MAX_TOKENS, COUNT_ROWS, E5_EPOCHS, choose_start
 from hf_feedback.training.recipe_arguments import RecipeError, native_bf16
 
 from helpers import load_recipe
@@ -51,13 +52,20 @@ def test_auto_trains_a_new_model_on_a_large_training_set(e5_cache, tmp_path, cap
     model_args, training_args = decide(tmp_path, train=REVIEWS["train"])
     assert model_args.model_name_or_path is None and training_args.num_train_epochs == 2
     said = capsys.readouterr().out
-    tokens = int(said.split("training texts hold ")[1].split(" tokens")[0].replace(",", ""))
-    assert tokens > AUTO_MAX_TOKENS and "a new model from scratch" in said and "--start e5" in said
+    assert f"a new model from scratch: the training texts hold more than {AUTO_MAX_TOKENS:,} tokens" in said
+    assert "--start e5 starts from it anyway" in said
     # --start e5 starts from it whatever the size; given epochs and precision are kept.
     model_args, training_args = decide(tmp_path, ["--num_train_epochs", "1", "--bf16", "false"], start="e5",
                                        train=REVIEWS["train"])
     assert model_args.model_name_or_path == str(e5_cache)
     assert (training_args.num_train_epochs, training_args.bf16) == (2, False)  # TrainingArguments' values, untouched
+
+
+def test_the_count_stops_once_past_the_limit_and_is_exact_below_it(e5_cache):
+    tokenizer, texts = convert_e5.installed_tokenizer(), REVIEWS["train"].select(range(2 * COUNT_ROWS + 100))
+    lengths = [min(len(ids), 128) for ids in AutoTokenizer.from_pretrained(e5_cache)(list(texts["text"]))["input_ids"]]
+    assert default_start.training_tokens(tokenizer, texts, ["text"], 128) == sum(lengths)
+    assert default_start.training_tokens(tokenizer, texts, ["text"], 128, stop_above=1000) == sum(lengths[:COUNT_ROWS])
 
 
 @pytest.mark.parametrize("argv, start", [

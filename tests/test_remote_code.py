@@ -73,7 +73,10 @@ def test_saved_heads_open_with_every_auto_class_without_hf_feedback(tiny_config,
                 if isinstance(node, ast.Import):
                     assert not any(a.name.startswith("hf_feedback") for a in node.names), source
 
-    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
+    # The same number of torch threads as this process (one under xdist): equal outputs, bit for bit, need the same
+    # order of each reduction.
+    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin",
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}
     result = subprocess.run([sys.executable, "-c", LOADER, str(tmp_path), *(h.__name__ for h in HEAD_OUTPUT)],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

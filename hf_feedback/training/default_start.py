@@ -21,15 +21,23 @@ AUTO_MAX_TOKENS = 200_000
 E5_EPOCHS = 3
 # Flags that only a new model takes: given one, --start auto builds a new model.
 NEW_MODEL_FLAGS = ("tokenizer_name", "tokenizer_kind", "tokenizer_vocab_size", "embedding_init")
+COUNT_ROWS = 4096  # rows counted at a time
 
 
-def training_tokens(tokenizer, dataset, text_columns, max_length) -> int:
-    """How many pieces the rows of `dataset` give, each row's texts joined and cut to `max_length`."""
-    lengths = [0] * len(dataset)
-    for column in text_columns:
-        for row, encoding in enumerate(tokenizer.encode_batch([str(text) for text in dataset[column]])):
-            lengths[row] += len(encoding.ids)
-    return sum(min(length, max_length) for length in lengths)
+def training_tokens(tokenizer, dataset, text_columns, max_length, stop_above=None) -> int:
+    """How many pieces the rows of `dataset` give, each row's texts joined and cut to `max_length`; counted a chunk of
+    rows at a time, and no further once the count passes `stop_above` (a large training set is not read whole)."""
+    total = 0
+    for start in range(0, len(dataset), COUNT_ROWS):
+        chunk = dataset[start:start + COUNT_ROWS]
+        lengths = [0] * len(chunk[text_columns[0]])
+        for column in text_columns:
+            for row, encoding in enumerate(tokenizer.encode_batch([str(text) for text in chunk[column]])):
+                lengths[row] += len(encoding.ids)
+        total += sum(min(length, max_length) for length in lengths)
+        if stop_above is not None and total > stop_above:
+            break
+    return total
 
 
 def choose_start(start, model_args, training_args, train, text_columns, max_length, argv=None):
@@ -62,12 +70,13 @@ def choose_start(start, model_args, training_args, train, text_columns, max_leng
         say("a new model from scratch (with hf_feedback[e5] installed, small training sets start from "
             "multilingual-e5-small: --start)", flush=True)
         return
-    tokens = training_tokens(convert_e5.installed_tokenizer(), train, text_columns, max_length)
-    if start == "auto" and tokens > AUTO_MAX_TOKENS:
-        say(f"a new model from scratch: the training texts hold {tokens:,} tokens, more than the {AUTO_MAX_TOKENS:,} "
-            "up to which a run starts from multilingual-e5-small (--start e5 starts from it anyway, at ~12x the new "
-            "model's time per token)", flush=True)
-        return
+    if start == "auto":
+        tokens = training_tokens(convert_e5.installed_tokenizer(), train, text_columns, max_length, AUTO_MAX_TOKENS)
+        if tokens > AUTO_MAX_TOKENS:
+            say(f"a new model from scratch: the training texts hold more than {AUTO_MAX_TOKENS:,} tokens, up to which "
+                "a run starts from multilingual-e5-small (--start e5 starts from it anyway, at ~12x the new model's "
+                "time per token)", flush=True)
+            return
     with training_args.main_process_first(desc="converting multilingual-e5-small"):
         model_args.model_name_or_path = str(convert_e5.cached_e5())
     settings = []
