@@ -64,8 +64,9 @@ from hf_feedback.training.trainer import CLASS_WEIGHTINGS, FeedbackTrainer, Weig
 class ClassifierModelArguments(NewModelArguments):
     start: str = field(default="auto", metadata={
         "help": "Where a run without --model_name_or_path starts: 'auto' (multilingual-e5-small, converted once into "
-                "the cache, when hf_feedback[e5] is installed and the training texts hold at most 200,000 of its "
-                "tokens, ~4,000 short reviews; a new model otherwise, or when other flags ask for one: "
+                "the cache, when hf_feedback[e5] is installed and the training texts hold at most 600,000 of its "
+                "tokens, ~12,000 short reviews: 3 epochs of up to 200,000, fewer of more; a new model otherwise, or "
+                "when other flags ask for one: "
                 "hf_feedback.training.default_start), 'e5' or 'scratch'."})
 
     def __post_init__(self):
