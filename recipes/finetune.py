@@ -27,7 +27,7 @@ from transformers import (
 
 from hf_feedback import FeedbackForSequenceClassification
 from hf_feedback.data.tokenization import TRUNCATIONS, tokenize_dataset
-from hf_feedback.data.user_data import all_texts, label_kind, load_text_classification_data, multi_hot
+from hf_feedback.data.user_data import all_texts, label_kind, load_text_classification_data, multi_hot, text_columns
 from hf_feedback.failures import bad_input_exits, load_pretrained
 from hf_feedback.integrations.sentence_embeddings import write_sentence_transformers_files
 from hf_feedback.reports.model_card import write_model_card
@@ -64,9 +64,8 @@ from hf_feedback.training.trainer import CLASS_WEIGHTINGS, FeedbackTrainer, Weig
 class ClassifierModelArguments(NewModelArguments):
     start: str = field(default="auto", metadata={
         "help": "Where a run without --model_name_or_path starts: 'auto' (multilingual-e5-small, converted once into "
-                "the cache, when hf_feedback[e5] is installed and the training texts hold at most 600,000 of its "
-                "tokens, ~12,000 short reviews: 3 epochs of up to 200,000, fewer of more; a new model otherwise, or "
-                "when other flags ask for one: "
+                "the cache, when hf_feedback[e5] is installed and the training texts hold at most 200,000 of its "
+                "tokens, ~4,000 short reviews; a new model otherwise, or when other flags ask for one: "
                 "hf_feedback.training.default_start), 'e5' or 'scratch'."})
 
     def __post_init__(self):
@@ -269,7 +268,7 @@ def main(argv=None):
             weights = class_weights(label_counts["train"], data_args.class_weighting)
 
         choose_start(model_args.start, model_args, training_args, raw["train"],
-                     [c for c in ("text", "text_pair") if c in raw["train"].column_names], data_args.max_seq_length, argv)
+                     text_columns(raw["train"]), data_args.max_seq_length, argv)
         checkpoint_learning_rate(model_args, training_args, argv)
         texts = all_texts(raw["train"])
         tokenizer = load_or_train_tokenizer(

@@ -10,7 +10,7 @@ from hf_feedback.data.corpora import load_sentiment_reviews
 from hf_feedback.failures import BadInput
 from hf_feedback.integrations import convert_e5
 from hf_feedback.training import default_start
-from hf_feedback.training.default_start import AUTO_MAX_TOKENS, COUNT_ROWS, E5_EPOCHS, choose_start, e5_epochs
+from hf_feedback.training.default_start import AUTO_MAX_TOKENS, COUNT_ROWS, E5_EPOCHS, choose_start
 from hf_feedback.training.recipe_arguments import RecipeError, native_bf16
 
 from helpers import load_recipe
@@ -52,26 +52,11 @@ def test_auto_trains_a_new_model_on_a_large_training_set(e5_cache, tmp_path, cap
     said = capsys.readouterr().out
     assert f"a new model from scratch: the training texts hold more than {AUTO_MAX_TOKENS:,} tokens" in said
     assert "--start e5 starts from it anyway" in said
-    # --start e5 starts from it whatever the size, for one epoch; given epochs and precision are kept.
-    model_args, training_args = decide(tmp_path, start="e5", train=REVIEWS["train"])
-    assert (model_args.model_name_or_path, training_args.num_train_epochs) == (str(e5_cache), 1)
+    # --start e5 starts from it whatever the size; given epochs and precision are kept.
     model_args, training_args = decide(tmp_path, ["--num_train_epochs", "1", "--bf16", "false"], start="e5",
                                        train=REVIEWS["train"])
     assert model_args.model_name_or_path == str(e5_cache)
     assert (training_args.num_train_epochs, training_args.bf16) == (2, False)  # TrainingArguments' values, untouched
-
-
-def test_a_middle_sized_training_set_starts_from_e5_for_the_epochs_the_budget_holds(e5_cache, tmp_path, capsys):
-    train = REVIEWS["train"].select(range(5000))
-    model_args, training_args = decide(tmp_path, train=train)
-    tokens = default_start.training_tokens(convert_e5.installed_tokenizer(), train, ["text"], 128)
-    assert AUTO_MAX_TOKENS // 3 < tokens <= AUTO_MAX_TOKENS // 2  # so that the budget holds 2 epochs, not E5_EPOCHS
-    assert model_args.model_name_or_path == str(e5_cache) and training_args.num_train_epochs == 2
-    assert capsys.readouterr().out.rstrip().endswith(f"hold {tokens:,} tokens (at most {AUTO_MAX_TOKENS:,} start from "
-                                                     "it; --start scratch for a new model); 2 epochs"
-                                                     + ", bf16 autocast" * native_bf16())
-    assert [e5_epochs(n) for n in (1, AUTO_MAX_TOKENS // 3, AUTO_MAX_TOKENS // 3 + 1, AUTO_MAX_TOKENS,
-                                   AUTO_MAX_TOKENS + 1)] == [E5_EPOCHS, 3, 2, 1, 1]
 
 
 def test_the_count_stops_once_past_the_limit_and_is_exact_below_it(e5_cache):

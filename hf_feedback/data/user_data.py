@@ -349,10 +349,15 @@ def _multi_labels(raw, sources, label_column):
     return raw.cast_column("label", datasets.List(datasets.ClassLabel(names=sorted(names))))
 
 
+def text_columns(split: datasets.Dataset) -> list[str]:
+    """The text columns of a normalised split: `text`, and `text_pair` where rows are pairs."""
+    return [column for column in ("text", "text_pair") if column in split.column_names]
+
+
 def all_texts(split: datasets.Dataset) -> list[str]:
     """Every text of a normalised split: its `text` column, then its `text_pair` column where rows are pairs (what a
     tokenizer or a vectoriser of the task is fitted on)."""
-    return [*split["text"], *split["text_pair"]] if "text_pair" in split.column_names else list(split["text"])
+    return [text for column in text_columns(split) for text in split[column]]
 
 
 def label_kind(dataset) -> str:

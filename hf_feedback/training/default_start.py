@@ -4,24 +4,21 @@ A model from scratch learns only what the labels teach: with a few thousand labe
 regression (1,000 reviews: 76.0% against 76.8%; 3,000: 79.9% against 81.3%), while the pretrained multilingual
 encoder fine-tuned on the same texts leads it by 4-7 points (benchmarks/RESULTS.md section 10). On many texts the new
 model is level with or above TF-IDF in a fraction of the pretrained encoder's time. So `--start auto` (the default)
-starts from e5 when the training texts are small enough for its epochs to take minutes on a CPU (three epochs of a
-small set, fewer of a larger one, within one budget of tokens x epochs), and builds a new model otherwise, or when the
-run asks for one (--config_overrides of its architecture, --tokenizer_name, ...), or when hf_feedback[e5] is not
-installed; it says which and why in one line. `--start e5` or `--start scratch` decide it.
+starts from e5 when the training texts are small enough for its epochs to take minutes on a CPU, and builds a new
+model otherwise, or when the run asks for one (--config_overrides of its architecture, --tokenizer_name, ...), or
+when hf_feedback[e5] is not installed; it says which and why in one line. `--start e5` or `--start scratch` decide it.
 """
 
 from ..integrations import convert_e5
 from .recipe_arguments import CHECKPOINT_OVERRIDES, RecipeError, flag_given, native_bf16, parse_config_overrides
 
 START_CHOICES = ("auto", "scratch", "e5")
-# The budget of a start from e5 without --num_train_epochs / --max_steps, in training tokens (e5's pieces, each text
-# cut to --max_seq_length) x epochs: E5_EPOCHS (measured on 1,000 and 3,000 reviews) while they fit, else as many
-# whole epochs as fit: 3,000 reviews hold ~146k tokens, three epochs of them ~19 minutes on a 2-core CPU without AVX512
-# (float32); 6,000 pairs of reviews 522k, one epoch ~25 minutes, where the new model and TF-IDF stay at chance. Above
-# the budget (one epoch of more than AUTO_MAX_TOKENS) --start auto trains a new model: the 13,832 bundled reviews
-# (677k) are level with TF-IDF in ~3 minutes from scratch, where e5 needs ~16-30 minutes an epoch.
+# The most training tokens (e5's pieces, each text cut to --max_seq_length) that --start auto fine-tunes e5 on: 3,000
+# reviews hold ~146k; three epochs of them take ~10-15 minutes on a 2-core CPU. The 13,832 bundled reviews (677k)
+# train a new model, level with TF-IDF in ~3 minutes, where e5 needs ~16 minutes an epoch.
+AUTO_MAX_TOKENS = 200_000
+# Epochs of a run that starts from e5 without --num_train_epochs / --max_steps: measured on 1,000 and 3,000 reviews.
 E5_EPOCHS = 3
-AUTO_MAX_TOKENS = 600_000
 # Flags that only a new model takes: given one, --start auto builds a new model.
 NEW_MODEL_FLAGS = ("tokenizer_name", "tokenizer_kind", "tokenizer_vocab_size", "embedding_init")
 COUNT_ROWS = 4096  # rows counted at a time
@@ -41,12 +38,6 @@ def training_tokens(tokenizer, dataset, text_columns, max_length, stop_above=Non
         if stop_above is not None and total > stop_above:
             break
     return total
-
-
-def e5_epochs(tokens) -> int:
-    """Epochs of a start from e5 on `tokens` training tokens: E5_EPOCHS, or as many whole epochs as the budget holds
-    (at least one)."""
-    return max(1, min(E5_EPOCHS, AUTO_MAX_TOKENS // max(tokens, 1)))
 
 
 def choose_start(start, model_args, training_args, train, text_columns, max_length, argv=None):
@@ -79,18 +70,19 @@ def choose_start(start, model_args, training_args, train, text_columns, max_leng
         say("a new model from scratch (with hf_feedback[e5] installed, small training sets start from "
             "multilingual-e5-small: --start)", flush=True)
         return
-    tokens = training_tokens(convert_e5.installed_tokenizer(), train, text_columns, max_length, AUTO_MAX_TOKENS)
-    if start == "auto" and tokens > AUTO_MAX_TOKENS:
-        say(f"a new model from scratch: the training texts hold more than {AUTO_MAX_TOKENS:,} tokens, up to which "
-            "a run starts from multilingual-e5-small (--start e5 starts from it anyway, at ~12x the new model's "
-            "time per token)", flush=True)
-        return
+    if start == "auto":
+        tokens = training_tokens(convert_e5.installed_tokenizer(), train, text_columns, max_length, AUTO_MAX_TOKENS)
+        if tokens > AUTO_MAX_TOKENS:
+            say(f"a new model from scratch: the training texts hold more than {AUTO_MAX_TOKENS:,} tokens, up to which "
+                "a run starts from multilingual-e5-small (--start e5 starts from it anyway, at ~12x the new model's "
+                "time per token)", flush=True)
+            return
     with training_args.main_process_first(desc="converting multilingual-e5-small"):
         model_args.model_name_or_path = str(convert_e5.cached_e5())
     settings = []
     if not (flag_given("num_train_epochs", argv) or flag_given("max_steps", argv)):
-        training_args.num_train_epochs = e5_epochs(tokens)
-        settings.append(f"{e5_epochs(tokens)} epoch{'s' * (e5_epochs(tokens) > 1)}")
+        training_args.num_train_epochs = E5_EPOCHS
+        settings.append(f"{E5_EPOCHS} epochs")
     if not (flag_given("bf16", argv) or flag_given("fp16", argv)) and native_bf16():
         training_args.bf16, training_args.mixed_precision = True, "bf16"  # as TrainingArguments would have set both
         settings.append("bf16 autocast")
