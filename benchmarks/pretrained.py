@@ -312,7 +312,8 @@ def _targets(result):
             lines.append(verdict(ours - tfidf >= SMALL_DATA_GAIN,
                                  f"{task}: {percent(ours)} vs TF-IDF {percent(tfidf)} ({100 * (ours - tfidf):+.1f} "
                                  f"points, target ≥ +{100 * SMALL_DATA_GAIN:.0f})"))
-    # The default command given only the files: macro F1 against TF-IDF's, where it starts from e5.
+    # The default command given only the files (from e5 or a new model, as --start auto chose): macro F1 against
+    # TF-IDF's on every task of DEFAULT_COMMAND.
     for task, variant in DEFAULT_COMMAND.items():
         rows, tfidf = result["rows"].get(f"{task}/{variant}"), result["rows"].get(f"{task}/tfidf")
         if rows and tfidf:
